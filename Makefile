@@ -1,0 +1,23 @@
+# The two set-up commands of README.md: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install install-dev lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -r requirements.txt -e .
+
+install-dev: install
+	$(BIN)/pip install -r requirements-dev.txt
+
+run: install
+	$(BIN)/gif remove --class 3 --method gif,if
+
+test: install-dev
+	$(BIN)/ruff check gif_core tests benchmarks app
+	$(BIN)/python -m pytest

@@ -1,0 +1,1 @@
+"""GIF Explorer: Generalized Influence Functions as a library."""
