@@ -1,0 +1,197 @@
+"""Gradients and Hessian-vector products of the training objective, with ``torch.func``.
+
+The objective (DESIGN.md section 2): per-sample loss ℓ_i(θ) = CE(f_θ(x_i), y_i) + (λ/2)·|θ|², so that the
+training objective L(θ) = mean_i ℓ_i(θ) = mean_i CE_i + (λ/2)|θ|² includes the weight decay λ the model was trained
+with (coupled L2, as torch's SGD/Adam ``weight_decay`` applies it). Putting the regulariser inside every ℓ_i makes
+the removal identity exact: at a stationary θ, −∇L_{S∖U}(θ) = (m/(n−m))·mean_{i∈U} ∇ℓ_i(θ).
+
+:class:`Curvature` evaluates, over a fixed Hessian sample,
+
+    H v = (∇²L(θ) + δ·I) v          (δ = damping ≥ 0)
+
+by forward-over-reverse differentiation (``jvp`` of ``grad``), batch by batch: memory is bounded by one batch, and no
+autograd graph survives a call. With ``gauss_newton=True`` the generalised Gauss-Newton matrix Jᵀ(diag p − ppᵀ)J/N
+(+ λI + δI) replaces ∇²CE; it is positive semi-definite.
+
+The model is evaluated in eval mode on a private copy: BatchNorm uses its running statistics and dropout is off,
+so the Hessian is that of the deterministic network the user evaluates. The caller's model is never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.nn import functional as F
+
+from gif_core.params import ParamSpace, parameters_of
+
+Batches = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class CurvatureConfig:
+    """How H is evaluated: weight decay λ of the objective, extra damping δ, batch size, Gauss-Newton or not."""
+
+    weight_decay: float = 0.0
+    damping: float = 0.0
+    batch_size: int = 512
+    gauss_newton: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_decay < 0 or self.damping < 0:
+            raise ValueError("weight_decay and damping must be ≥ 0")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be ≥ 1")
+
+
+class Curvature:
+    """Gradients and Hessian-vector products of L over one Hessian sample (see module docstring).
+
+    ``sample`` is either a pair of tensors ``(inputs, labels)`` or a re-iterable of ``(inputs, labels)`` batches
+    such as a ``DataLoader``. Vectors are flat, in ``space``'s layout, on any device; results come back on the
+    model's device in the model's dtype.
+    """
+
+    def __init__(self, model: nn.Module, sample: Batches, config: CurvatureConfig | None = None) -> None:
+        self.config = config or CurvatureConfig()
+        self._model = copy.deepcopy(model).eval()
+        self.space = ParamSpace.from_model(self._model)
+        self._params = parameters_of(self._model, self.space)
+        self._frozen = {
+            name: t.detach()
+            for name, t in [*self._model.named_parameters(), *self._model.named_buffers()]
+            if name not in self._params
+        }
+        first = next(iter(self._params.values()))
+        self.device, self.dtype = first.device, first.dtype
+        self._sample = sample
+        self.n_samples = sum(len(y) for _, y in self._batches())
+        if self.n_samples == 0:
+            raise ValueError("The Hessian sample is empty: give at least one training sample.")
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(self._sample, tuple) and len(self._sample) == 2 and torch.is_tensor(self._sample[0]):
+            inputs, labels = self._sample
+            yield from _chunks(inputs, labels, self.config.batch_size, self.device, self.dtype)
+        else:
+            for inputs, labels in self._sample:
+                yield inputs.to(self.device, self.dtype), labels.to(self.device)
+
+    def _logits(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        return functional_call(self._model, {**self._frozen, **params}, (inputs,))
+
+    def _mean_ce(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self._logits(params, inputs), labels)
+
+    def _as_params(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.space.check_vector(vector)
+        return self.space.unflatten(vector.to(self.device, self.dtype))
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.space.flatten(self._params)
+
+    # -- products -------------------------------------------------------------------------------------------
+    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        """(∇²L(θ) + δI)·v over the Hessian sample (∇²L includes the weight decay λ; see module docstring)."""
+        tangent = self._as_params(vector)
+        total = torch.zeros(self.space.numel, device=self.device, dtype=self.dtype)
+        product = self._gauss_newton_batch if self.config.gauss_newton else self._hessian_batch
+        for inputs, labels in self._batches():
+            total += product(tangent, inputs, labels) * (len(labels) / self.n_samples)
+        v = self.space.flatten(tangent)
+        result = total + (self.config.weight_decay + self.config.damping) * v
+        _check_finite(result, "Hessian-vector product")
+        return result
+
+    def _hessian_batch(self, tangent: dict, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        def loss_grad(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return grad(self._mean_ce)(params, inputs, labels)
+
+        _, hv = jvp(loss_grad, (self._params,), (tangent,))
+        return self.space.flatten(hv).detach()
+
+    def _gauss_newton_batch(self, tangent: dict, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        def logits_of(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self._logits(params, inputs)
+
+        logits, jv = jvp(logits_of, (self._params,), (tangent,))
+        probs = torch.softmax(logits, dim=-1)
+        h_out_jv = probs * jv - probs * (probs * jv).sum(-1, keepdim=True)
+        _, pullback = vjp(logits_of, self._params)
+        (gv,) = pullback(h_out_jv / len(labels))
+        return self.space.flatten(gv).detach()
+
+    # -- gradients ------------------------------------------------------------------------------------------
+    def gradient(self, inputs: torch.Tensor, labels: torch.Tensor, *, regulariser: bool = True) -> torch.Tensor:
+        """mean_i ∇ℓ_i(θ) over the given samples (with the λθ term of the weight decay unless ``regulariser``
+        is False). Computed batch by batch; no graph is kept."""
+        if len(labels) == 0:
+            raise ValueError("Cannot take the gradient of an empty set of samples.")
+        total = torch.zeros(self.space.numel, device=self.device, dtype=self.dtype)
+        for x, y in _chunks(inputs, labels, self.config.batch_size, self.device, self.dtype):
+            g = grad(self._mean_ce)(self._params, x, y)
+            total += self.space.flatten(g).detach() * (len(y) / len(labels))
+        if regulariser:
+            total += self.config.weight_decay * self.theta
+        _check_finite(total, "gradient")
+        return total
+
+    def per_sample_gradients(
+        self, inputs: torch.Tensor, labels: torch.Tensor, *, regulariser: bool = True
+    ) -> Iterator[torch.Tensor]:
+        """Yield ∇ℓ_i(θ) for every given sample, as [batch, p] blocks (``torch.func.vmap`` over a batch)."""
+        batches = _chunks(inputs, labels, self.config.batch_size, self.device, self.dtype)
+        return self._per_sample_blocks(batches, regulariser)
+
+    def fisher_diagonal(self) -> torch.Tensor:
+        """Diagonal empirical Fisher over the Hessian sample: mean_i (∇CE_i)² (no regulariser)."""
+        total = torch.zeros(self.space.numel, device=self.device, dtype=self.dtype)
+        for block in self._per_sample_blocks(self._batches(), regulariser=False):
+            total += block.square().sum(0)
+        return total / self.n_samples
+
+    def _per_sample_blocks(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], regulariser: bool
+    ) -> Iterator[torch.Tensor]:
+        def one_loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self._mean_ce(params, x.unsqueeze(0), y.unsqueeze(0))
+
+        per_sample = vmap(grad(one_loss), in_dims=(None, 0, 0))
+        for x, y in batches:
+            grads = per_sample(self._params, x, y)
+            block = torch.cat([grads[b.name].reshape(len(y), -1) for b in self.space.blocks], dim=1).detach()
+            if regulariser and self.config.weight_decay:
+                block += self.config.weight_decay * self.theta
+            _check_finite(block, "per-sample gradient")
+            yield block
+
+    def with_sample(self, sample: Batches, config: CurvatureConfig | None = None) -> Curvature:
+        """The same model and objective over another sample (e.g. the questioned data U)."""
+        return Curvature(self._model, sample, config or self.config)
+
+
+def _chunks(
+    inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    if len(inputs) != len(labels):
+        raise ValueError(f"inputs ({len(inputs)}) and labels ({len(labels)}) differ in length")
+    for start in range(0, len(labels), batch_size):
+        yield (
+            inputs[start : start + batch_size].to(device, dtype),
+            labels[start : start + batch_size].to(device, torch.long),
+        )
+
+
+def _check_finite(tensor: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(tensor).all():
+        raise FloatingPointError(
+            f"The {what} contains NaN or inf: the model or data produce non-finite losses "
+            "(check the inputs' scale and the checkpoint)."
+        )

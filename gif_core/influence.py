@@ -1,0 +1,151 @@
+"""The five edit estimators of DESIGN.md section 2. Each returns Δ over the flat parameter space; the edited
+model is θ + α·Δ (:func:`gif_core.params.apply_delta`). H is the (damped) Hessian of the problem's Hessian sample,
+g the vector of the request (:mod:`gif_core.requests`), T the selected coordinates, Δ_F = 0 outside T.
+
+* ``if``   (Koh & Liang)   Δ = H⁻¹ g over all parameters (MINRES: H may be indefinite; add damping δ for H + δI).
+* ``pif``  (projected IF)  Δ_T = (H⁻¹ g)_T: the full IF truncated to T.
+* ``fif``  (frozen IF)     Δ_T = H_TT⁻¹ g_T: the sub-network's own IF with everything else frozen.
+* ``gif``  (generalized IF, Lyu et al. 2023)  Δ_T = argmin_x ‖H_{:,T} x − g‖² + ρ‖x‖²: the update of T cancels, in
+  least squares, the gradient change on ALL coordinates, fixed ones included. Its normal operator H_{:,T}ᵀH_{:,T}
+  is positive semi-definite even when H is indefinite, so the solve converges.
+* ``sif``  (second-order group IF, Basu et al. 2020)  with the request's scale c and perturbation D
+  (L ↦ L + c·D; c = r/(1−r) and D = L − L_U for removals):
+  I1 = H_L⁻¹ g,  I2 = −c·H_L⁻¹(∇²D · I1),  Δ = I1 + I2 (third derivatives neglected), where H_L is the Hessian of
+  the full training objective (the expansion point of the perturbation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from gif_core.requests import EditProblem
+from gif_core.selection import Selection, select_all
+from gif_core.solvers import SolverConfig, SolveReport, solve_least_squares, solve_symmetric
+
+METHODS = ("gif", "fif", "pif", "if", "sif")
+SELECTIVE_METHODS = ("gif", "fif", "pif")
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Solver choices: ``symmetric_solver`` for IF/PIF/FIF/SIF, ``least_squares_solver`` for GIF, and GIF's
+    Tikhonov weight ρ (``gif_ridge``). Damping of H itself lives in :class:`~gif_core.curvature.CurvatureConfig`."""
+
+    symmetric_solver: str = "minres"
+    least_squares_solver: str = "cgls"
+    gif_ridge: float = 0.0
+    solver: SolverConfig = field(default_factory=SolverConfig)
+
+
+@dataclass(frozen=True)
+class InfluenceResult:
+    """Δ (flat, zero outside the selection), the selection used, and every solve's diagnostics."""
+
+    method: str
+    delta: torch.Tensor
+    selection: Selection
+    reports: tuple[SolveReport, ...]
+    problem: EditProblem
+    solved: str
+
+    @property
+    def converged(self) -> bool:
+        return all(r.converged for r in self.reports)
+
+    @property
+    def hvps(self) -> int:
+        return sum(r.hvps for r in self.reports)
+
+    def solver_summary(self) -> dict:
+        """One record for reports: totals over the solves, the worst residual, and whether all converged."""
+        return {
+            "name": "+".join(r.name for r in self.reports),
+            "iterations": sum(r.iterations for r in self.reports),
+            "hvps": self.hvps,
+            "rel_residual": max(r.rel_residual for r in self.reports),
+            "converged": self.converged,
+            "seconds": sum(r.seconds for r in self.reports),
+        }
+
+
+def estimate(
+    method: str, problem: EditProblem, selection: Selection | None = None, config: EstimatorConfig | None = None
+) -> InfluenceResult:
+    """Run estimator ``method`` on ``problem``. GIF/FIF/PIF need a ``selection``; IF and SIF use all parameters."""
+    config = config or EstimatorConfig()
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method in SELECTIVE_METHODS:
+        if selection is None:
+            raise ValueError(f"{method.upper()} needs a parameter selection (see gif_core.selection.select).")
+        if selection.mask.numel() != problem.space.numel:
+            raise ValueError("The selection was made for another model: its mask does not match the parameters.")
+    else:
+        selection = select_all(problem.space)
+    runner = {"if": _influence, "pif": _projected, "fif": _frozen, "gif": _generalized, "sif": _second_order}
+    delta, reports, solved = runner[method](problem, selection, config)
+    return InfluenceResult(method, delta, selection, tuple(reports), problem, solved)
+
+
+def _damping_note(problem: EditProblem) -> str:
+    d = problem.hessian.config.damping
+    return f"H + {d:g}·I" if d else "H (undamped)"
+
+
+def _influence(problem: EditProblem, selection: Selection, config: EstimatorConfig):
+    x, report = solve_symmetric(problem.hessian.hvp, problem.g, config.symmetric_solver, config.solver)
+    return x, [report], f"{_damping_note(problem)} x = g by {report.name}"
+
+
+def _projected(problem: EditProblem, selection: Selection, config: EstimatorConfig):
+    x, reports, solved = _influence(problem, selection, config)
+    mask = selection.mask.to(x.device)
+    return torch.where(mask, x, torch.zeros_like(x)), reports, f"({solved}) restricted to T"
+
+
+def _embed(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    full = torch.zeros(size, device=values.device, dtype=values.dtype)
+    full[index] = values
+    return full
+
+
+def _frozen(problem: EditProblem, selection: Selection, config: EstimatorConfig):
+    p = problem.space.numel
+    index = selection.indices.to(problem.g.device)
+
+    def restricted_hvp(x: torch.Tensor) -> torch.Tensor:
+        return problem.hessian.hvp(_embed(x, index, p))[index]
+
+    x, report = solve_symmetric(restricted_hvp, problem.g[index], config.symmetric_solver, config.solver)
+    return _embed(x, index, p), [report], f"{_damping_note(problem)}_TT x = g_T by {report.name}"
+
+
+def _generalized(problem: EditProblem, selection: Selection, config: EstimatorConfig):
+    p = problem.space.numel
+    index = selection.indices.to(problem.g.device)
+
+    def columns(x: torch.Tensor) -> torch.Tensor:  # H_{:,T} x
+        return problem.hessian.hvp(_embed(x, index, p))
+
+    def columns_t(y: torch.Tensor) -> torch.Tensor:  # H_{:,T}ᵀ y = (H y)_T, H symmetric
+        return problem.hessian.hvp(y)[index]
+
+    x, report = solve_least_squares(
+        columns, columns_t, problem.g, len(index), config.least_squares_solver, config.gif_ridge, config.solver
+    )
+    ridge = f" + {config.gif_ridge:g}‖x‖²" if config.gif_ridge else ""
+    return (
+        _embed(x, index, p),
+        [report],
+        f"min ‖{_damping_note(problem)}[:, T] x − g‖²{ridge} by {report.name}",
+    )
+
+
+def _second_order(problem: EditProblem, selection: Selection, config: EstimatorConfig):
+    first, report1 = solve_symmetric(problem.full_hvp, problem.g, config.symmetric_solver, config.solver)
+    rhs = -problem.scale * problem.perturbation_hvp(first)
+    second, report2 = solve_symmetric(problem.full_hvp, rhs, config.symmetric_solver, config.solver)
+    report2 = replace(report2, hvps=report2.hvps + 1)  # the product ∇²D·I1 that built its right-hand side
+    return first + second, [report1, report2], "I1 = H_L⁻¹g, I2 = −c·H_L⁻¹(∇²D·I1), Δ = I1 + I2"

@@ -1,0 +1,184 @@
+"""A flat view of a model's trainable parameters.
+
+Every estimator in :mod:`gif_core.influence` works on one flat vector θ ∈ R^p: the model's trainable parameters
+in ``named_parameters()`` order, each flattened row-major. :class:`ParamSpace` records the names, shapes and
+offsets of that layout, and the output-neuron structure of every ``Linear``/``Conv`` layer (a neuron — an output
+unit or a conv channel — owns its whole fan-in row of the weight plus its bias entry). Indices into the flat
+vector are always derived from parameter *names*, never from module iteration order.
+
+Edits never touch the caller's model: :func:`apply_delta` returns a deep copy holding θ + step·Δ.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+_NEURON_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class ParamBlock:
+    """One named parameter tensor inside the flat vector: entries ``[offset, offset + numel)``."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    numel: int
+
+
+@dataclass(frozen=True)
+class NeuronLayer:
+    """A Linear/Conv module whose output neurons (channels) are the units the neuron selectors pick.
+
+    Neuron j owns row j of the weight (its whole fan-in: ``fan_in`` entries) and entry j of the bias, so a
+    neuron block has ``neuron_size = fan_in + (1 if bias else 0)`` parameters.
+    """
+
+    module: str
+    kind: str  # "linear" or "conv"
+    n_neurons: int
+    fan_in: int
+    weight: ParamBlock
+    bias: ParamBlock | None
+
+    @property
+    def neuron_size(self) -> int:
+        return self.fan_in + (1 if self.bias is not None else 0)
+
+    @property
+    def numel(self) -> int:
+        return self.n_neurons * self.neuron_size
+
+    def neuron_indices(self, neurons: torch.Tensor) -> torch.Tensor:
+        """Flat indices of all parameters owned by the given neurons (int64, sorted per neuron)."""
+        neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
+        row = torch.arange(self.fan_in, dtype=torch.long)
+        weight_idx = (self.weight.offset + neurons[:, None] * self.fan_in + row[None, :]).reshape(-1)
+        if self.bias is None:
+            return weight_idx
+        return torch.cat([weight_idx, self.bias.offset + neurons])
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """Layout of a model's trainable parameters as one flat vector (see module docstring)."""
+
+    blocks: tuple[ParamBlock, ...]
+    layers: tuple[NeuronLayer, ...]
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> ParamSpace:
+        blocks: list[ParamBlock] = []
+        offset = 0
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            blocks.append(ParamBlock(name, tuple(param.shape), offset, param.numel()))
+            offset += param.numel()
+        if not blocks:
+            raise ValueError("The model has no trainable parameters: nothing to edit.")
+        by_name = {b.name: b for b in blocks}
+        layers: list[NeuronLayer] = []
+        for module_name, module in model.named_modules():
+            if not isinstance(module, _NEURON_MODULES):
+                continue
+            weight = by_name.get(f"{module_name}.weight" if module_name else "weight")
+            if weight is None:
+                continue
+            bias = by_name.get(f"{module_name}.bias" if module_name else "bias")
+            n_out = weight.shape[0]
+            kind = "linear" if isinstance(module, nn.Linear) else "conv"
+            layers.append(NeuronLayer(module_name, kind, n_out, weight.numel // n_out, weight, bias))
+        return cls(tuple(blocks), tuple(layers))
+
+    @property
+    def numel(self) -> int:
+        last = self.blocks[-1]
+        return last.offset + last.numel
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.blocks)
+
+    def block(self, name: str) -> ParamBlock:
+        for b in self.blocks:
+            if b.name == name:
+                return b
+        raise KeyError(f"No trainable parameter named {name!r}; known: {', '.join(self.names)}")
+
+    def layer(self, module: str) -> NeuronLayer:
+        for layer in self.layers:
+            if layer.module == module:
+                return layer
+        raise KeyError(f"No Linear/Conv layer named {module!r}; known: {', '.join(l.module for l in self.layers)}")
+
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate named tensors (parameters, gradients, …) into one flat vector in this layout."""
+        missing = [b.name for b in self.blocks if b.name not in tensors]
+        if missing:
+            raise ValueError(f"Missing tensors for parameters: {', '.join(missing)}")
+        return torch.cat([tensors[b.name].reshape(-1) for b in self.blocks])
+
+    def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a flat vector into named views shaped like the parameters."""
+        self.check_vector(vector)
+        return {b.name: vector[b.offset : b.offset + b.numel].view(b.shape) for b in self.blocks}
+
+    def check_vector(self, vector: torch.Tensor, what: str = "vector") -> None:
+        if vector.ndim != 1 or vector.numel() != self.numel:
+            raise ValueError(f"{what} must be a flat vector of {self.numel} entries, got shape {tuple(vector.shape)}")
+
+    def mask_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(self.numel, dtype=torch.bool)
+        mask[torch.as_tensor(indices, dtype=torch.long)] = True
+        return mask
+
+
+def parameters_of(model: nn.Module, space: ParamSpace) -> dict[str, torch.Tensor]:
+    """The model's trainable parameters as a detached ``{name: tensor}`` dict in ``space``'s layout."""
+    named = dict(model.named_parameters())
+    return {b.name: named[b.name].detach() for b in space.blocks}
+
+
+def flat_parameters(model: nn.Module, space: ParamSpace | None = None) -> torch.Tensor:
+    """θ as one detached flat vector."""
+    space = space or ParamSpace.from_model(model)
+    return space.flatten(parameters_of(model, space))
+
+
+def apply_delta(model: nn.Module, space: ParamSpace, delta: torch.Tensor, step: float = 1.0) -> nn.Module:
+    """Return a NEW model (deep copy) whose trainable parameters are θ + step·Δ; ``model`` is left untouched.
+
+    Raises ``ValueError`` when Δ has the wrong size or holds a NaN/inf (an edit is never applied silently).
+    """
+    space.check_vector(delta, "delta")
+    if not torch.isfinite(delta).all():
+        raise ValueError("The update Δ contains NaN or inf values; refusing to apply it (check the solver report).")
+    if not torch.isfinite(torch.as_tensor(step)):
+        raise ValueError(f"step must be a finite number, got {step}")
+    edited = copy.deepcopy(model)
+    named = dict(edited.named_parameters())
+    pieces = space.unflatten(delta)
+    with torch.no_grad():
+        for name, piece in pieces.items():
+            param = named[name]
+            param.add_(piece.to(device=param.device, dtype=param.dtype), alpha=float(step))
+    return edited
+
+
+def state_hash(model: nn.Module) -> str:
+    """SHA-256 of the model's full state dict (names, dtypes, shapes and values), for 'was it modified?' checks."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(name.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

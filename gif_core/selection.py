@@ -1,0 +1,268 @@
+"""Which parameters an edit may move: the GIF paper's selectors, made exact, and the :class:`Selection` type.
+
+Neuron selectors score every output neuron / conv channel j of every Linear/Conv layer on the questioned data U
+and select whole neurons (the fan-in row of the weight plus the bias entry, see :class:`~gif_core.params.NeuronLayer`):
+
+* ``output``    score_j = |mean over U (and spatial positions) of the layer output a_j|;
+* ``gradient``  score_j = |mean over U (and positions) of ∂E/∂a_j|, where E is the edit's own loss on U:
+  mean_i ℓ(x_i, y_i) for removals, mean_i [ℓ(x_i, y_i) − ℓ(x_i, y'_i)] for label changes (the direction of g);
+* ``lowest-output`` / ``lowest-gradient``  the same scores, lowest first (the paper's ablation);
+* ``random``    neurons drawn uniformly with a seeded generator;
+* ``curvature`` score_j = Σ_{params of j} g² / (F_retain + ε): parameters the questioned data pulls on hard but the
+  retained data barely constrains (F_retain is the diagonal empirical Fisher over the Hessian sample; the idea
+  behind Selective Synaptic Dampening's importance ratio). All neurons of a layer have the same size, so ranking by
+  this score is ranking by score per parameter.
+* ``param-gradient`` the individual parameters with the largest |g|, anywhere (not neuron-wise).
+
+Budget: ``ratio`` of all trainable parameters. ``per-layer`` (the paper's rule) spends ratio·P_l on each
+Linear/Conv layer of P_l parameters, rounded to whole neurons, so each layer is within half a neuron of its share;
+``global`` ranks all neurons together by their score divided by their layer's mean score, and fills the budget
+greedily. Parameters outside Linear/Conv layers (e.g. BatchNorm) are never picked by the neuron selectors.
+Hooks are registered on a private copy of the model and always removed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gif_core.params import NeuronLayer, ParamSpace
+from gif_core.requests import EditProblem
+
+NEURON_METHODS = ("output", "gradient", "lowest-output", "lowest-gradient", "random", "curvature")
+METHODS = (*NEURON_METHODS, "param-gradient")
+BUDGETS = ("per-layer", "global")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    method: str = "gradient"
+    ratio: float = 0.05
+    budget: str = "per-layer"
+    seed: int = 0
+    fisher_epsilon: float = 1e-8
+    batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown selector {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"ratio must lie in (0, 1], got {self.ratio}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """Per-layer view for plotting: how many parameters/neurons were picked, and which neurons."""
+
+    module: str
+    kind: str
+    n_params: int
+    n_selected: int
+    n_neurons: int
+    selected_neurons: torch.Tensor  # bool [n_neurons]: every parameter of the neuron is selected
+    scores: torch.Tensor | None  # float [n_neurons], None for random / param-gradient
+
+    @property
+    def fraction(self) -> float:
+        return self.n_selected / self.n_params
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A boolean mask over the flat parameter space, with what was asked and what was obtained."""
+
+    mask: torch.Tensor
+    method: str
+    ratio_asked: float
+    layers: tuple[LayerSummary, ...]
+
+    @property
+    def n_selected(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def ratio_obtained(self) -> float:
+        return self.n_selected / self.mask.numel()
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return torch.nonzero(self.mask).reshape(-1)
+
+    def overlap(self, other: Selection) -> float:
+        """Jaccard index |A ∩ B| / |A ∪ B| of the two masks."""
+        union = int((self.mask | other.mask).sum())
+        return int((self.mask & other.mask).sum()) / union if union else 1.0
+
+    def describe(self) -> dict:
+        return {
+            "method": self.method,
+            "ratio_asked": self.ratio_asked,
+            "ratio_obtained": self.ratio_obtained,
+            "n_selected": self.n_selected,
+            "layers": {l.module: {"selected": l.n_selected, "params": l.n_params} for l in self.layers},
+        }
+
+
+def select_all(space: ParamSpace) -> Selection:
+    """Every trainable parameter (IF and SIF act on all of them)."""
+    return _finish(space, torch.ones(space.numel, dtype=torch.bool), "all", 1.0, {})
+
+
+def from_mask(space: ParamSpace, mask: torch.Tensor, method: str = "custom") -> Selection:
+    """Wrap a user-given boolean mask."""
+    mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
+    space.check_vector(mask, "mask")
+    if not mask.any():
+        raise ValueError("The mask selects no parameter.")
+    return _finish(space, mask, method, float(mask.float().mean()), {})
+
+
+def select(problem: EditProblem, config: SelectionConfig | None = None) -> Selection:
+    """Pick parameters for ``problem`` with ``config.method`` (see module docstring)."""
+    config = config or SelectionConfig()
+    space = problem.space
+    if config.method == "param-gradient":
+        k = max(1, round(config.ratio * space.numel))
+        top = torch.topk(problem.g.abs().cpu(), k).indices
+        return _finish(space, space.mask_from_indices(top), config.method, config.ratio, {})
+    if not space.layers:
+        raise ValueError("The model has no Linear/Conv layer: use the param-gradient selector.")
+    scores = _neuron_scores(problem, config)
+    lowest = config.method.startswith("lowest")
+    chosen = _allocate(space.layers, scores, config, lowest)
+    mask = torch.zeros(space.numel, dtype=torch.bool)
+    for layer in space.layers:
+        mask[layer.neuron_indices(chosen[layer.module])] = True
+    shown = {} if config.method == "random" else scores
+    return _finish(space, mask, config.method, config.ratio, shown)
+
+
+def _neuron_scores(problem: EditProblem, config: SelectionConfig) -> dict[str, torch.Tensor]:
+    layers = problem.space.layers
+    if config.method == "random":
+        generator = torch.Generator().manual_seed(config.seed)
+        return {l.module: torch.rand(l.n_neurons, generator=generator) for l in layers}
+    if config.method == "curvature":
+        fisher = problem.hessian.fisher_diagonal().cpu()
+        ratio = problem.g.cpu().square() / (fisher + config.fisher_epsilon)
+        return {l.module: _block_sums(ratio, l) for l in layers}
+    return _activation_scores(problem, config)
+
+
+def _block_sums(values: torch.Tensor, layer: NeuronLayer) -> torch.Tensor:
+    w = values[layer.weight.offset : layer.weight.offset + layer.weight.numel].view(layer.n_neurons, -1).sum(1)
+    if layer.bias is None:
+        return w
+    return w + values[layer.bias.offset : layer.bias.offset + layer.n_neurons]
+
+
+@contextmanager
+def _captured_outputs(model: nn.Module, modules: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks that keep each named module's output (with its gradient retained); always removed."""
+    outputs: dict[str, torch.Tensor] = {}
+    named = dict(model.named_modules())
+    handles = []
+    try:
+        for name in modules:
+
+            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor, name: str = name) -> None:
+                if output.requires_grad:
+                    output.retain_grad()
+                outputs[name] = output
+
+            handles.append(named[name].register_forward_hook(hook))
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _activation_scores(problem: EditProblem, config: SelectionConfig) -> dict[str, torch.Tensor]:
+    """|mean activation| or |mean ∂E/∂activation| per neuron over U, accumulated over batches."""
+    use_gradient = config.method.endswith("gradient")
+    model = copy.deepcopy(problem.model).eval()
+    param = next(model.parameters())
+    layers = problem.space.layers
+    sums = {l.module: torch.zeros(l.n_neurons, dtype=torch.float64) for l in layers}
+    inputs, labels, new_labels = problem.forget_inputs, problem.forget_labels, problem.new_labels
+    m = len(labels)
+    with _captured_outputs(model, [l.module for l in layers]) as outputs:
+        for start in range(0, m, config.batch_size):
+            part = slice(start, start + config.batch_size)
+            x = inputs[part].to(param.device, param.dtype)
+            y = labels[part].to(param.device)
+            with torch.set_grad_enabled(use_gradient):
+                logits = model(x)
+                if use_gradient:
+                    edit_loss = F.cross_entropy(logits, y, reduction="sum")
+                    if new_labels is not None:
+                        edit_loss = edit_loss - F.cross_entropy(
+                            logits, new_labels[part].to(param.device), reduction="sum"
+                        )
+                    edit_loss.backward()
+            for l in layers:
+                out = outputs[l.module]
+                values = out.grad if use_gradient else out.detach()
+                if values is None:
+                    raise RuntimeError(f"Layer {l.module} received no gradient from the edit's loss.")
+                sums[l.module] += _per_neuron_sum(values).double().cpu()
+    return {name: (total / m).abs().float() for name, total in sums.items()}
+
+
+def _per_neuron_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch and, for conv outputs [B, C, ...], over spatial positions averaged per sample."""
+    if values.ndim > 2:
+        values = values.flatten(2).mean(2)
+    return values.sum(0)
+
+
+def _allocate(
+    layers: tuple[NeuronLayer, ...], scores: dict[str, torch.Tensor], config: SelectionConfig, lowest: bool
+) -> dict[str, torch.Tensor]:
+    """How many / which neurons of each layer to select under the budget rule."""
+
+    def order(layer: NeuronLayer) -> torch.Tensor:
+        return torch.argsort(scores[layer.module], descending=not lowest, stable=True)
+
+    if config.budget == "per-layer":
+        return {l.module: order(l)[: min(l.n_neurons, round(config.ratio * l.numel / l.neuron_size))] for l in layers}
+    budget = config.ratio * sum(l.numel for l in layers)
+    candidates = []
+    for l in layers:
+        s = scores[l.module].double()
+        relative = s / s.mean().clamp_min(1e-30)
+        for j in range(l.n_neurons):
+            candidates.append((float(relative[j]), l, j))
+    candidates.sort(key=lambda c: c[0], reverse=not lowest)
+    picked: dict[str, list[int]] = {l.module: [] for l in layers}
+    spent = 0
+    for _, l, j in candidates:
+        if spent + l.neuron_size <= budget:
+            picked[l.module].append(j)
+            spent += l.neuron_size
+    return {name: torch.tensor(sorted(js), dtype=torch.long) for name, js in picked.items()}
+
+
+def _finish(
+    space: ParamSpace, mask: torch.Tensor, method: str, ratio: float, scores: dict[str, torch.Tensor]
+) -> Selection:
+    summaries = []
+    for l in space.layers:
+        all_neurons = torch.arange(l.n_neurons)
+        block = mask[l.neuron_indices(all_neurons)]
+        per_weight = block[: l.n_neurons * l.fan_in].view(l.n_neurons, l.fan_in)
+        full = per_weight.all(1)
+        if l.bias is not None:
+            full &= block[l.n_neurons * l.fan_in :]
+        summaries.append(
+            LayerSummary(l.module, l.kind, l.numel, int(block.sum()), l.n_neurons, full, scores.get(l.module))
+        )
+    return Selection(mask, method, ratio, tuple(summaries))

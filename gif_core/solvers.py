@@ -1,0 +1,293 @@
+"""Linear solvers over Hessian-vector products, each returning the solution and a :class:`SolveReport`.
+
+Two problem shapes occur (DESIGN.md section 2):
+
+* symmetric systems ``A x = b`` (IF, FIF, SIF), A = H or H_TT, possibly indefinite:
+  ``minres`` (default; handles indefinite A) or ``cg`` (A positive definite), both from ``scipy.sparse.linalg``;
+* the GIF least-squares problem ``min_x ‖A x − b‖² + δ‖x‖²`` with A = H_{:,T} (a p×k operator whose ``matvec``
+  and ``rmatvec`` each cost one Hessian-vector product): ``cgls`` (scipy's CG on the normal equations
+  (AᵀA + δI) x = Aᵀb, which stop exactly on the normal residual reported here), ``lsmr`` (scipy), or
+  ``richardson``, the reference implementation's scheme kept as the named baseline:
+  x ← v + x − A_c x with A_c = (AᵀA)/c², v = Aᵀb/c², starting at c = 1 and raising c by a fixed step (and
+  restarting) whenever the distance between iterates grows, checked every second iteration, with a bounded
+  number of restarts.
+
+The relative residual reported is ‖b − A x‖/‖b‖ for symmetric systems and the normal-equation residual
+‖Aᵀ(b − A x) − δx‖/‖Aᵀb‖ for least squares (the least-squares residual ‖A x − b‖ does not vanish when k < p).
+It is computed explicitly after the solve, and its products are counted in ``hvps``. A solve that does not reach
+``rtol`` reports ``converged=False``; a NaN or inf raises ``FloatingPointError``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from scipy.sparse import linalg as spla
+
+TorchMap = Callable[[torch.Tensor], torch.Tensor]
+SYMMETRIC_METHODS = ("minres", "cg")
+LEAST_SQUARES_METHODS = ("cgls", "lsmr", "richardson")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Stopping rule and limits. ``richardson_*`` only concern the baseline."""
+
+    rtol: float = 1e-4
+    maxiter: int = 500
+    track_residuals: bool = False
+    richardson_scale: float = 1.0
+    richardson_scale_step: float = 0.5
+    richardson_restarts: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rtol < 1:
+            raise ValueError(f"rtol must lie in (0, 1), got {self.rtol}")
+        if self.maxiter < 1:
+            raise ValueError("maxiter must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class SolveReport:
+    """Diagnostics of one solve. ``residual_history`` (optional) is the relative residual after each iteration;
+    when tracked for the scipy solvers it costs extra products that are counted in ``trace_hvps``, not ``hvps``."""
+
+    name: str
+    iterations: int
+    hvps: int
+    rel_residual: float
+    converged: bool
+    seconds: float
+    note: str = ""
+    residual_history: tuple[float, ...] = field(default=(), repr=False)
+    trace_hvps: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Counted:
+    """A torch linear map that counts its calls (each call is one Hessian-vector product)."""
+
+    def __init__(self, fn: TorchMap) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.fn(x)
+
+
+class _NumpyBridge:
+    """Moves float64 numpy vectors to and from the torch dtype/device of ``template``."""
+
+    def __init__(self, template: torch.Tensor) -> None:
+        self.device, self.dtype = template.device, template.dtype
+
+    def to_torch(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(x).reshape(-1), device=self.device).to(self.dtype)
+
+    @staticmethod
+    def to_numpy(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _check(x: torch.Tensor, name: str) -> None:
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(
+            f"Solver {name} produced NaN or inf: the problem is ill-posed at this scale "
+            "(add damping, or use the least-squares/minres solver)."
+        )
+
+
+def _norm(x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x.to(torch.float64)))
+
+
+def solve_symmetric(
+    matvec: TorchMap, b: torch.Tensor, method: str = "minres", config: SolverConfig | None = None
+) -> tuple[torch.Tensor, SolveReport]:
+    """Solve A x = b for a symmetric operator A given by ``matvec`` (``minres`` or ``cg``, scipy)."""
+    config = config or SolverConfig()
+    if method not in SYMMETRIC_METHODS:
+        raise ValueError(f"Unknown symmetric solver {method!r}; choose one of {', '.join(SYMMETRIC_METHODS)}")
+    _check(b, method)
+    start = time.perf_counter()
+    op, trace_op = _Counted(matvec), _Counted(matvec)
+    bridge = _NumpyBridge(b)
+    n = b.numel()
+    linop = spla.LinearOperator((n, n), matvec=lambda x: bridge.to_numpy(op(bridge.to_torch(x))), dtype=np.float64)
+    b_norm = _norm(b)
+    if b_norm == 0:
+        return torch.zeros_like(b), SolveReport(method, 0, 0, 0.0, True, time.perf_counter() - start, "b = 0")
+    iterations, history = 0, []
+
+    def callback(xk: np.ndarray) -> None:
+        nonlocal iterations
+        iterations += 1
+        if config.track_residuals:
+            history.append(_norm(b - trace_op(bridge.to_torch(xk))) / b_norm)
+
+    solver = spla.minres if method == "minres" else spla.cg
+    # scipy's MINRES stops on ‖r‖ ≤ rtol·‖A‖·‖x‖, looser than ‖r‖ ≤ rtol·‖b‖: warm-restart with a tightened
+    # tolerance until the residual reported here meets rtol or the iteration budget is spent.
+    x_np, inner_rtol, rel = None, config.rtol, float("inf")
+    while iterations < config.maxiter:
+        x_np, _ = solver(
+            linop, bridge.to_numpy(b), x0=x_np, rtol=inner_rtol, maxiter=config.maxiter - iterations, callback=callback
+        )
+        x = bridge.to_torch(x_np)
+        _check(x, method)
+        rel = _norm(b - op(x)) / b_norm
+        if rel <= config.rtol or inner_rtol < 1e-15:
+            break
+        inner_rtol *= max(config.rtol / rel, 1e-3)
+    return x, SolveReport(
+        method,
+        iterations,
+        op.calls,
+        rel,
+        rel <= config.rtol,
+        time.perf_counter() - start,
+        residual_history=tuple(history),
+        trace_hvps=trace_op.calls,
+    )
+
+
+def solve_least_squares(
+    matvec: TorchMap,
+    rmatvec: TorchMap,
+    b: torch.Tensor,
+    n_cols: int,
+    method: str = "cgls",
+    damping: float = 0.0,
+    config: SolverConfig | None = None,
+) -> tuple[torch.Tensor, SolveReport]:
+    """Solve min_x ‖A x − b‖² + δ‖x‖² (A: R^k → R^p given by ``matvec``, Aᵀ by ``rmatvec``; k = ``n_cols``).
+
+    Each call of ``matvec`` or ``rmatvec`` counts as one Hessian-vector product.
+    """
+    config = config or SolverConfig()
+    if method not in LEAST_SQUARES_METHODS:
+        raise ValueError(f"Unknown least-squares solver {method!r}; choose one of {', '.join(LEAST_SQUARES_METHODS)}")
+    if damping < 0:
+        raise ValueError("damping must be ≥ 0")
+    _check(b, method)
+    start = time.perf_counter()
+    fwd, adj = _Counted(matvec), _Counted(rmatvec)
+    atb = adj(b)
+    atb_norm = _norm(atb)
+    if atb_norm == 0:
+        x = torch.zeros(n_cols, device=b.device, dtype=b.dtype)
+        return x, SolveReport(method, 0, adj.calls, 0.0, True, time.perf_counter() - start, "Aᵀb = 0")
+
+    def normal_residual(x: torch.Tensor) -> float:
+        return _norm(atb - adj(fwd(x)) - damping * x) / atb_norm
+
+    if method == "richardson":
+        x, iterations, history, note = _richardson(fwd, adj, atb, damping, config)
+        trace_calls = 0
+    else:
+        x, iterations, history, trace_calls = _scipy_least_squares(fwd, adj, b, atb, n_cols, method, damping, config)
+        note = ""
+    _check(x, method)
+    rel = normal_residual(x)
+    return x, SolveReport(
+        method,
+        iterations,
+        fwd.calls + adj.calls,
+        rel,
+        rel <= config.rtol,
+        time.perf_counter() - start,
+        note,
+        tuple(history),
+        trace_calls,
+    )
+
+
+def _scipy_least_squares(
+    fwd: _Counted,
+    adj: _Counted,
+    b: torch.Tensor,
+    atb: torch.Tensor,
+    n_cols: int,
+    method: str,
+    damping: float,
+    config: SolverConfig,
+) -> tuple[torch.Tensor, int, list[float], int]:
+    bridge = _NumpyBridge(b)
+    atb_norm = _norm(atb)
+    history: list[float] = []
+    trace_fwd, trace_adj = _Counted(fwd.fn), _Counted(adj.fn)
+    if method == "lsmr":
+        linop = spla.LinearOperator(
+            (b.numel(), n_cols),
+            matvec=lambda x: bridge.to_numpy(fwd(bridge.to_torch(x))),
+            rmatvec=lambda y: bridge.to_numpy(adj(bridge.to_torch(y))),
+            dtype=np.float64,
+        )
+        out = spla.lsmr(
+            linop, bridge.to_numpy(b), damp=damping**0.5, atol=config.rtol, btol=0.0, maxiter=config.maxiter
+        )
+        return bridge.to_torch(out[0]), int(out[2]), history, 0
+    # cgls: CG on the normal equations (AᵀA + δI) x = Aᵀb.
+    normal = spla.LinearOperator(
+        (n_cols, n_cols),
+        matvec=lambda x: bridge.to_numpy(_normal_product(fwd, adj, bridge.to_torch(x), damping)),
+        dtype=np.float64,
+    )
+    iterations = 0
+
+    def callback(xk: np.ndarray) -> None:
+        nonlocal iterations
+        iterations += 1
+        if config.track_residuals:
+            xt = bridge.to_torch(xk)
+            history.append(_norm(atb - _normal_product(trace_fwd, trace_adj, xt, damping)) / atb_norm)
+
+    x_np, _ = spla.cg(normal, bridge.to_numpy(atb), rtol=config.rtol, maxiter=config.maxiter, callback=callback)
+    return bridge.to_torch(x_np), iterations, history, trace_fwd.calls + trace_adj.calls
+
+
+def _normal_product(fwd: TorchMap, adj: TorchMap, x: torch.Tensor, damping: float) -> torch.Tensor:
+    return adj(fwd(x)) + damping * x
+
+
+def _richardson(
+    fwd: _Counted, adj: _Counted, atb: torch.Tensor, damping: float, config: SolverConfig
+) -> tuple[torch.Tensor, int, list[float], str]:
+    """The reference implementation's Richardson/Neumann iteration on the scaled normal equations."""
+    atb_norm = _norm(atb)
+    scale = config.richardson_scale
+    total_iterations = 0
+    history: list[float] = []
+    for restart in range(config.richardson_restarts + 1):
+        c2 = scale * scale
+        v = atb / c2
+        x = v.clone()
+        diff_old = float("inf")
+        diverged = False
+        for it in range(config.maxiter):
+            step = v - _normal_product(fwd, adj, x, damping) / c2  # = x_new − x = (Aᵀb − (AᵀA+δI)x)/c²
+            total_iterations += 1
+            rel = _norm(step) * c2 / atb_norm  # the normal residual at the current x, exactly
+            history.append(rel)
+            if not np.isfinite(rel):
+                diverged = True
+                break
+            if rel <= config.rtol:
+                return x, total_iterations, history, f"scale c = {scale:g} after {restart} restarts"
+            x = x + step
+            diff = _norm(step)
+            if it % 2 == 0:
+                if diff > diff_old:
+                    diverged = True
+                    break
+                diff_old = diff
+        if not diverged:
+            return x, total_iterations, history, f"scale c = {scale:g}; hit maxiter"
+        scale += config.richardson_scale_step
+    return x, total_iterations, history, f"diverged at every scale up to c = {scale:g}"
