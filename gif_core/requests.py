@@ -11,9 +11,11 @@ edit is θ ↦ θ + Δ with H Δ = g, g = −c·∇D(θ) (DESIGN.md section 2):
   g = (1/n)·Σ_{i∈U} [∇ℓ(x_i, y_i) − ∇ℓ(x_i, y'_i)].
 * :func:`backdoor_relabel` — undo a backdoor: U = poisoned samples, y = the attacker's label, y' = the true label.
 
-The Hessian H of every estimator is taken over the *Hessian sample*: a fixed, seeded subset of S∖U (all of it by
-default). SIF's second-order term needs the full-data Hessian and ∇²D, which :class:`EditProblem` assembles from
-H and Hessians over U:  ∇²L = (1−r)·H_{S∖U} + r·H_U  (r = m/n), and
+The Hessian H of every estimator is taken over the *Hessian sample*: a fixed, seeded subset of S∖U by default
+(``hessian_data="retained"``: IF is then one Newton step on the edited objective), or of all of S
+(``hessian_data="all"``: the classic Koh & Liang IF, expanded around the original objective). SIF's second-order term
+needs the full-data Hessian and ∇²D, which :class:`EditProblem` assembles from H and Hessians over U (r = m/n):
+∇²L = H when H covers S, else (1−r)·H_{S∖U} + r·H_U;
 ∇²D = ∇²L − H_U for removals,  ∇²D = r·(H_{U,y'} − H_{U,y}) for label changes.
 """
 
@@ -30,6 +32,7 @@ from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.params import ParamSpace
 
 GRADIENT_MODES = ("first-order", "newton")
+HESSIAN_DATA = ("retained", "all")
 
 
 class LabelledData(Protocol):
@@ -144,9 +147,10 @@ def _check_rows(indices: tuple[int, ...], n: int) -> None:
 
 @dataclass(frozen=True)
 class ProblemConfig:
-    """How an :class:`EditProblem` is set up: Hessian sample size (None = all of S∖U), its seed, the g variant
-    and the curvature options."""
+    """How an :class:`EditProblem` is set up: which data H covers (S∖U or S), the Hessian sample size (None = all
+    of it), its seed, the g variant and the curvature options."""
 
+    hessian_data: str = "retained"
     hessian_samples: int | None = None
     seed: int = 0
     gradient: str = "first-order"
@@ -155,6 +159,8 @@ class ProblemConfig:
     def __post_init__(self) -> None:
         if self.gradient not in GRADIENT_MODES:
             raise ValueError(f"gradient must be one of {', '.join(GRADIENT_MODES)}, got {self.gradient!r}")
+        if self.hessian_data not in HESSIAN_DATA:
+            raise ValueError(f"hessian_data must be one of {', '.join(HESSIAN_DATA)}, got {self.hessian_data!r}")
         if self.hessian_samples is not None and self.hessian_samples < 1:
             raise ValueError("hessian_samples must be ≥ 1 (or None for all retained samples)")
 
@@ -178,6 +184,7 @@ class EditProblem:
     g: torch.Tensor
     scale: float
     hessian: Curvature
+    hessian_covers_forget: bool
 
     @property
     def m(self) -> int:
@@ -197,13 +204,15 @@ class EditProblem:
         return self.hessian.with_sample((self.forget_inputs, self.new_labels))
 
     def full_hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """∇²L·v for the full-data objective: (1−r)·H_{S∖U}v + r·H_U v (damping of H included)."""
+        """∇²L·v for the full-data objective: H v if H covers S, else (1−r)·H_{S∖U}v + r·H_U v."""
+        if self.hessian_covers_forget:
+            return self.hessian.hvp(v)
         return (1 - self.r) * self.hessian.hvp(v) + self.r * self._hessian_forget.hvp(v)
 
     def perturbation_hvp(self, v: torch.Tensor) -> torch.Tensor:
         """∇²D·v for the perturbation D of this request (see module docstring)."""
         if self.new_labels is None:
-            return (1 - self.r) * (self.hessian.hvp(v) - self._hessian_forget.hvp(v))
+            return self.full_hvp(v) - self._hessian_forget.hvp(v)
         return self.r * (self._hessian_forget_new.hvp(v) - self._hessian_forget.hvp(v))
 
     def describe(self) -> dict:
@@ -225,11 +234,11 @@ def prepare(
     keep = torch.ones(n, dtype=torch.bool)
     keep[forget] = False
     retain = torch.nonzero(keep).reshape(-1)
-    sample_rows = retain
-    if config.hessian_samples is not None and config.hessian_samples < len(retain):
+    sample_rows = retain if config.hessian_data == "retained" else torch.arange(n)
+    if config.hessian_samples is not None and config.hessian_samples < len(sample_rows):
         generator = torch.Generator().manual_seed(config.seed)
-        pick = torch.randperm(len(retain), generator=generator)[: config.hessian_samples]
-        sample_rows = retain[pick.sort().values]
+        pick = torch.randperm(len(sample_rows), generator=generator)[: config.hessian_samples]
+        sample_rows = sample_rows[pick.sort().values]
     hessian = Curvature(model, (train.inputs[sample_rows], labels[sample_rows]), config.curvature)
     forget_inputs, forget_labels = train.inputs[forget], labels[forget]
     m = len(forget)
@@ -257,4 +266,5 @@ def prepare(
         g=g,
         scale=scale,
         hessian=hessian,
+        hessian_covers_forget=config.hessian_data == "all",
     )

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny float64 models and data, and an independent dense Hessian of the training objective."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def tiny_mlp(seed: int = 0, n_in: int = 4, hidden: int = 8, n_out: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out)).double()
+
+
+def tiny_convnet(seed: int = 0) -> nn.Module:
+    """1×6×6 inputs → Conv(1→2, 3×3) → tanh → Linear(32→3): 119 parameters."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double()
+
+
+def blobs(n: int = 60, n_in: int = 4, n_classes: int = 3, seed: int = 0, image: bool = False) -> SimpleNamespace:
+    """Separable-ish Gaussian blobs (float64), as a training set with ``inputs`` and ``labels``."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % n_classes
+    shape = (n, 1, 6, 6) if image else (n, n_in)
+    centres = torch.randn((n_classes, *shape[1:]), generator=generator, dtype=torch.float64)
+    inputs = centres[labels] + 0.7 * torch.randn(shape, generator=generator, dtype=torch.float64)
+    return SimpleNamespace(inputs=inputs, labels=labels)
+
+
+def dense_objective(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, weight_decay: float):
+    """L(θ) = mean CE + (λ/2)|θ|² as a function of the flat θ, written independently of gif_core."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    sizes = [p.numel() for _, p in model.named_parameters()]
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        pieces = dict(zip(names, (t.view(s) for t, s in zip(theta.split(sizes), shapes, strict=True)), strict=True))
+        logits = torch.func.functional_call(model, pieces, (inputs,))
+        return F.cross_entropy(logits, labels) + 0.5 * weight_decay * theta.square().sum()
+
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return objective, theta
+
+
+def dense_hessian(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, weight_decay: float) -> torch.Tensor:
+    objective, theta = dense_objective(model, inputs, labels, weight_decay)
+    return torch.autograd.functional.hessian(objective, theta)
+
+
+def dense_gradient(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, weight_decay: float) -> torch.Tensor:
+    objective, theta = dense_objective(model, inputs, labels, weight_decay)
+    return torch.autograd.functional.jacobian(objective, theta)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+@pytest.fixture
+def mlp_data():
+    return tiny_mlp(), blobs()
+
+
+@pytest.fixture
+def conv_data():
+    return tiny_convnet(), blobs(image=True)

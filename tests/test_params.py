@@ -1,0 +1,78 @@
+import pytest
+import torch
+from conftest import tiny_convnet, tiny_mlp
+from torch import nn
+
+from gif_core.params import ParamSpace, apply_delta, flat_parameters, state_hash
+
+
+def test_layout_follows_parameter_names():
+    model = tiny_convnet()
+    space = ParamSpace.from_model(model)
+    assert space.names == ("0.weight", "0.bias", "3.weight", "3.bias")
+    assert space.numel == 2 * 9 + 2 + 32 * 3 + 3 == 119
+    assert [b.offset for b in space.blocks] == [0, 18, 20, 116]
+    conv, linear = space.layers
+    assert (conv.module, conv.kind, conv.n_neurons, conv.fan_in, conv.neuron_size) == ("0", "conv", 2, 9, 10)
+    assert (linear.module, linear.kind, linear.n_neurons, linear.fan_in) == ("3", "linear", 3, 32)
+
+
+def test_flatten_unflatten_round_trip():
+    model = tiny_mlp()
+    space = ParamSpace.from_model(model)
+    theta = flat_parameters(model)
+    pieces = space.unflatten(theta)
+    for name, param in model.named_parameters():
+        assert torch.equal(pieces[name], param.detach())
+    assert torch.equal(space.flatten(pieces), theta)
+
+
+def test_neuron_indices_cover_fan_in_row_and_bias():
+    model = tiny_mlp()
+    space = ParamSpace.from_model(model)
+    layer = space.layer("2")  # Linear(8, 3)
+    idx = layer.neuron_indices(torch.tensor([1]))
+    marker = torch.zeros(space.numel)
+    marker[idx] = 1
+    pieces = space.unflatten(marker)
+    assert torch.equal(pieces["2.weight"][1], torch.ones(8))
+    assert pieces["2.weight"].sum() == 8 and pieces["2.bias"][1] == 1 and pieces["2.bias"].sum() == 1
+    assert pieces["0.weight"].sum() == 0
+
+
+def test_apply_delta_returns_copy_and_leaves_original_untouched():
+    model = tiny_mlp()
+    space = ParamSpace.from_model(model)
+    before = state_hash(model)
+    delta = torch.randn(space.numel, dtype=torch.float64)
+    edited = apply_delta(model, space, delta, step=0.5)
+    assert state_hash(model) == before
+    assert edited is not model
+    assert torch.allclose(flat_parameters(edited), flat_parameters(model) + 0.5 * delta)
+
+
+def test_apply_delta_rejects_bad_deltas():
+    model = tiny_mlp()
+    space = ParamSpace.from_model(model)
+    with pytest.raises(ValueError, match="flat vector of"):
+        apply_delta(model, space, torch.zeros(3))
+    bad = torch.zeros(space.numel, dtype=torch.float64)
+    bad[0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        apply_delta(model, space, bad)
+
+
+def test_frozen_parameters_are_left_out():
+    model = tiny_mlp()
+    model[0].bias.requires_grad_(False)
+    space = ParamSpace.from_model(model)
+    assert "0.bias" not in space.names
+    assert space.layer("0").bias is None and space.layer("0").neuron_size == 4
+
+
+def test_state_hash_sees_changes():
+    model = nn.Linear(2, 2)
+    before = state_hash(model)
+    with torch.no_grad():
+        model.bias[0] += 1e-6
+    assert state_hash(model) != before

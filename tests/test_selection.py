@@ -1,0 +1,133 @@
+import pytest
+import torch
+from conftest import blobs, tiny_convnet, tiny_mlp
+from torch import nn
+
+from gif_core.params import ParamSpace, state_hash
+from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, prepare
+from gif_core.selection import METHODS, SelectionConfig, _captured_outputs, from_mask, select, select_all
+
+
+def _wide_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 32), nn.ReLU(), nn.Linear(32, 3)
+    ).double()
+
+
+@pytest.fixture
+def problem():
+    return prepare(_wide_model(), blobs(n=90, image=True), ClassRemoval(1), 3)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "param-gradient"])
+@pytest.mark.parametrize("ratio", [0.05, 0.2, 0.5])
+def test_per_layer_budget_within_one_neuron_and_whole_neurons(problem, method, ratio):
+    selection = select(problem, SelectionConfig(method, ratio))
+    for layer, summary in zip(problem.space.layers, selection.layers, strict=True):
+        assert abs(summary.n_selected - ratio * layer.numel) <= layer.neuron_size
+        assert summary.n_selected == int(summary.selected_neurons.sum()) * layer.neuron_size  # whole neurons only
+    assert selection.ratio_asked == ratio
+    assert (
+        abs(selection.ratio_obtained - ratio)
+        <= max(l.neuron_size for l in problem.space.layers) * 3 / problem.space.numel
+    )
+
+
+def test_output_and_gradient_differ_and_are_reproducible(problem):
+    output = select(problem, SelectionConfig("output", 0.2))
+    gradient = select(problem, SelectionConfig("gradient", 0.2))
+    assert not torch.equal(output.mask, gradient.mask) and output.overlap(gradient) < 1
+    assert torch.equal(select(problem, SelectionConfig("output", 0.2)).mask, output.mask)
+    random_a = select(problem, SelectionConfig("random", 0.2, seed=1))
+    assert torch.equal(select(problem, SelectionConfig("random", 0.2, seed=1)).mask, random_a.mask)
+    assert not torch.equal(select(problem, SelectionConfig("random", 0.2, seed=2)).mask, random_a.mask)
+
+
+def test_output_scores_are_mean_absolute_activations(problem):
+    selection = select(problem, SelectionConfig("output", 0.25))
+    model = problem.model
+    expected = model[:4](problem.forget_inputs).mean(0).abs()  # Linear "3" outputs
+    assert torch.allclose(selection.layers[1].scores.double(), expected, atol=1e-6)
+    top = torch.topk(expected, selection.layers[1].n_selected // problem.space.layer("3").neuron_size).indices
+    assert set(top.tolist()) == set(torch.nonzero(selection.layers[1].selected_neurons).reshape(-1).tolist())
+
+
+def test_gradient_scores_by_hand_on_the_last_layer(problem):
+    selection = select(problem, SelectionConfig("gradient", 0.4))
+    logits = problem.model(problem.forget_inputs)
+    probs = torch.softmax(logits, -1)
+    onehot = nn.functional.one_hot(problem.forget_labels, 3).double()
+    expected = (probs - onehot).mean(0).abs()  # ∂CE/∂logits averaged over U
+    assert torch.allclose(selection.layers[-1].scores.double(), expected, atol=1e-6)
+
+
+def test_lowest_picks_the_lowest_scores(problem):
+    low = select(problem, SelectionConfig("lowest-gradient", 0.3))
+    for summary in low.layers:
+        k = int(summary.selected_neurons.sum())
+        assert k > 0
+        lowest = set(torch.argsort(summary.scores, stable=True)[:k].tolist())
+        assert set(torch.nonzero(summary.selected_neurons).reshape(-1).tolist()) == lowest
+
+
+def test_param_gradient_picks_largest_entries_of_g(problem):
+    selection = select(problem, SelectionConfig("param-gradient", 0.1))
+    k = round(0.1 * problem.space.numel)
+    assert selection.n_selected == k
+    assert problem.g.abs()[selection.mask].min() >= problem.g.abs()[~selection.mask].max()
+
+
+def test_global_budget(problem):
+    selection = select(problem, SelectionConfig("gradient", 0.2, budget="global"))
+    total = sum(l.numel for l in problem.space.layers)
+    assert 0.2 * total - max(l.neuron_size for l in problem.space.layers) <= selection.n_selected <= 0.2 * total
+
+
+def test_curvature_selector_prefers_weakly_constrained_parameters():
+    problem = prepare(_wide_model(), blobs(n=90, image=True), SampleRemoval([0, 1, 2]), 3)
+    selection = select(problem, SelectionConfig("curvature", 0.2))
+    fisher = problem.hessian.fisher_diagonal()
+    layer = problem.space.layers[-1]
+    ratio = problem.g.square() / (fisher + 1e-8)
+    per_neuron = torch.stack([ratio[layer.neuron_indices(torch.tensor([j]))].sum() for j in range(layer.n_neurons)])
+    assert torch.allclose(selection.layers[-1].scores.double(), per_neuron, rtol=1e-5)
+
+
+def test_label_change_gradient_selection_runs_and_model_untouched():
+    model = tiny_convnet()
+    before = state_hash(model)
+    problem = prepare(model, blobs(image=True), LabelChange([0, 1], [1, 2]), 3)
+    for method in METHODS:
+        select(problem, SelectionConfig(method, 0.3))
+    assert state_hash(model) == before
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_hooks_removed_even_on_exception():
+    model = tiny_mlp()
+    with pytest.raises(RuntimeError, match="boom"), _captured_outputs(model, ["0", "2"]):
+        assert model[0]._forward_hooks
+        raise RuntimeError("boom")
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_select_all_and_masks():
+    space = ParamSpace.from_model(tiny_mlp())
+    assert select_all(space).n_selected == space.numel
+    mask = torch.zeros(space.numel, dtype=torch.bool)
+    with pytest.raises(ValueError, match="selects no parameter"):
+        from_mask(space, mask)
+    mask[:5] = True
+    assert from_mask(space, mask).ratio_obtained == pytest.approx(5 / space.numel)
+
+
+def test_invalid_selection_config():
+    with pytest.raises(ValueError, match="ratio must lie in"):
+        SelectionConfig(ratio=0)
+    with pytest.raises(ValueError, match="ratio must lie in"):
+        SelectionConfig(ratio=1.5)
+    with pytest.raises(ValueError, match="Unknown selector"):
+        SelectionConfig("magic")
+    with pytest.raises(ValueError, match="budget"):
+        SelectionConfig(budget="local")
