@@ -1,0 +1,130 @@
+"""Classifier architectures, built from an input shape and a number of classes.
+
+Parameter names are stable (plain ``nn.Sequential`` and named submodules), so checkpoints and parameter
+selections refer to the same tensors across runs. ``cnn`` is the default: small (46,730 parameters at
+28x28), no BatchNorm and no dropout, so Hessian-vector products on it are cheap and exact.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision import models as tv_models
+
+ARCHITECTURES: tuple[str, ...] = ("mlp", "logreg", "cnn", "lenet", "resnet18", "vgg11")
+IMAGE_ARCHITECTURES: tuple[str, ...] = ("cnn", "lenet", "resnet18", "vgg11")
+
+
+def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A freshly initialised ``arch`` for per-sample inputs of ``input_shape`` (``(C, H, W)`` or ``(F,)``).
+
+    The initialisation draws from torch's global random generator: seed it (or use
+    :func:`gif_core.train.build_and_train`) for reproducible weights.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    shape = tuple(int(d) for d in input_shape)
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if arch in IMAGE_ARCHITECTURES and len(shape) != 3:
+        raise ValueError(
+            f"{arch!r} needs image inputs (C, H, W), got shape {shape}; for tabular data choose mlp or logreg"
+        )
+    if arch == "logreg":
+        return nn.Sequential(nn.Flatten(), nn.Linear(_size(shape), num_classes))
+    if arch == "mlp":
+        return _mlp(_size(shape), num_classes)
+    if arch == "cnn":
+        return _cnn(shape, num_classes)
+    if arch == "lenet":
+        return _lenet(shape, num_classes)
+    if arch == "resnet18":
+        return _resnet18(shape[0], num_classes)
+    return _vgg11(shape[0], num_classes)
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    size = 1
+    for d in shape:
+        size *= d
+    return size
+
+
+def _check_min_side(arch: str, shape: tuple[int, ...], minimum: int) -> None:
+    if min(shape[1:]) < minimum:
+        raise ValueError(f"{arch!r} needs images of at least {minimum}x{minimum}, got {shape[1]}x{shape[2]}")
+
+
+def _mlp(in_features: int, num_classes: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 64),
+        nn.ReLU(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
+
+
+def _cnn(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """conv5x5(16) - pool - conv5x5(32) - pool - linear(64) - linear(classes), ReLU, unpadded convs."""
+    _check_min_side("cnn", shape, 16)
+    channels, height, width = shape
+    side_h, side_w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
+    flat = 32 * side_h * side_w
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, kernel_size=5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, kernel_size=5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(flat, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
+
+
+def _lenet(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """LeNet-5 with ReLU and max-pooling; the first conv is padded so 28x28 and 32x32 inputs both work."""
+    _check_min_side("lenet", shape, 12)
+    channels, height, width = shape
+    side_h, side_w = (height // 2 - 4) // 2, (width // 2 - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, kernel_size=5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * side_h * side_w, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, num_classes),
+    )
+
+
+def _resnet18(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 for small images: 3x3 stride-1 stem, no stem max-pool."""
+    model = tv_models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _vgg11(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision's VGG-11 (no BatchNorm) for small images.
+
+    The first conv takes ``in_channels``; the five max-pools round up (``ceil_mode``) so a 28x28 input still
+    reaches 1x1; the head is global average pooling and a 512-512-classes MLP instead of the 4096-wide one.
+    """
+    model = tv_models.vgg11(weights=None)
+    model.features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
+    for layer in model.features:
+        if isinstance(layer, nn.MaxPool2d):
+            layer.ceil_mode = True
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes))
+    return model
