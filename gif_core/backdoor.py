@@ -11,12 +11,15 @@ Everything here is pure: inputs are never modified, new tensors are returned. Mo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+from gif_core.data import LabelledSet
 
 TRIGGER_KINDS: tuple[str, ...] = ("checkerboard", "patch")
 CORNERS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -225,3 +228,14 @@ def poison(
         spec=spec,
         images=new_images,
     )
+
+
+def poison_training_set(train: LabelledSet, spec: BackdoorSpec, num_classes: int) -> tuple[LabelledSet, PoisonedData]:
+    """The poisoned copy of a training split (inputs, labels and display images), and the poisoning record."""
+    poisoned = poison(train.inputs, train.labels, spec, images=train.images, num_classes=num_classes)
+    images = (
+        poisoned.images
+        if poisoned.images is None or torch.is_tensor(poisoned.images)
+        else torch.as_tensor(poisoned.images)
+    )
+    return dataclasses.replace(train, inputs=poisoned.inputs, labels=poisoned.labels, images=images), poisoned

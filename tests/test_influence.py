@@ -196,7 +196,7 @@ def test_result_reports_solver_diagnostics(mlp_data):
     result = estimate("gif", problem, select(problem), EstimatorConfig())
     summary = result.solver_summary()
     assert set(summary) == {"name", "iterations", "hvps", "rel_residual", "converged", "seconds"}
-    assert summary["hvps"] >= 2 * summary["iterations"] and summary["name"] == "cgls"
+    assert summary["hvps"] >= 2 * summary["iterations"] and summary["name"] == "lsmr"
     assert "least" not in result.solved and "min ‖H" in result.solved
     sif = estimate("sif", problem, config=TIGHT)
     assert len(sif.reports) == 2 and sif.solver_summary()["name"] == "minres+minres"

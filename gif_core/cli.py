@@ -1,0 +1,260 @@
+"""The ``gif`` command: train models, inspect checkpoints, and answer what-if questions from the terminal.
+
+    gif train --arch cnn --data mnist-bundled --out PATH
+    gif info PATH
+    gif remove --class 3 --method gif,if --retrain --json report.json
+
+Bad arguments print one line starting with ``gif: error:`` and exit with status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
+from gif_core.checkpoints import ModelCard, check_new_checkpoint_path, checkpoint_id, load_checkpoint, save_checkpoint
+from gif_core.data import DATASETS, load_data
+from gif_core.experiment import EditConfig, EditReport, run_edit
+from gif_core.influence import METHODS
+from gif_core.models import ARCHITECTURES
+from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, backdoor_relabel
+from gif_core.retrain import retrain
+from gif_core.selection import METHODS as SELECTORS
+from gif_core.solvers import LEAST_SQUARES_METHODS
+from gif_core.train import Recipe
+from gif_core.zoo import bundled_model_path, default_model_path, train_and_save
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gif", description="Generalized Influence Functions explorer.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model and save it with its model card")
+    train.add_argument("--arch", default="cnn", choices=ARCHITECTURES)
+    train.add_argument("--data", default="mnist-bundled", choices=DATASETS)
+    train.add_argument("--root", help="local folder of the data set (mnist, cifar10, svhn, imagefolder)")
+    train.add_argument("--out", required=True, help="new .safetensors file (never overwritten)")
+    train.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--backdoor-target", type=int, help="poison the training split towards this class")
+    train.add_argument("--backdoor-fraction", type=float, default=0.1)
+
+    info = commands.add_parser("info", help="show a checkpoint's model card")
+    info.add_argument("path")
+
+    remove = commands.add_parser("remove", help="what if some training data had not been there?")
+    remove.add_argument(
+        "--model", help="checkpoint (default: the bundled MNIST CNN; with --backdoor its backdoored twin)"
+    )
+    question = remove.add_mutually_exclusive_group(required=True)
+    question.add_argument("--class", dest="cls", type=int, help="remove every training sample of this class")
+    question.add_argument("--samples", help="remove training rows I,J,…")
+    question.add_argument("--relabel", help="change labels: I:L,J:M,…")
+    question.add_argument("--backdoor", action="store_true", help="relabel the poisoned samples to their true labels")
+    remove.add_argument("--method", default="gif", help=f"comma-separated, from {','.join(METHODS)}")
+    remove.add_argument("--selector", default="gradient", choices=SELECTORS)
+    remove.add_argument("--ratio", type=float, default=0.05)
+    remove.add_argument("--solver", default="lsmr", choices=LEAST_SQUARES_METHODS, help="GIF's least-squares solver")
+    remove.add_argument("--step", default="1.0", help="step scale α, or 'auto' (chosen on the validation split)")
+    remove.add_argument("--hessian-samples", type=int, default=1000)
+    remove.add_argument("--damping", type=float, default=0.0)
+    remove.add_argument("--maxiter", type=int, default=200)
+    remove.add_argument("--retrain", action="store_true", help="also retrain without the data and report gaps")
+    remove.add_argument("--seed", type=int, default=0)
+    remove.add_argument("--data-root", help="local folder of the model's data set, where it is not bundled")
+    remove.add_argument("--save", help="save the first method's edited model to this NEW .safetensors file")
+    remove.add_argument("--json", help="write the JSON report to this new file")
+    remove.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "info":
+            return _info(args)
+        return _remove(args)
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"gif: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    recipe = Recipe(args.optimizer, args.lr, 0.9, args.weight_decay, args.epochs, args.batch_size, args.seed)
+    backdoor = None
+    if args.backdoor_target is not None:
+        backdoor = BackdoorSpec(args.backdoor_target, args.backdoor_fraction, Trigger("checkerboard"), args.seed)
+    path = train_and_save(args.arch, args.data, recipe, args.out, root=args.root, backdoor=backdoor)
+    print(f"saved {path}")
+    return _info(argparse.Namespace(path=str(path)))
+
+
+def _info(args: argparse.Namespace) -> int:
+    _, card = load_checkpoint(args.path)
+    print(f"{args.path}  (id {checkpoint_id(args.path)})")
+    print(card.to_json())
+    return 0
+
+
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from exc
+
+
+def _request(args: argparse.Namespace, card: ModelCard):
+    if args.cls is not None:
+        return ClassRemoval(args.cls)
+    if args.samples is not None:
+        return SampleRemoval(_parse_ints(args.samples, "--samples"))
+    if args.relabel is not None:
+        pairs = [p.split(":") for p in args.relabel.split(",") if p.strip()]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise UsageError(f"--relabel takes ROW:LABEL pairs separated by commas, got {args.relabel!r}")
+        rows = _parse_ints(",".join(p[0] for p in pairs), "--relabel rows")
+        labels = _parse_ints(",".join(p[1] for p in pairs), "--relabel labels")
+        return LabelChange(rows, labels)
+    return None  # backdoor: built once the poisoned training set is known
+
+
+def _config(args: argparse.Namespace) -> EditConfig:
+    methods = tuple(m.strip().lower() for m in args.method.split(",") if m.strip())
+    if args.step == "auto":
+        step: float | str = "auto"
+    else:
+        try:
+            step = float(args.step)
+        except ValueError as exc:
+            raise UsageError(f"--step must be a positive number or 'auto', got {args.step!r}") from exc
+    if args.ratio <= 0 or args.ratio > 1:
+        raise UsageError(f"--ratio must lie in (0, 1], got {args.ratio}")
+    return EditConfig(
+        methods=methods,
+        selector=args.selector,
+        ratio=args.ratio,
+        step=step,
+        hessian_samples=args.hessian_samples,
+        damping=args.damping,
+        least_squares_solver=args.solver,
+        maxiter=args.maxiter,
+        seed=args.seed,
+    )
+
+
+def _remove(args: argparse.Namespace) -> int:
+    config = _config(args)
+    for target in (args.save, args.json):
+        if target and Path(target).exists():
+            raise UsageError(f"{target} already exists; choose a new file name (nothing is overwritten)")
+    if args.save:
+        check_new_checkpoint_path(args.save)
+    model_path = (
+        Path(args.model)
+        if args.model
+        else (bundled_model_path("mnist_cnn_backdoor") if args.backdoor else default_model_path())
+    )
+    model, card = load_checkpoint(model_path)
+    bundle = load_data(card.dataset, root=args.data_root, seed=card.split_seed)
+    train, backdoor = bundle.train, None
+    request = _request(args, card)
+    if args.backdoor:
+        if "backdoor" not in card.extra:
+            raise UsageError(f"{model_path} was not trained with a backdoor (its card has no 'backdoor' entry)")
+        backdoor = BackdoorSpec.from_dict(card.extra["backdoor"])
+        train, poisoned = poison_training_set(bundle.train, backdoor, bundle.num_classes)
+        request = backdoor_relabel(poisoned.poisoned_rows, poisoned.true_labels)
+    retrained = None
+    if args.retrain:
+        retrained = retrain(card, bundle, train, request, checkpoint_id(model_path), show_bar=not args.quiet)
+    report = run_edit(
+        model,
+        card,
+        bundle,
+        request,
+        config,
+        train=train,
+        backdoor=backdoor,
+        retrained_model=retrained.model if retrained else None,
+        progress=None if args.quiet else lambda message, _f: print(f"… {message}", file=sys.stderr),
+    )
+    if retrained is not None:
+        report.retrain_seconds, report.retrain_from_cache = retrained.seconds, retrained.from_cache
+    report.extra["model"] = {"path": str(model_path), "id": checkpoint_id(model_path)}
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        print(f"report written to {args.json}")
+    if args.save:
+        first = report.outcomes[0]
+        edited_card = ModelCard.from_dict(
+            {
+                **card.to_dict(),
+                "accuracy": {},
+                "notes": f"{first.method.upper()} edit of {model_path.name}: {report.request.describe()}",
+                "extra": {**card.extra, "edited_from": checkpoint_id(model_path), "edit": first.to_dict()},
+            }
+        )
+        save_checkpoint(first.model, edited_card, args.save)
+        print(f"edited model saved to {args.save}")
+    return 0
+
+
+def format_report(report: EditReport) -> str:
+    """The report as a readable terminal table."""
+    keys = ["forget_acc", "retain_acc", "test_acc", "f1"]
+    extra_keys = [k for k in ("relabelled_acc", "clean_acc", "attack_success_rate", "mia") if k in report.original]
+    header = ["model", "step", *keys, *extra_keys, "hvps", "converged", "seconds"]
+    if report.retrained is not None:
+        header += ["agree%", "KL", "avg_gap"]
+    rows = [["original", "", *(report.original[k] for k in keys + extra_keys), "", "", ""]]
+    if report.retrained is not None:
+        rows[0] += ["", "", ""]
+        rows.append(
+            [
+                "retrained",
+                "",
+                *(report.retrained[k] for k in keys + extra_keys),
+                "",
+                "",
+                report.retrain_seconds or "",
+                *[""] * 3,
+            ]
+        )
+    for o in report.outcomes:
+        solver = o.result.solver_summary()
+        name = o.method.upper() + (
+            f" {o.result.selection.ratio_asked:.0%}" if o.method in ("gif", "fif", "pif") else ""
+        )
+        row = [name, o.step, *(o.metrics[k] for k in keys + extra_keys), solver["hvps"], solver["converged"], o.seconds]
+        if o.vs_retrain is not None:
+            row += [o.vs_retrain["agreement"], o.vs_retrain["kl"], o.vs_retrain["avg_gap"]]
+        rows.append(row)
+
+    def cell(value: object) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    table = [header, *[[cell(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return f"Request: {report.request.describe()}\n" + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

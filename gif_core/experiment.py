@@ -1,0 +1,318 @@
+"""One what-if question end to end: a request, several estimators side by side, the step scale, the metrics of
+DESIGN.md section 3, and optionally the retrained ground truth. The CLI, the dashboard and the benchmarks all run
+edits through :func:`run_edit`, so they report the same numbers.
+
+Evaluation sets (all numbers in percent):
+
+* class removal of c:  forget = test images of class c, retain = the other test images;
+* sample removal:      forget = the removed training samples, retain = the remaining training samples;
+* label change:        forget = the relabelled training samples scored against their OLD labels (how much of the
+  old labelling is gone), retain = the other training samples; ``relabelled_acc`` scores them against the new ones;
+* backdoor:            as a label change, plus clean test accuracy and the attack success rate on triggered test
+  images.
+
+``test_acc`` is always on the whole test split and ``f1`` = 2(1−forget)·retain/((1−forget)+retain).
+``mia`` is the confidence-based membership-inference efficacy on the forget set (retain vs test as the reference).
+
+Step scale α: the edit is θ + α·Δ. ``step="auto"`` tries :data:`STEP_GRID` and keeps the α that maximises a
+VALIDATION objective only (never the test split): the F1 of (forget accuracy, validation accuracy) for removals,
+where the forget accuracy is on the validation images of the removed class for a class removal and on the removed
+training samples for a sample removal; the harmonic mean of (accuracy on the relabelled samples against their new
+labels, validation accuracy) for label changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gif_core.backdoor import BackdoorSpec
+from gif_core.checkpoints import ModelCard
+from gif_core.curvature import CurvatureConfig
+from gif_core.data import DataBundle, LabelledSet
+from gif_core.evaluate import (
+    accuracy,
+    avg_gap,
+    backdoor_metrics,
+    compare_to_retrained,
+    forget_f1,
+    mia_efficacy,
+    predict_proba,
+)
+from gif_core.influence import METHODS, SELECTIVE_METHODS, EstimatorConfig, InfluenceResult, estimate
+from gif_core.params import apply_delta
+from gif_core.requests import ClassRemoval, EditRequest, LabelChange, ProblemConfig, prepare
+from gif_core.selection import Selection, SelectionConfig, select
+from gif_core.solvers import SolverConfig
+
+STEP_GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """Everything about how an edit is computed (not what is asked: that is the request)."""
+
+    methods: tuple[str, ...] = ("gif",)
+    selector: str = "gradient"
+    ratio: float = 0.05
+    budget: str = "per-layer"
+    step: float | str = 1.0
+    hessian_samples: int | None = 1000
+    hessian_data: str = "retained"
+    damping: float = 0.0
+    least_squares_solver: str = "lsmr"
+    symmetric_solver: str = "minres"
+    rtol: float = 1e-4
+    maxiter: int = 200
+    seed: int = 0
+    track_residuals: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if not self.methods or unknown:
+            raise ValueError(f"Unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
+        if isinstance(self.step, str):
+            if self.step != "auto":
+                raise ValueError(f"step must be a positive number or 'auto', got {self.step!r}")
+        elif not self.step > 0:
+            raise ValueError(f"step must be a positive number or 'auto', got {self.step}")
+        SelectionConfig(self.selector, self.ratio, self.budget, self.seed)  # validates selector, ratio, budget
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The data a question is judged on (see module docstring)."""
+
+    request: EditRequest
+    train: LabelledSet
+    forget: LabelledSet
+    retain: LabelledSet
+    test: LabelledSet
+    validation: LabelledSet
+    step_forget: LabelledSet
+    relabelled: LabelledSet | None = None
+    backdoor: BackdoorSpec | None = None
+
+
+def build_scenario(
+    request: EditRequest, bundle: DataBundle, train: LabelledSet | None = None, backdoor: BackdoorSpec | None = None
+) -> Scenario:
+    """Evaluation sets for ``request`` on ``bundle`` (``train`` overrides the training split, e.g. poisoned)."""
+    train = train if train is not None else bundle.train
+    rows = request.forget_rows(train.labels, bundle.num_classes)
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[rows] = False
+    if isinstance(request, ClassRemoval):
+        test_in = bundle.test.labels == request.cls
+        val_in = bundle.val.labels == request.cls
+        return Scenario(
+            request,
+            train,
+            forget=bundle.test.subset(test_in),
+            retain=bundle.test.subset(~test_in),
+            test=bundle.test,
+            validation=bundle.val.subset(~val_in),
+            step_forget=bundle.val.subset(val_in),
+        )
+    forget = train.subset(rows)
+    relabelled = forget.with_labels(request.targets()) if isinstance(request, LabelChange) else None
+    return Scenario(
+        request,
+        train,
+        forget=forget,
+        retain=train.subset(keep),
+        test=bundle.test,
+        validation=bundle.val,
+        step_forget=relabelled if relabelled is not None else forget,
+        relabelled=relabelled,
+        backdoor=backdoor,
+    )
+
+
+def _acc(model: nn.Module, data: LabelledSet) -> float:
+    return accuracy(predict_proba(model, data.inputs), data.labels) if len(data) else float("nan")
+
+
+def evaluate_model(model: nn.Module, scenario: Scenario) -> dict[str, float]:
+    """The metrics of one model on a scenario (see module docstring)."""
+    probs = {name: predict_proba(model, getattr(scenario, name).inputs) for name in ("forget", "retain", "test")}
+    forget_acc = accuracy(probs["forget"], scenario.forget.labels)
+    retain_acc = accuracy(probs["retain"], scenario.retain.labels)
+    metrics = {
+        "forget_acc": forget_acc,
+        "retain_acc": retain_acc,
+        "test_acc": accuracy(probs["test"], scenario.test.labels),
+        "f1": forget_f1(forget_acc, retain_acc),
+    }
+    if not isinstance(scenario.request, ClassRemoval):
+        metrics["mia"] = mia_efficacy(
+            predict_proba(model, scenario.retain.inputs),
+            scenario.retain.labels,
+            probs["test"],
+            scenario.test.labels,
+            probs["forget"],
+            scenario.forget.labels,
+        )
+    if scenario.relabelled is not None:
+        metrics["relabelled_acc"] = _acc(model, scenario.relabelled)
+    if scenario.backdoor is not None:
+        spec = scenario.backdoor
+        result = backdoor_metrics(
+            model, scenario.test.inputs, scenario.test.labels, spec.trigger.stamp(scenario.test.inputs), spec.target
+        )
+        metrics["clean_acc"] = result.clean_acc
+        metrics["attack_success_rate"] = result.attack_success_rate
+    return metrics
+
+
+def step_objective(model: nn.Module, scenario: Scenario) -> float:
+    """The validation-only objective that ``step="auto"`` maximises (see module docstring)."""
+    val_acc = _acc(model, scenario.validation)
+    target_acc = _acc(model, scenario.step_forget)
+    if isinstance(scenario.request, LabelChange):
+        return 0.0 if target_acc + val_acc == 0 else 2 * target_acc * val_acc / (target_acc + val_acc)
+    return forget_f1(target_acc, val_acc)
+
+
+@dataclass
+class MethodOutcome:
+    """One estimator's answer: the influence result, the chosen step, the edited model and its metrics."""
+
+    method: str
+    result: InfluenceResult
+    step: float
+    step_curve: list[tuple[float, float]]
+    model: nn.Module
+    metrics: dict[str, float]
+    seconds: float
+    vs_retrain: dict[str, float] | None = None
+
+    def to_dict(self) -> dict:
+        selection = self.result.selection
+        record = {
+            "method": self.method,
+            "selector": selection.method,
+            "ratio": selection.ratio_asked,
+            "ratio_obtained": selection.ratio_obtained,
+            "n_selected": selection.n_selected,
+            "step": self.step,
+            **self.metrics,
+            "solver": self.result.solver_summary(),
+            "solved": self.result.solved,
+            "seconds": self.seconds,
+        }
+        if self.step_curve:
+            record["step_search"] = [{"step": a, "objective": o} for a, o in self.step_curve]
+        if self.vs_retrain is not None:
+            record["vs_retrain"] = self.vs_retrain
+        return record
+
+
+@dataclass
+class EditReport:
+    """The whole answer to one question; :meth:`to_dict` is the JSON report of ``gif remove --json``."""
+
+    request: EditRequest
+    config: EditConfig
+    original: dict[str, float]
+    outcomes: list[MethodOutcome]
+    selection: Selection | None
+    retrained: dict[str, float] | None = None
+    retrained_model: nn.Module | None = None
+    retrain_seconds: float | None = None
+    retrain_from_cache: bool | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        report = {
+            "request": self.request.describe(),
+            "config": {k: v for k, v in self.config.__dict__.items()},
+            "original": self.original,
+            "results": [o.to_dict() for o in self.outcomes],
+        }
+        if self.retrained is not None:
+            report["retrained"] = {
+                **self.retrained,
+                "seconds": self.retrain_seconds,
+                "from_cache": self.retrain_from_cache,
+            }
+        report.update(self.extra)
+        return report
+
+
+def _choose_step(
+    model: nn.Module, result: InfluenceResult, scenario: Scenario, step: float | str
+) -> tuple[float, list[tuple[float, float]]]:
+    if step != "auto":
+        return float(step), []
+    curve = [
+        (a, step_objective(apply_delta(model, result.problem.space, result.delta, a), scenario)) for a in STEP_GRID
+    ]
+    best = max(curve, key=lambda point: point[1])
+    return best[0], curve
+
+
+def run_edit(
+    model: nn.Module,
+    card: ModelCard,
+    bundle: DataBundle,
+    request: EditRequest,
+    config: EditConfig | None = None,
+    *,
+    train: LabelledSet | None = None,
+    backdoor: BackdoorSpec | None = None,
+    retrained_model: nn.Module | None = None,
+    progress: Progress | None = None,
+) -> EditReport:
+    """Answer ``request`` with every method of ``config``; ``model`` is never modified. The Hessian includes the
+    weight decay of the card's training recipe.
+
+    ``retrained_model`` (optional) is the ground truth to compare against (see :mod:`gif_core.retrain`).
+    ``progress(message, fraction)`` is called between stages.
+    """
+    config = config or EditConfig()
+    report_progress = progress or (lambda _message, _fraction: None)
+    scenario = build_scenario(request, bundle, train, backdoor)
+    problem_config = ProblemConfig(
+        hessian_data=config.hessian_data,
+        hessian_samples=config.hessian_samples,
+        seed=config.seed,
+        curvature=CurvatureConfig(weight_decay=float(card.recipe.get("weight_decay", 0.0)), damping=config.damping),
+    )
+    report_progress("Computing the gradient of the request", 0.05)
+    problem = prepare(model, scenario.train, request, bundle.num_classes, problem_config)
+    selection = None
+    if any(m in SELECTIVE_METHODS for m in config.methods):
+        report_progress(f"Selecting {config.ratio:.0%} of the parameters ({config.selector})", 0.1)
+        selection = select(problem, SelectionConfig(config.selector, config.ratio, config.budget, config.seed))
+    estimator = EstimatorConfig(
+        symmetric_solver=config.symmetric_solver,
+        least_squares_solver=config.least_squares_solver,
+        solver=SolverConfig(rtol=config.rtol, maxiter=config.maxiter, track_residuals=config.track_residuals),
+    )
+    original = evaluate_model(model, scenario)
+    retrained_metrics = evaluate_model(retrained_model, scenario) if retrained_model is not None else None
+    retrained_probs = predict_proba(retrained_model, scenario.test.inputs) if retrained_model is not None else None
+    outcomes = []
+    for i, method in enumerate(config.methods):
+        report_progress(f"Solving {method.upper()}", 0.15 + 0.8 * i / len(config.methods))
+        start = time.perf_counter()
+        result = estimate(method, problem, selection if method in SELECTIVE_METHODS else None, estimator)
+        step, curve = _choose_step(model, result, scenario, config.step)
+        edited = apply_delta(model, problem.space, result.delta, step)
+        seconds = time.perf_counter() - start
+        metrics = evaluate_model(edited, scenario)
+        outcome = MethodOutcome(method, result, step, curve, edited, metrics, seconds)
+        if retrained_metrics is not None:
+            outcome.vs_retrain = {
+                **compare_to_retrained(predict_proba(edited, scenario.test.inputs), retrained_probs),
+                "avg_gap": avg_gap(metrics, retrained_metrics),
+            }
+        outcomes.append(outcome)
+    report_progress("Done", 1.0)
+    return EditReport(request, config, original, outcomes, selection, retrained_metrics, retrained_model)

@@ -1,0 +1,94 @@
+"""The `gif` command end to end on the bundled default, and its argument errors."""
+
+import json
+
+import pytest
+
+from gif_core.cli import main
+
+FAST = ["--hessian-samples", "200", "--maxiter", "40", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIF_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_remove_class_with_retrain_writes_a_well_formed_report(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["remove", "--class", "3", "--method", "gif,if", "--retrain", "--json", str(out), *FAST]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) >= {"request", "original", "retrained", "results"}
+    assert report["request"] == {"kind": "class-removal", "class": 3}
+    assert [r["method"] for r in report["results"]] == ["gif", "if"]
+    for result in report["results"]:
+        assert set(result) >= {
+            "method",
+            "selector",
+            "ratio",
+            "n_selected",
+            "step",
+            "forget_acc",
+            "retain_acc",
+            "test_acc",
+            "f1",
+            "solver",
+            "vs_retrain",
+        }
+        assert set(result["solver"]) == {"name", "iterations", "hvps", "rel_residual", "converged", "seconds"}
+        assert set(result["vs_retrain"]) == {"agreement", "kl", "avg_gap"}
+        assert 0 <= result["forget_acc"] <= 100 and 0 <= result["test_acc"] <= 100
+    gif, full = report["results"]
+    assert gif["ratio"] == 0.05 and 0 < gif["n_selected"] < 0.06 * 46730
+    assert full["selector"] == "all" and full["n_selected"] == 46730
+    assert report["retrained"]["forget_acc"] == 0.0  # a model never shown class 3 never predicts it
+    assert report["original"]["forget_acc"] > 90
+    assert gif["forget_acc"] < report["original"]["forget_acc"]  # the edit forgets
+    printed = capsys.readouterr().out
+    assert "retrained" in printed and "GIF 5%" in printed
+
+
+def test_relabel_and_save_edited_model(tmp_path):
+    saved = tmp_path / "edited.safetensors"
+    assert main(["remove", "--relabel", "0:1,2:3", "--method", "fif", "--save", str(saved), *FAST]) == 0
+    assert saved.is_file() and saved.with_suffix(".json").is_file()
+    card = json.loads(saved.with_suffix(".json").read_text())
+    assert card["extra"]["edit"]["method"] == "fif"
+    assert main(["info", str(saved)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["remove", "--class", "12"], "Unknown class 12"),
+        (["remove", "--samples", "1,x"], "comma-separated integers"),
+        (["remove", "--samples", "99999"], "out of range"),
+        (["remove", "--relabel", "3"], "ROW:LABEL"),
+        (["remove", "--class", "1", "--ratio", "1.5"], "ratio must lie in"),
+        (["remove", "--class", "1", "--ratio", "0"], "ratio must lie in"),
+        (["remove", "--class", "1", "--method", "gif,magic"], "Unknown method"),
+        (["remove", "--class", "1", "--step", "big"], "--step must be"),
+        (["remove", "--class", "1", "--model", "missing.safetensors"], "not found"),
+        (["info", "nowhere.safetensors"], "not found"),
+    ],
+)
+def test_bad_arguments_print_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    out = tmp_path / "r.json"
+    assert main([*argv, *(["--json", str(out)] if argv[0] == "remove" else [])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gif: error:") and message in err[0]
+    assert not out.exists()
+
+
+def test_existing_output_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    out.write_text("keep me")
+    assert main(["remove", "--class", "1", "--json", str(out), *FAST]) == 2
+    assert out.read_text() == "keep me" and "already exists" in capsys.readouterr().err
+
+
+def test_backdoor_needs_a_backdoored_model(capsys):
+    from gif_core.zoo import default_model_path
+
+    assert main(["remove", "--backdoor", "--model", str(default_model_path()), *FAST]) == 2
+    assert "not trained with a backdoor" in capsys.readouterr().err
