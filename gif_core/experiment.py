@@ -62,13 +62,13 @@ class EditConfig:
     ratio: float = 0.05
     budget: str = "per-layer"
     step: float | str = 1.0
-    hessian_samples: int | None = 1000
+    hessian_samples: int | None = 500
     hessian_data: str = "retained"
     damping: float = 0.0
     least_squares_solver: str = "lsmr"
     symmetric_solver: str = "minres"
     rtol: float = 1e-4
-    maxiter: int = 200
+    maxiter: int = 100
     seed: int = 0
     track_residuals: bool = False
 

