@@ -19,5 +19,5 @@ run: install
 	$(BIN)/gif remove --class 3 --method gif,if
 
 test: install-dev
-	$(BIN)/ruff check gif_core tests benchmarks app
+	$(BIN)/ruff check gif_core tests benchmarks
 	$(BIN)/python -m pytest
