@@ -32,7 +32,7 @@ def provenance() -> dict:
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
     return {
-        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+        "command": " ".join(shlex.quote(a) for a in ["python", *_invocation()]),
         "commit": commit + ("+uncommitted" if dirty else ""),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
@@ -40,6 +40,12 @@ def provenance() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def _invocation() -> list[str]:
+    """sys.argv, with ``-m module`` restored when the script ran as a module."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return ["-m", spec.name, *sys.argv[1:]] if spec is not None else sys.argv
 
 
 def write_results(name: str, markdown_body: str, data: dict, out_dir: Path = RESULTS) -> Path:

@@ -1,7 +1,7 @@
 """Engine benchmark (issue: gif_core engine): cost of a Hessian-vector product relative to a gradient, and the
 GIF solve with Krylov (CGLS, LSMR) vs the reference Richardson iteration, on the default CNN with 5% of parameters.
 
-    python benchmarks/engine.py [--quick] [--out DIR]
+    python -m benchmarks.engine [--quick] [--out DIR]
 
 Writes engine.md / engine.json / engine_residuals.png into benchmarks/results/ (or --out).
 """

@@ -253,7 +253,17 @@ def format_report(report: EditReport) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return f"Request: {report.request.describe()}\n" + "\n".join(lines)
+    return f"Request: {_short(report.request.describe())}\n" + "\n".join(lines)
+
+
+def _short(description: dict, keep: int = 8) -> str:
+    """The request with long index lists abbreviated (the JSON report keeps them whole)."""
+    parts = []
+    for key, value in description.items():
+        if isinstance(value, list) and len(value) > keep:
+            value = f"[{', '.join(map(str, value[:keep]))}, … ({len(value)} in all)]"
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":
