@@ -49,7 +49,7 @@ from gif_core.requests import ClassRemoval, EditRequest, LabelChange, ProblemCon
 from gif_core.selection import Selection, SelectionConfig, select
 from gif_core.solvers import SolverConfig
 
-STEP_GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+STEP_GRID = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 Progress = Callable[[str, float], None]
 
 
