@@ -118,7 +118,7 @@ def _parse_ints(text: str, what: str) -> list[int]:
         raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from exc
 
 
-def _request(args: argparse.Namespace, card: ModelCard):
+def _request(args: argparse.Namespace) -> ClassRemoval | SampleRemoval | LabelChange | None:
     if args.cls is not None:
         return ClassRemoval(args.cls)
     if args.samples is not None:
@@ -172,7 +172,7 @@ def _remove(args: argparse.Namespace) -> int:
     model, card = load_checkpoint(model_path)
     bundle = load_data(card.dataset, root=args.data_root, seed=card.split_seed)
     train, backdoor = bundle.train, None
-    request = _request(args, card)
+    request = _request(args)
     if args.backdoor:
         if "backdoor" not in card.extra:
             raise UsageError(f"{model_path} was not trained with a backdoor (its card has no 'backdoor' entry)")

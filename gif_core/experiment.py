@@ -23,6 +23,7 @@ labels, validation accuracy) for label changes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,7 +152,7 @@ def evaluate_model(model: nn.Module, scenario: Scenario) -> dict[str, float]:
     }
     if not isinstance(scenario.request, ClassRemoval):
         metrics["mia"] = mia_efficacy(
-            predict_proba(model, scenario.retain.inputs),
+            probs["retain"],
             scenario.retain.labels,
             probs["test"],
             scenario.test.labels,
@@ -231,7 +232,7 @@ class EditReport:
     def to_dict(self) -> dict:
         report = {
             "request": self.request.describe(),
-            "config": {k: v for k, v in self.config.__dict__.items()},
+            "config": dataclasses.asdict(self.config),
             "original": self.original,
             "results": [o.to_dict() for o in self.outcomes],
         }
