@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
-from gif_core.checkpoints import ModelCard, check_new_checkpoint_path, checkpoint_id, load_checkpoint, save_checkpoint
+from gif_core.checkpoints import (
+    ModelCard,
+    card_path_for,
+    check_new_checkpoint_path,
+    checkpoint_id,
+    load_checkpoint,
+    save_checkpoint,
+)
 from gif_core.data import DATASETS, load_data
 from gif_core.experiment import EditConfig, EditReport, run_edit
 from gif_core.influence import METHODS
@@ -164,6 +171,8 @@ def _remove(args: argparse.Namespace) -> int:
             raise UsageError(f"{target} already exists; choose a new file name (nothing is overwritten)")
     if args.save:
         check_new_checkpoint_path(args.save)
+        if args.json and Path(args.json).resolve() == card_path_for(args.save).resolve():
+            raise UsageError(f"--json {args.json} is where --save writes the model card; choose another name")
     model_path = (
         Path(args.model)
         if args.model
@@ -198,7 +207,8 @@ def _remove(args: argparse.Namespace) -> int:
     report.extra["model"] = {"path": str(model_path), "id": checkpoint_id(model_path)}
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        with open(args.json, "x", encoding="utf-8") as handle:  # "x": never overwrite a file made meanwhile
+            handle.write(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
         print(f"report written to {args.json}")
     if args.save:
         first = report.outcomes[0]

@@ -82,6 +82,8 @@ def estimate(
             raise ValueError(f"{method.upper()} needs a parameter selection (see gif_core.selection.select).")
         if selection.mask.numel() != problem.space.numel:
             raise ValueError("The selection was made for another model: its mask does not match the parameters.")
+        if selection.n_selected == 0:
+            raise ValueError(f"{method.upper()} got an empty selection: there is no parameter to update.")
     else:
         selection = select_all(problem.space)
     runner = {"if": _influence, "pif": _projected, "fif": _frozen, "gif": _generalized, "sif": _second_order}
@@ -147,5 +149,9 @@ def _second_order(problem: EditProblem, selection: Selection, config: EstimatorC
     first, report1 = solve_symmetric(problem.full_hvp, problem.g, config.symmetric_solver, config.solver)
     rhs = -problem.scale * problem.perturbation_hvp(first)
     second, report2 = solve_symmetric(problem.full_hvp, rhs, config.symmetric_solver, config.solver)
-    report2 = replace(report2, hvps=report2.hvps + 1)  # the product ∇²D·I1 that built its right-hand side
+    # Count Hessian-vector products, not operator calls: one H_L product may combine two Hessians, and the
+    # right-hand side of the second solve needed one ∇²D product.
+    per_call = problem.full_hvp_products
+    report1 = replace(report1, hvps=report1.hvps * per_call)
+    report2 = replace(report2, hvps=report2.hvps * per_call + problem.perturbation_hvp_products)
     return first + second, [report1, report2], "I1 = H_L⁻¹g, I2 = −c·H_L⁻¹(∇²D·I1), Δ = I1 + I2"

@@ -127,7 +127,7 @@ EditRequest = ClassRemoval | SampleRemoval | LabelChange
 
 def backdoor_relabel(poisoned_rows: torch.Tensor, true_labels: torch.Tensor) -> LabelChange:
     """Undo a backdoor: relabel the poisoned training samples (now carrying the attacker's label) to their true
-    labels. Poisoned samples whose true label already equals the current one are not part of an attack."""
+    labels. A row whose true label equals its current label is no poisoned sample: :func:`prepare` rejects it."""
     rows = _as_index_tuple(poisoned_rows, "poisoned_rows")
     labels = _as_index_tuple(true_labels, "true_labels")
     if not rows:
@@ -185,6 +185,8 @@ class EditProblem:
     scale: float
     hessian: Curvature
     hessian_covers_forget: bool
+    hessian_retained_rows: torch.Tensor
+    train: LabelledData
 
     @property
     def m(self) -> int:
@@ -193,6 +195,23 @@ class EditProblem:
     @property
     def r(self) -> float:
         return self.m / self.n
+
+    @property
+    def full_hvp_products(self) -> int:
+        """Hessian-vector products one :meth:`full_hvp` costs."""
+        return 1 if self.hessian_covers_forget else 2
+
+    @property
+    def perturbation_hvp_products(self) -> int:
+        """Hessian-vector products one :meth:`perturbation_hvp` costs."""
+        return 2 if self.new_labels is not None else self.full_hvp_products + 1
+
+    def retained_fisher(self) -> torch.Tensor:
+        """Diagonal empirical Fisher over the Hessian sample's rows that are NOT in U (mean of squared gradients)."""
+        if not self.hessian_covers_forget:
+            return self.hessian.fisher_diagonal()
+        rows = self.hessian_retained_rows
+        return self.hessian.with_sample((self.train.inputs[rows], self.train.labels[rows])).fisher_diagonal()
 
     @cached_property
     def _hessian_forget(self) -> Curvature:
@@ -267,4 +286,6 @@ def prepare(
         scale=scale,
         hessian=hessian,
         hessian_covers_forget=config.hessian_data == "all",
+        hessian_retained_rows=sample_rows[keep[sample_rows]],
+        train=train,
     )

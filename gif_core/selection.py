@@ -9,7 +9,7 @@ and select whole neurons (the fan-in row of the weight plus the bias entry, see 
 * ``lowest-output`` / ``lowest-gradient``  the same scores, lowest first (the paper's ablation);
 * ``random``    neurons drawn uniformly with a seeded generator;
 * ``curvature`` score_j = Σ_{params of j} g² / (F_retain + ε): parameters the questioned data pulls on hard but the
-  retained data barely constrains (F_retain is the diagonal empirical Fisher over the Hessian sample; the idea
+  retained data barely constrains (F_retain is the diagonal empirical Fisher over the Hessian sample minus U; the idea
   behind Selective Synaptic Dampening's importance ratio). All neurons of a layer have the same size, so ranking by
   this score is ranking by score per parameter.
 * ``param-gradient`` the individual parameters with the largest |g|, anywhere (not neuron-wise).
@@ -141,6 +141,11 @@ def select(problem: EditProblem, config: SelectionConfig | None = None) -> Selec
     mask = torch.zeros(space.numel, dtype=torch.bool)
     for layer in space.layers:
         mask[layer.neuron_indices(chosen[layer.module])] = True
+    if not mask.any():
+        raise ValueError(
+            f"A ratio of {config.ratio:g} fits no whole neuron in any layer (the smallest layer block has "
+            f"{min(l.neuron_size for l in space.layers)} parameters): raise the ratio or use the param-gradient selector."
+        )
     shown = {} if config.method == "random" else scores
     return _finish(space, mask, config.method, config.ratio, shown)
 
@@ -151,7 +156,7 @@ def _neuron_scores(problem: EditProblem, config: SelectionConfig) -> dict[str, t
         generator = torch.Generator().manual_seed(config.seed)
         return {l.module: torch.rand(l.n_neurons, generator=generator) for l in layers}
     if config.method == "curvature":
-        fisher = problem.hessian.fisher_diagonal().cpu()
+        fisher = problem.retained_fisher().cpu()
         ratio = problem.g.cpu().square() / (fisher + config.fisher_epsilon)
         return {l.module: _block_sums(ratio, l) for l in layers}
     return _activation_scores(problem, config)

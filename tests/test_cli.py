@@ -92,3 +92,9 @@ def test_backdoor_needs_a_backdoored_model(capsys):
 
     assert main(["remove", "--backdoor", "--model", str(default_model_path()), *FAST]) == 2
     assert "not trained with a backdoor" in capsys.readouterr().err
+
+
+def test_json_may_not_take_the_saved_cards_name(tmp_path, capsys):
+    save, card = tmp_path / "x.safetensors", tmp_path / "x.json"
+    assert main(["remove", "--class", "1", "--save", str(save), "--json", str(card), *FAST]) == 2
+    assert "model card" in capsys.readouterr().err and not save.exists() and not card.exists()

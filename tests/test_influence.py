@@ -187,15 +187,16 @@ def test_estimate_rejects_bad_calls(mlp_data):
         estimate("tracin", problem)
     other = prepare(tiny_convnet(), blobs(image=True), SampleRemoval([1]), 3)
     with pytest.raises(ValueError, match="another model"):
-        estimate("fif", problem, select(other))
+        estimate("fif", problem, select(other, SelectionConfig(ratio=0.3)))
 
 
 def test_result_reports_solver_diagnostics(mlp_data):
     model, data = mlp_data
     problem = prepare(model, data, SampleRemoval([1, 2]), 3, ProblemConfig(curvature=CurvatureConfig(0.01)))
-    result = estimate("gif", problem, select(problem), EstimatorConfig())
+    result = estimate("gif", problem, select(problem, SelectionConfig(ratio=0.3)), EstimatorConfig())
     summary = result.solver_summary()
     assert set(summary) == {"name", "iterations", "hvps", "rel_residual", "converged", "seconds"}
+    assert summary["iterations"] > 0 and result.selection.n_selected > 0
     assert summary["hvps"] >= 2 * summary["iterations"] and summary["name"] == "lsmr"
     assert "least" not in result.solved and "min ‖H" in result.solved
     sif = estimate("sif", problem, config=TIGHT)
@@ -210,3 +211,22 @@ def test_backdoor_like_relabel_keeps_model_unchanged(mlp_data):
     for method in ("if", "pif", "fif", "gif", "sif"):
         estimate(method, problem, select(problem, SelectionConfig(ratio=0.5)))
     assert state_hash(model) == before
+
+
+@pytest.mark.parametrize("hessian_data", ["retained", "all"])
+def test_sif_counts_every_hessian_vector_product(monkeypatch, hessian_data):
+    from gif_core.curvature import Curvature
+
+    model, data = tiny_mlp(), blobs()
+    config = ProblemConfig(hessian_data=hessian_data, curvature=CurvatureConfig(0.01))
+    problem = prepare(model, data, SampleRemoval([1, 2, 3]), 3, config)
+    calls = {"n": 0}
+    original = Curvature.hvp
+
+    def counted(self, v):
+        calls["n"] += 1
+        return original(self, v)
+
+    monkeypatch.setattr(Curvature, "hvp", counted)
+    result = estimate("sif", problem, config=TIGHT)
+    assert result.hvps == calls["n"]

@@ -131,3 +131,22 @@ def test_invalid_selection_config():
         SelectionConfig("magic")
     with pytest.raises(ValueError, match="budget"):
         SelectionConfig(budget="local")
+
+
+def test_a_ratio_that_fits_no_whole_neuron_is_an_error_not_an_empty_edit():
+    problem = prepare(nn.Linear(4, 3).double(), blobs(), SampleRemoval([0]), 3)  # 3 neurons: 5% rounds to none
+    with pytest.raises(ValueError, match="fits no whole neuron"):
+        select(problem, SelectionConfig("gradient", 0.05))
+
+
+def test_curvature_selector_uses_retained_rows_only_when_h_covers_all_data():
+    from gif_core.requests import ProblemConfig
+
+    data = blobs(n=90, image=True)
+    problem = prepare(_wide_model(), data, SampleRemoval([0, 1, 2]), 3, ProblemConfig(hessian_data="all"))
+    selection = select(problem, SelectionConfig("curvature", 0.2))
+    retained = problem.hessian.with_sample((data.inputs[3:], data.labels[3:]))
+    ratio = problem.g.square() / (retained.fisher_diagonal() + 1e-8)
+    layer = problem.space.layers[-1]
+    per_neuron = torch.stack([ratio[layer.neuron_indices(torch.tensor([j]))].sum() for j in range(layer.n_neurons)])
+    assert torch.allclose(selection.layers[-1].scores.double(), per_neuron, rtol=1e-5)
