@@ -92,3 +92,44 @@ def test_top_helpful_and_harmful():
     harmful, low = result.top(0, 5, helpful=False)
     assert values[0] == result.scores[0].max() and low[0] == result.scores[0].min()
     assert (values[:-1] >= values[1:]).all() and not set(helpful.tolist()) & set(harmful.tolist())
+
+
+def test_captum_baselines_share_shape_and_orientation():
+    from gif_core.captum_baselines import CaptumConfig, captum_scores
+    from gif_core.params import state_hash
+
+    torch.manual_seed(0)
+    data = blobs(n=120, n_in=5, n_classes=3, seed=7)
+    model = _fit_logreg(data.inputs, data.labels, 0.05).float()
+    inputs = data.inputs.float()
+    before = state_hash(model)
+    curvature = Curvature(model, (inputs, data.labels), CurvatureConfig(weight_decay=0.05))
+    test_x, test_y = inputs[:3] * 0.5, torch.tensor([1, 2, 0])
+    ours = influence_scores(curvature, training_gradients(curvature, inputs, data.labels), test_x, test_y).scores
+    config = CaptumConfig(weight_decay=0.05, batch_size=40, projection_dim=18, arnoldi_dim=18)
+    for method, floor in (("naive", 0.99), ("arnoldi", 0.85), ("tracincp", 0.5)):
+        theirs = captum_scores(method, model, inputs, data.labels, test_x, test_y, config)
+        assert theirs.shape == ours.shape
+        for i in range(3):  # same orientation: positive = helpful
+            assert spearmanr(theirs[i].numpy(), ours[i].numpy()).statistic > floor, (method, i)
+    assert state_hash(model) == before
+
+
+def test_score_errors_say_what_to_do():
+    import pytest
+
+    from gif_core.captum_baselines import captum_scores
+
+    model, data = tiny_mlp(), blobs()
+    curvature = Curvature(model, (data.inputs, data.labels))
+    grads = training_gradients(curvature, data.inputs, data.labels)
+    with pytest.raises(ValueError, match="choose one of if, gif"):
+        influence_scores(curvature, grads, data.inputs[:1], data.labels[:1], "tracin")
+    with pytest.raises(ValueError, match="non-empty parameter selection"):
+        influence_scores(curvature, grads, data.inputs[:1], data.labels[:1], "gif")
+    with pytest.raises(ValueError, match="hessian_reg > 0"):
+        captum_scores(
+            "naive", model.float(), data.inputs.float(), data.labels, data.inputs[:1].float(), data.labels[:1]
+        )
+    with pytest.raises(ValueError, match="tracincp, naive, arnoldi"):
+        captum_scores("lissa", model, data.inputs, data.labels, data.inputs[:1], data.labels[:1])

@@ -1,0 +1,97 @@
+"""Captum's influence estimators as baselines beside ours, run on the same model and data.
+
+The one place that imports ``captum.influence`` (the Arnoldi class lives in the private module
+``captum.influence._core.arnoldi_influence_function``, and the naive one in ``..._core.influence_function``).
+Captum loads model weights through a "checkpoint" callback; its default callback unpickles a file, so here the
+callback copies an in-memory state dict instead — nothing is read from disk and nothing is unpickled. Captum works
+on a private copy of the model; the caller's model is never touched.
+
+Orientation: all three return scores [n_test, n_train] where positive means the training sample is a proponent
+(helpful: it lowers the test loss), the same orientation as :mod:`gif_core.scores` (checked in tests/test_scores.py).
+``tracincp`` is TracInCP with the single final checkpoint (learning-rate weight 1): ∇ℓ_testᵀ∇ℓ_z, no Hessian.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from captum.influence import TracInCP
+from captum.influence._core.arnoldi_influence_function import ArnoldiInfluenceFunction
+from captum.influence._core.influence_function import NaiveInfluenceFunction
+from torch import nn
+from torch.utils.data import TensorDataset
+
+CAPTUM_METHODS = ("tracincp", "naive", "arnoldi")
+
+
+@dataclass(frozen=True)
+class CaptumConfig:
+    """``weight_decay`` is the model's training λ. Captum's Hessian is that of the SUMMED per-sample loss, so the
+    same objective as ours (mean CE + λ/2·|θ|²) needs ``hessian_reg = λ·n``; that is the default (None). With it,
+    Captum's naive influence ranks training samples exactly as :mod:`gif_core.scores` does (tests/test_scores.py)."""
+
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    hessian_reg: float | None = None
+    projection_dim: int = 50
+    arnoldi_dim: int = 200
+    seed: int = 0
+
+
+def captum_scores(
+    method: str,
+    model: nn.Module,
+    train_inputs: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_inputs: torch.Tensor,
+    test_labels: torch.Tensor,
+    config: CaptumConfig | None = None,
+) -> torch.Tensor:
+    """Influence scores [n_test, n_train] from Captum's ``method`` (positive = helpful, see module docstring)."""
+    if method not in CAPTUM_METHODS:
+        raise ValueError(f"Unknown Captum method {method!r}; choose one of {', '.join(CAPTUM_METHODS)}")
+    config = config or CaptumConfig()
+    hessian_reg = config.hessian_reg if config.hessian_reg is not None else config.weight_decay * len(train_labels)
+    if hessian_reg <= 0 and method != "tracincp":
+        raise ValueError(
+            "Captum's inverse Hessian needs hessian_reg > 0: give the model's weight_decay or hessian_reg."
+        )
+    state = copy.deepcopy(model.state_dict())
+    private = copy.deepcopy(model).eval()
+
+    def load_from_memory(target: nn.Module, _name: str) -> float:
+        target.load_state_dict(state)
+        return 1.0  # the checkpoint's learning-rate weight in TracInCP
+
+    common = {
+        "model": private,
+        "train_dataset": TensorDataset(train_inputs, train_labels),
+        "checkpoints_load_func": load_from_memory,
+        "loss_fn": nn.CrossEntropyLoss(reduction="none"),
+        "batch_size": config.batch_size,
+    }
+    if method == "tracincp":
+        estimator = TracInCP(checkpoints=["in-memory"], **common)
+    elif method == "naive":
+        estimator = NaiveInfluenceFunction(
+            checkpoint="in-memory",
+            hessian_reg=hessian_reg,
+            projection_dim=config.projection_dim,
+            seed=config.seed,
+            **common,
+        )
+    else:
+        estimator = ArnoldiInfluenceFunction(
+            checkpoint="in-memory",
+            hessian_reg=hessian_reg,
+            projection_dim=config.projection_dim,
+            arnoldi_dim=config.arnoldi_dim,
+            seed=config.seed,
+            **common,
+        )
+    scores = estimator.influence((test_inputs, test_labels))
+    if not torch.isfinite(scores).all():
+        raise FloatingPointError(f"Captum's {method} returned NaN or inf scores; raise hessian_reg and retry.")
+    return scores.detach().cpu()
