@@ -133,3 +133,28 @@ def test_score_errors_say_what_to_do():
         )
     with pytest.raises(ValueError, match="tracincp, naive, arnoldi"):
         captum_scores("lissa", model, data.inputs, data.labels, data.inputs[:1], data.labels[:1])
+
+
+def test_self_influence_against_dense_algebra():
+    from gif_core.scores import detection_rate, self_influence
+
+    torch.manual_seed(0)
+    data = blobs(n=60, n_in=5, n_classes=3, seed=3)
+    model = _fit_logreg(data.inputs, data.labels, 0.05)
+    curvature = Curvature(model, (data.inputs, data.labels), CurvatureConfig(weight_decay=0.05))
+    grads = training_gradients(curvature, data.inputs, data.labels).double()
+    H = dense_hessian(model, data.inputs, data.labels, 0.05)
+    n = len(data.labels)
+    exact = torch.einsum("np,np->n", grads, torch.linalg.solve(H, grads.T).T) / n
+    assert rel_err(self_influence(grads, "if", curvature, solver=TIGHT).values.double(), exact) < 1e-4
+    w, V = torch.linalg.eigh(H)
+    top_w, top_V = w[-10:], V[:, -10:]
+    expected = ((grads @ top_V).square() / top_w).sum(1) / n
+    low_rank = self_influence(grads, "if-lowrank", curvature, rank=10)
+    assert rel_err(low_rank.values.double(), expected) < 1e-4
+    assert torch.allclose(low_rank.eigenvalues.sort().values, top_w, rtol=1e-6)
+    tracin = self_influence(grads, "tracin")
+    assert torch.allclose(tracin.values, grads.square().sum(1))
+    ranking = tracin.ranking()
+    assert detection_rate(ranking, ranking[:3], 0.05) == 100.0
+    assert detection_rate(ranking, ranking[-3:], 0.5) == 0.0
