@@ -14,3 +14,26 @@ def test_engine_benchmark_quick(tmp_path, monkeypatch):
     assert {r["solver"] for r in data["solver_race"]["rows"]} == {"cgls", "lsmr", "richardson"}
     assert (tmp_path / "engine_residuals.png").stat().st_size > 1000
     assert "Produced by" in (tmp_path / "engine.md").read_text()
+
+
+def test_mislabel_benchmark_quick(tmp_path, monkeypatch):
+    from benchmarks import mislabel
+
+    monkeypatch.setattr(sys, "argv", ["mislabel.py", "--quick", "--out", str(tmp_path)])
+    mislabel.main()
+    rows = json.loads((tmp_path / "mislabel.json").read_text())["rows"]
+    assert [r["method"].split(" ")[0] for r in rows] == ["tracin", "if-lowrank"]
+    assert all(0 <= r["found in top 10%"] <= r["found in top 20%"] <= 100 for r in rows)
+
+
+def test_flip_labels_changes_exactly_the_chosen_rows():
+    import torch
+
+    from benchmarks.mislabel import flip_labels
+
+    labels = torch.arange(100) % 10
+    flipped, rows = flip_labels(labels, 0.1, 10, seed=1)
+    assert len(rows) == 10 and (flipped[rows] != labels[rows]).all()
+    keep = torch.ones(100, dtype=torch.bool)
+    keep[rows] = False
+    assert torch.equal(flipped[keep], labels[keep])
