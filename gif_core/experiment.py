@@ -141,6 +141,11 @@ def _acc(model: nn.Module, data: LabelledSet) -> float:
 
 def evaluate_model(model: nn.Module, scenario: Scenario) -> dict[str, float]:
     """The metrics of one model on a scenario (see module docstring)."""
+    return _evaluate(model, scenario)[0]
+
+
+def _evaluate(model: nn.Module, scenario: Scenario) -> tuple[dict[str, float], torch.Tensor]:
+    """The metrics, and the test-split probabilities they were computed from (reused against the retrained model)."""
     probs = {name: predict_proba(model, getattr(scenario, name).inputs) for name in ("forget", "retain", "test")}
     forget_acc = accuracy(probs["forget"], scenario.forget.labels)
     retain_acc = accuracy(probs["retain"], scenario.retain.labels)
@@ -168,7 +173,7 @@ def evaluate_model(model: nn.Module, scenario: Scenario) -> dict[str, float]:
         )
         metrics["clean_acc"] = result.clean_acc
         metrics["attack_success_rate"] = result.attack_success_rate
-    return metrics
+    return metrics, probs["test"]
 
 
 def step_objective(model: nn.Module, scenario: Scenario) -> float:
@@ -297,8 +302,9 @@ def run_edit(
         solver=SolverConfig(rtol=config.rtol, maxiter=config.maxiter, track_residuals=config.track_residuals),
     )
     original = evaluate_model(model, scenario)
-    retrained_metrics = evaluate_model(retrained_model, scenario) if retrained_model is not None else None
-    retrained_probs = predict_proba(retrained_model, scenario.test.inputs) if retrained_model is not None else None
+    retrained_metrics, retrained_probs = (
+        _evaluate(retrained_model, scenario) if retrained_model is not None else (None, None)
+    )
     outcomes = []
     for i, method in enumerate(config.methods):
         report_progress(f"Solving {method.upper()}", 0.15 + 0.8 * i / len(config.methods))
@@ -307,11 +313,11 @@ def run_edit(
         step, curve = _choose_step(model, result, scenario, config.step)
         edited = apply_delta(model, problem.space, result.delta, step)
         seconds = time.perf_counter() - start
-        metrics = evaluate_model(edited, scenario)
+        metrics, test_probs = _evaluate(edited, scenario)
         outcome = MethodOutcome(method, result, step, curve, edited, metrics, seconds)
         if retrained_metrics is not None:
             outcome.vs_retrain = {
-                **compare_to_retrained(predict_proba(edited, scenario.test.inputs), retrained_probs),
+                **compare_to_retrained(test_probs, retrained_probs),
                 "avg_gap": avg_gap(metrics, retrained_metrics),
             }
         outcomes.append(outcome)

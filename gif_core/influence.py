@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from gif_core.params import embed
 from gif_core.requests import EditProblem
 from gif_core.selection import Selection, select_all
 from gif_core.solvers import SolverConfig, SolveReport, solve_least_squares, solve_symmetric
@@ -107,21 +108,15 @@ def _projected(problem: EditProblem, selection: Selection, config: EstimatorConf
     return torch.where(mask, x, torch.zeros_like(x)), reports, f"({solved}) restricted to T"
 
 
-def _embed(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    full = torch.zeros(size, device=values.device, dtype=values.dtype)
-    full[index] = values
-    return full
-
-
 def _frozen(problem: EditProblem, selection: Selection, config: EstimatorConfig):
     p = problem.space.numel
     index = selection.indices.to(problem.g.device)
 
     def restricted_hvp(x: torch.Tensor) -> torch.Tensor:
-        return problem.hessian.hvp(_embed(x, index, p))[index]
+        return problem.hessian.hvp(embed(x, index, p))[index]
 
     x, report = solve_symmetric(restricted_hvp, problem.g[index], config.symmetric_solver, config.solver)
-    return _embed(x, index, p), [report], f"{_damping_note(problem)}_TT x = g_T by {report.name}"
+    return embed(x, index, p), [report], f"{_damping_note(problem)}_TT x = g_T by {report.name}"
 
 
 def _generalized(problem: EditProblem, selection: Selection, config: EstimatorConfig):
@@ -129,7 +124,7 @@ def _generalized(problem: EditProblem, selection: Selection, config: EstimatorCo
     index = selection.indices.to(problem.g.device)
 
     def columns(x: torch.Tensor) -> torch.Tensor:  # H_{:,T} x
-        return problem.hessian.hvp(_embed(x, index, p))
+        return problem.hessian.hvp(embed(x, index, p))
 
     def columns_t(y: torch.Tensor) -> torch.Tensor:  # H_{:,T}ᵀ y = (H y)_T, H symmetric
         return problem.hessian.hvp(y)[index]
@@ -139,7 +134,7 @@ def _generalized(problem: EditProblem, selection: Selection, config: EstimatorCo
     )
     ridge = f" + {config.gif_ridge:g}‖x‖²" if config.gif_ridge else ""
     return (
-        _embed(x, index, p),
+        embed(x, index, p),
         [report],
         f"min ‖{_damping_note(problem)}[:, T] x − g‖²{ridge} by {report.name}",
     )

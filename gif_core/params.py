@@ -140,6 +140,13 @@ class ParamSpace:
         return mask
 
 
+def embed(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """A flat vector of ``size`` zeros with ``values`` scattered at ``index`` (a vector over T, put in the full space)."""
+    full = torch.zeros(size, device=values.device, dtype=values.dtype)
+    full[index] = values
+    return full
+
+
 def parameters_of(model: nn.Module, space: ParamSpace) -> dict[str, torch.Tensor]:
     """The model's trainable parameters as a detached ``{name: tensor}`` dict in ``space``'s layout."""
     named = dict(model.named_parameters())

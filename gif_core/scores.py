@@ -28,6 +28,7 @@ import torch
 from scipy.sparse import linalg as spla
 
 from gif_core.curvature import Curvature
+from gif_core.params import embed
 from gif_core.selection import Selection
 from gif_core.solvers import SolverConfig, SolveReport, solve_symmetric
 
@@ -96,17 +97,12 @@ def _restricted_direction(
     index = selection.indices.to(test_gradient.device)
     p = curvature.space.numel
 
-    def embed(x: torch.Tensor) -> torch.Tensor:
-        full = torch.zeros(p, device=x.device, dtype=x.dtype)
-        full[index] = x
-        return full
-
     def normal(x: torch.Tensor) -> torch.Tensor:  # AᵀA x = (H H embed(x))_T
-        return curvature.hvp(curvature.hvp(embed(x)))[index]
+        return curvature.hvp(curvature.hvp(embed(x, index, p)))[index]
 
     y, report = solve_symmetric(normal, test_gradient[index], "cg", solver)
     # each normal-operator call is two Hessian-vector products, and s = A y needs one more
-    return curvature.hvp(embed(y)), replace(report, hvps=2 * report.hvps + 1)
+    return curvature.hvp(embed(y, index, p)), replace(report, hvps=2 * report.hvps + 1)
 
 
 SELF_INFLUENCE_METHODS = ("if", "if-lowrank", "tracin")
