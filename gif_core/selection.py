@@ -135,9 +135,33 @@ def select(problem: EditProblem, config: SelectionConfig | None = None) -> Selec
         return _finish(space, space.mask_from_indices(top), config.method, config.ratio, {})
     if not space.layers:
         raise ValueError("The model has no Linear/Conv layer: use the param-gradient selector.")
-    scores = _neuron_scores(problem, config)
-    lowest = config.method.startswith("lowest")
-    chosen = _allocate(space.layers, scores, config, lowest)
+    return _mask_from_scores(space, _neuron_scores(problem, config), config)
+
+
+def select_on_data(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: SelectionConfig | None = None
+) -> Selection:
+    """Neurons used by arbitrary labelled data (e.g. a test point being explained), with E = mean ℓ(x, y) on it.
+
+    The same neuron selectors and budgets as :func:`select`, for data that is not part of an edit request (the
+    GIF-restricted influence scores of :mod:`gif_core.scores` restrict the solve to the test point's neurons).
+    ``curvature`` and ``param-gradient`` need an edit request (a retained set, a g) and are refused here.
+    """
+    config = config or SelectionConfig()
+    if config.method not in NEURON_METHODS or config.method == "curvature":
+        raise ValueError(
+            f"Selector {config.method!r} needs an edit request; on bare data choose one of "
+            f"{', '.join(m for m in NEURON_METHODS if m != 'curvature')}."
+        )
+    space = ParamSpace.from_model(model)
+    if not space.layers:
+        raise ValueError("The model has no Linear/Conv layer to select neurons from.")
+    scores = _scores_on_data(model, space.layers, inputs, labels, None, config)
+    return _mask_from_scores(space, scores, config)
+
+
+def _mask_from_scores(space: ParamSpace, scores: dict[str, torch.Tensor], config: SelectionConfig) -> Selection:
+    chosen = _allocate(space.layers, scores, config, config.method.startswith("lowest"))
     mask = torch.zeros(space.numel, dtype=torch.bool)
     for layer in space.layers:
         mask[layer.neuron_indices(chosen[layer.module])] = True
@@ -151,15 +175,13 @@ def select(problem: EditProblem, config: SelectionConfig | None = None) -> Selec
 
 
 def _neuron_scores(problem: EditProblem, config: SelectionConfig) -> dict[str, torch.Tensor]:
-    layers = problem.space.layers
-    if config.method == "random":
-        generator = torch.Generator().manual_seed(config.seed)
-        return {l.module: torch.rand(l.n_neurons, generator=generator) for l in layers}
     if config.method == "curvature":
         fisher = problem.retained_fisher().cpu()
         ratio = problem.g.cpu().square() / (fisher + config.fisher_epsilon)
-        return {l.module: _block_sums(ratio, l) for l in layers}
-    return _activation_scores(problem, config)
+        return {l.module: _block_sums(ratio, l) for l in problem.space.layers}
+    return _scores_on_data(
+        problem.model, problem.space.layers, problem.forget_inputs, problem.forget_labels, problem.new_labels, config
+    )
 
 
 def _block_sums(values: torch.Tensor, layer: NeuronLayer) -> torch.Tensor:
@@ -190,14 +212,22 @@ def _captured_outputs(model: nn.Module, modules: list[str]) -> Iterator[dict[str
             handle.remove()
 
 
-def _activation_scores(problem: EditProblem, config: SelectionConfig) -> dict[str, torch.Tensor]:
-    """|mean activation| or |mean ∂E/∂activation| per neuron over U, accumulated over batches."""
+def _scores_on_data(
+    model: nn.Module,
+    layers: tuple[NeuronLayer, ...],
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    new_labels: torch.Tensor | None,
+    config: SelectionConfig,
+) -> dict[str, torch.Tensor]:
+    """Seeded random scores, or |mean activation| / |mean ∂E/∂activation| per neuron over the data, in batches."""
+    if config.method == "random":
+        generator = torch.Generator().manual_seed(config.seed)
+        return {l.module: torch.rand(l.n_neurons, generator=generator) for l in layers}
     use_gradient = config.method.endswith("gradient")
-    model = copy.deepcopy(problem.model).eval()
+    model = copy.deepcopy(model).eval()
     param = next(model.parameters())
-    layers = problem.space.layers
     sums = {l.module: torch.zeros(l.n_neurons, dtype=torch.float64) for l in layers}
-    inputs, labels, new_labels = problem.forget_inputs, problem.forget_labels, problem.new_labels
     m = len(labels)
     with _captured_outputs(model, [l.module for l in layers]) as outputs:
         for start in range(0, m, config.batch_size):

@@ -150,3 +150,24 @@ def test_curvature_selector_uses_retained_rows_only_when_h_covers_all_data():
     layer = problem.space.layers[-1]
     per_neuron = torch.stack([ratio[layer.neuron_indices(torch.tensor([j]))].sum() for j in range(layer.n_neurons)])
     assert torch.allclose(selection.layers[-1].scores.double(), per_neuron, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["output", "gradient", "lowest-gradient", "random"])
+def test_selection_on_bare_data_equals_the_removal_selection_of_the_same_rows(method):
+    from gif_core.selection import select_on_data
+
+    model, data = tiny_convnet(), blobs(n=40, seed=4, image=True)
+    rows = [1, 5, 9]
+    config = SelectionConfig(method=method, ratio=0.3)
+    expected = select(prepare(model, data, SampleRemoval(rows), 3), config)
+    got = select_on_data(model, data.inputs[rows], data.labels[rows], config)
+    assert torch.equal(got.mask, expected.mask) and got.n_selected > 0
+
+
+def test_selection_on_bare_data_refuses_request_only_selectors():
+    from gif_core.selection import select_on_data
+
+    model, data = tiny_mlp(), blobs()
+    for method in ("curvature", "param-gradient"):
+        with pytest.raises(ValueError, match="needs an edit request"):
+            select_on_data(model, data.inputs[:2], data.labels[:2], SelectionConfig(method=method))
