@@ -29,7 +29,8 @@ CAPTUM_METHODS = ("tracincp", "naive", "arnoldi")
 @dataclass(frozen=True)
 class CaptumConfig:
     """``weight_decay`` is the model's training λ. Captum's Hessian is that of the SUMMED per-sample loss, so the
-    same objective as ours (mean CE + λ/2·|θ|²) needs ``hessian_reg = λ·n``; that is the default (None). With it,
+    same objective as ours (mean CE + λ/2·|θ|²) needs ``hessian_reg = λ·m`` (m = samples in the Hessian); that is
+    the default (None). With it,
     Captum's naive influence ranks training samples exactly as :mod:`gif_core.scores` does (tests/test_scores.py)."""
 
     weight_decay: float = 0.0
@@ -38,6 +39,11 @@ class CaptumConfig:
     projection_dim: int = 50
     arnoldi_dim: int = 200
     seed: int = 0
+    layers: tuple[str, ...] | None = None
+    hessian_samples: int | None = None
+    """Naive/Arnoldi: build H over a seeded random subset of this many training samples (None = all of them)."""
+    """Restrict Captum to these modules' parameters (None = all). Naive influence materialises the Hessian of the
+    chosen parameters, so on anything larger than a small MLP restrict it, e.g. to the last Linear layer."""
 
 
 def captum_scores(
@@ -50,10 +56,51 @@ def captum_scores(
     config: CaptumConfig | None = None,
 ) -> torch.Tensor:
     """Influence scores [n_test, n_train] from Captum's ``method`` (positive = helpful, see module docstring)."""
+    estimator = captum_estimator(method, model, train_inputs, train_labels, config)
+    return _finite(estimator.influence((test_inputs, test_labels)), method)
+
+
+def captum_self_influence(
+    method: str,
+    model: nn.Module,
+    train_inputs: torch.Tensor,
+    train_labels: torch.Tensor,
+    config: CaptumConfig | None = None,
+) -> torch.Tensor:
+    """Captum's self-influence [n_train] of every training sample (TracInCP: ‖∇ℓ_z‖²; naive/Arnoldi:
+    ∇ℓ_zᵀ(H + reg·I)⁻¹∇ℓ_z, exact or on Captum's Arnoldi subspace). Larger = more self-influential."""
+    estimator = captum_estimator(method, model, train_inputs, train_labels, config)
+    if method == "tracincp":
+        values = estimator.self_influence(None)
+    else:
+        values = estimator.self_influence((train_inputs, train_labels))
+    return _finite(values, method)
+
+
+def _finite(values: torch.Tensor, method: str) -> torch.Tensor:
+    if not torch.isfinite(values).all():
+        raise FloatingPointError(f"Captum's {method} returned NaN or inf scores; raise hessian_reg and retry.")
+    return values.detach().cpu()
+
+
+def captum_estimator(
+    method: str,
+    model: nn.Module,
+    train_inputs: torch.Tensor,
+    train_labels: torch.Tensor,
+    config: CaptumConfig | None = None,
+) -> TracInCP | NaiveInfluenceFunction | ArnoldiInfluenceFunction:
+    """Captum's estimator for ``method`` on a private copy of ``model``. Building it is the set-up cost (the naive
+    Hessian, the Arnoldi subspace); reuse it for several queries with ``.influence((test_x, test_y))``."""
     if method not in CAPTUM_METHODS:
         raise ValueError(f"Unknown Captum method {method!r}; choose one of {', '.join(CAPTUM_METHODS)}")
     config = config or CaptumConfig()
-    hessian_reg = config.hessian_reg if config.hessian_reg is not None else config.weight_decay * len(train_labels)
+    n = len(train_labels)
+    hessian_rows = torch.arange(n)
+    if config.hessian_samples is not None and config.hessian_samples < n:
+        generator = torch.Generator().manual_seed(config.seed)
+        hessian_rows = torch.randperm(n, generator=generator)[: config.hessian_samples].sort().values
+    hessian_reg = config.hessian_reg if config.hessian_reg is not None else config.weight_decay * len(hessian_rows)
     if hessian_reg <= 0 and method != "tracincp":
         raise ValueError(
             "Captum's inverse Hessian needs hessian_reg > 0: give the model's weight_decay or hessian_reg."
@@ -71,27 +118,26 @@ def captum_scores(
         "checkpoints_load_func": load_from_memory,
         "loss_fn": nn.CrossEntropyLoss(reduction="none"),
         "batch_size": config.batch_size,
+        "layers": list(config.layers) if config.layers is not None else None,
     }
     if method == "tracincp":
-        estimator = TracInCP(checkpoints=["in-memory"], **common)
-    elif method == "naive":
-        estimator = NaiveInfluenceFunction(
+        return TracInCP(checkpoints=["in-memory"], **common)
+    hessian = {"hessian_dataset": TensorDataset(train_inputs[hessian_rows], train_labels[hessian_rows])}
+    if method == "naive":
+        return NaiveInfluenceFunction(
             checkpoint="in-memory",
             hessian_reg=hessian_reg,
             projection_dim=config.projection_dim,
             seed=config.seed,
+            **hessian,
             **common,
         )
-    else:
-        estimator = ArnoldiInfluenceFunction(
-            checkpoint="in-memory",
-            hessian_reg=hessian_reg,
-            projection_dim=config.projection_dim,
-            arnoldi_dim=config.arnoldi_dim,
-            seed=config.seed,
-            **common,
-        )
-    scores = estimator.influence((test_inputs, test_labels))
-    if not torch.isfinite(scores).all():
-        raise FloatingPointError(f"Captum's {method} returned NaN or inf scores; raise hessian_reg and retry.")
-    return scores.detach().cpu()
+    return ArnoldiInfluenceFunction(
+        checkpoint="in-memory",
+        hessian_reg=hessian_reg,
+        projection_dim=config.projection_dim,
+        arnoldi_dim=config.arnoldi_dim,
+        seed=config.seed,
+        **hessian,
+        **common,
+    )

@@ -22,13 +22,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn import functional as F
 
-from gif_core.params import ParamSpace, parameters_of
+from gif_core.params import ParamSpace, parameters_of, state_hash
 
 Batches = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -98,6 +99,11 @@ class Curvature:
     def _as_params(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
         self.space.check_vector(vector)
         return self.space.unflatten(vector.to(self.device, self.dtype))
+
+    @cached_property
+    def model_hash(self) -> str:
+        """SHA-256 of the (private copy of the) model's state dict, in the products' precision."""
+        return state_hash(self._model)
 
     @property
     def theta(self) -> torch.Tensor:

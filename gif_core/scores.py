@@ -11,9 +11,13 @@ writes this with a leading minus but glosses it with the same meaning; the minus
 influence −∇ℓ_testᵀH⁻¹∇ℓ_z. Leave-one-out retraining settles it: see tests/test_scores.py.)
 
 ``method="if"``: s_test = H⁻¹∇ℓ_test (one MINRES solve per test point), I = ∇ℓ_zᵀ s_test / n.
+``method="if-lowrank"``: s_test = V Λ⁻¹ Vᵀ ∇ℓ_test over H's top positive eigenpairs (:class:`LowRankInverse`, built
+once), so a new test point needs no solve.
+``method="tracin"``: TracIn with the final checkpoint, I = ∇ℓ_testᵀ∇ℓ_z (no Hessian, no 1/n; the same as Captum's
+TracInCP with one checkpoint of weight 1).
 ``method="gif"``: the GIF-restricted variant: removing z updates only T, Δ_T = (AᵀA)⁻¹Aᵀ∇ℓ_z/n with A = H_{:,T},
-and the test-loss change is ∇ℓ_test,Tᵀ Δ_T, i.e. I = ∇ℓ_zᵀ s / n with s = A (AᵀA)⁻¹ (∇ℓ_test)_T (one CG solve on
-the normal equations and one product per test point).
+and the test-loss change is ∇ℓ_test,Tᵀ Δ_T, i.e. I = ∇ℓ_zᵀ s / n with s = A (AᵀA)⁻¹ (∇ℓ_test)_T (one LSMR solve
+per test point: s is the minimum-norm solution of Aᵀs = (∇ℓ_test)_T).
 In both, the training gradients are computed once (``torch.func.vmap``) and each new test point costs one solve
 plus one matrix-vector product.
 """
@@ -21,23 +25,35 @@ plus one matrix-vector product.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.sparse import linalg as spla
 
 from gif_core.curvature import Curvature
+from gif_core.gradient_store import GradientStore
 from gif_core.params import embed
 from gif_core.selection import Selection
-from gif_core.solvers import SolverConfig, SolveReport, solve_symmetric
+from gif_core.solvers import SolverConfig, SolveReport, solve_least_squares, solve_symmetric
 
-SCORE_METHODS = ("if", "gif")
+SCORE_METHODS = ("if", "if-lowrank", "gif", "tracin")
+
+TrainGradients = torch.Tensor | GradientStore
+"""G [n_train, p]: in memory (:func:`training_gradients`) or memory-mapped from the cache (:mod:`gif_core.gradient_store`)."""
+
+
+def _times(train_gradients: TrainGradients, right: torch.Tensor) -> torch.Tensor:
+    """G @ right on the CPU, in right's dtype."""
+    right = right.detach().cpu()
+    if isinstance(train_gradients, GradientStore):
+        return train_gradients.matmul(right)
+    return train_gradients.to(right.dtype) @ right
 
 
 @dataclass(frozen=True)
 class InfluenceScores:
-    """Scores [n_test, n_train] (positive = helpful), with one solve report per test point."""
+    """Scores [n_test, n_train] (positive = helpful), with one solve report per test point (none for TracIn)."""
 
     method: str
     scores: torch.Tensor
@@ -65,27 +81,36 @@ def training_gradients(
 
 def influence_scores(
     curvature: Curvature,
-    train_gradients: torch.Tensor,
+    train_gradients: TrainGradients,
     test_inputs: torch.Tensor,
     test_labels: torch.Tensor,
     method: str = "if",
     selection: Selection | None = None,
     solver: SolverConfig | None = None,
+    lowrank: LowRankInverse | None = None,
 ) -> InfluenceScores:
     """Influence of every training sample on each test point's loss (see module docstring for the sign)."""
     if method not in SCORE_METHODS:
         raise ValueError(f"Unknown score method {method!r}; choose one of {', '.join(SCORE_METHODS)}")
     if method == "gif" and (selection is None or selection.n_selected == 0):
         raise ValueError("GIF-restricted scores need a non-empty parameter selection (gif_core.selection.select).")
+    if method == "if-lowrank" and lowrank is None:
+        raise ValueError("Low-rank IF scores need the eigenpairs of H: pass lowrank=lowrank_inverse(curvature, rank).")
     n = len(train_gradients)
     rows, reports = [], []
     for i in range(len(test_labels)):
         test_gradient = curvature.gradient(test_inputs[i : i + 1], test_labels[i : i + 1], regulariser=False)
+        if method == "tracin":
+            rows.append(_times(train_gradients, test_gradient.float()))
+            continue
+        if method == "if-lowrank":
+            rows.append(_times(train_gradients, lowrank.apply(test_gradient)).float() / n)
+            continue
         if method == "if":
             s, report = solve_symmetric(curvature.hvp, test_gradient, "minres", solver)
         else:
             s, report = _restricted_direction(curvature, test_gradient, selection, solver)
-        rows.append(train_gradients @ s.to("cpu", torch.float32) / n)
+        rows.append(_times(train_gradients, s.float()) / n)
         reports.append(report)
     return InfluenceScores(method, torch.stack(rows), tuple(reports))
 
@@ -93,16 +118,38 @@ def influence_scores(
 def _restricted_direction(
     curvature: Curvature, test_gradient: torch.Tensor, selection: Selection, solver: SolverConfig | None
 ) -> tuple[torch.Tensor, SolveReport]:
-    """s = A (AᵀA)⁻¹ (∇ℓ_test)_T with A = H_{:,T}: CG on the normal equations, then one product."""
+    """s = A (AᵀA)⁻¹ c with A = H_{:,T}, c = (∇ℓ_test)_T: the minimum-norm solution of Aᵀs = c (s lies in the range
+    of A), found by LSMR on Aᵀ (s ↦ (H s)_T, adjoint y ↦ H embed(y)) started from zero — no normal equations formed,
+    which squares the condition number and stalls in float32."""
     index = selection.indices.to(test_gradient.device)
     p = curvature.space.numel
+    return solve_least_squares(
+        lambda s: curvature.hvp(s)[index],
+        lambda y: curvature.hvp(embed(y, index, p)),
+        test_gradient[index],
+        p,
+        "lsmr",
+        config=solver,
+    )
 
-    def normal(x: torch.Tensor) -> torch.Tensor:  # AᵀA x = (H H embed(x))_T
-        return curvature.hvp(curvature.hvp(embed(x, index, p)))[index]
 
-    y, report = solve_symmetric(normal, test_gradient[index], "cg", solver)
-    # each normal-operator call is two Hessian-vector products, and s = A y needs one more
-    return curvature.hvp(embed(y, index, p)), replace(report, hvps=2 * report.hvps + 1)
+@dataclass(frozen=True)
+class LowRankInverse:
+    """H⁻¹ restricted to H's ``rank`` largest eigenpairs (Lanczos, float64): H⁺_k g = V Λ⁻¹ Vᵀ g over the positive
+    eigenvalues only. Built once per model (:func:`lowrank_inverse`), it turns every later test point's solve into
+    two small products — the idea behind Arnoldi influence functions (Schioppa et al. 2022)."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+
+    def apply(self, vector: torch.Tensor) -> torch.Tensor:
+        keep = self.eigenvalues > 0
+        v = self.eigenvectors[:, keep]
+        return v @ ((v.T @ vector.detach().to("cpu", torch.float64)) / self.eigenvalues[keep])
+
+
+def lowrank_inverse(curvature: Curvature, rank: int) -> LowRankInverse:
+    return LowRankInverse(*top_eigenpairs(curvature, rank))
 
 
 SELF_INFLUENCE_METHODS = ("if", "if-lowrank", "tracin")
@@ -123,39 +170,44 @@ class SelfInfluence:
 
 
 def self_influence(
-    train_gradients: torch.Tensor,
+    train_gradients: TrainGradients,
     method: str = "if-lowrank",
     curvature: Curvature | None = None,
     rank: int = 50,
     solver: SolverConfig | None = None,
+    lowrank: LowRankInverse | None = None,
 ) -> SelfInfluence:
     """Self-influence of every training sample z:
 
     * ``if``:         ∇ℓ_zᵀ H⁻¹ ∇ℓ_z / n, one MINRES solve per sample (exact; for small training sets);
     * ``if-lowrank``: Σ_j (v_jᵀ∇ℓ_z)² / λ_j / n over the ``rank`` largest (algebraic) eigenpairs of H, found once
       with scipy's Lanczos ``eigsh`` on Hessian-vector products (the idea behind Arnoldi influence functions);
-      negative-curvature directions are left out, so the values are ≥ 0;
+      negative-curvature directions are left out, so the values are ≥ 0 (``lowrank`` reuses eigenpairs found before);
     * ``tracin``:     ‖∇ℓ_z‖², TracIn's self-influence with the single final checkpoint (no Hessian).
     """
     if method not in SELF_INFLUENCE_METHODS:
         raise ValueError(f"Unknown self-influence method {method!r}; choose one of {', '.join(SELF_INFLUENCE_METHODS)}")
     n = len(train_gradients)
     if method == "tracin":
+        if isinstance(train_gradients, GradientStore):
+            return SelfInfluence(method, train_gradients.square_norms().float())
         return SelfInfluence(method, train_gradients.square().sum(1))
     if curvature is None:
         raise ValueError(f"Self-influence {method!r} needs the curvature (the Hessian operator) of the training data.")
     if method == "if":
+        if isinstance(train_gradients, GradientStore):
+            raise ValueError("Exact IF self-influence takes one solve per sample: use if-lowrank for a cached store.")
         values = []
         for row in train_gradients:
             g = row.to(curvature.device, curvature.dtype)
             x, _ = solve_symmetric(curvature.hvp, g, "minres", solver)
             values.append(float(g @ x) / n)
         return SelfInfluence(method, torch.tensor(values))
-    eigenvalues, eigenvectors = top_eigenpairs(curvature, rank)
-    keep = eigenvalues > 0
-    projections = train_gradients.double() @ eigenvectors[:, keep]
-    values = (projections.square() / eigenvalues[keep]).sum(1) / n
-    return SelfInfluence(method, values.float(), eigenvalues)
+    inverse = lowrank if lowrank is not None else lowrank_inverse(curvature, rank)
+    keep = inverse.eigenvalues > 0
+    projections = _times(train_gradients, inverse.eigenvectors[:, keep])
+    values = (projections.square() / inverse.eigenvalues[keep]).sum(1) / n
+    return SelfInfluence(method, values.float(), inverse.eigenvalues)
 
 
 def top_eigenpairs(curvature: Curvature, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,8 +123,8 @@ def test_score_errors_say_what_to_do():
     model, data = tiny_mlp(), blobs()
     curvature = Curvature(model, (data.inputs, data.labels))
     grads = training_gradients(curvature, data.inputs, data.labels)
-    with pytest.raises(ValueError, match="choose one of if, gif"):
-        influence_scores(curvature, grads, data.inputs[:1], data.labels[:1], "tracin")
+    with pytest.raises(ValueError, match="choose one of if, if-lowrank, gif, tracin"):
+        influence_scores(curvature, grads, data.inputs[:1], data.labels[:1], "lissa")
     with pytest.raises(ValueError, match="non-empty parameter selection"):
         influence_scores(curvature, grads, data.inputs[:1], data.labels[:1], "gif")
     with pytest.raises(ValueError, match="hessian_reg > 0"):
