@@ -150,6 +150,17 @@ class InfluenceBrowser:
                 partial.replace(path)
         return self._lowrank
 
+    def prepare(self, method: str) -> float:
+        """Do ``method``'s one-off set-up now (eigenpairs for low-rank IF, Captum's estimator); returns seconds."""
+        start = time.perf_counter()
+        if method == "if-lowrank":
+            _ = self.lowrank
+        elif method in CAPTUM_METHODS:
+            self._captum_estimator(method)
+        elif method not in OUR_METHODS:
+            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
+        return time.perf_counter() - start
+
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Class probabilities [B, classes] of the (private copy of the) model."""
         param = next(self._model.parameters())

@@ -15,24 +15,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
+from gif_core.backdoor import BackdoorSpec, Trigger
 from gif_core.checkpoints import (
-    ModelCard,
     card_path_for,
     check_new_checkpoint_path,
     checkpoint_id,
     load_checkpoint,
     save_checkpoint,
 )
-from gif_core.data import DATASETS, load_data
+from gif_core.data import DATASETS
 from gif_core.experiment import EditConfig, EditReport, run_edit
 from gif_core.influence import METHODS
 from gif_core.models import ARCHITECTURES
-from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, backdoor_relabel
+from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, parse_label_change, parse_sample_removal
 from gif_core.retrain import retrain
 from gif_core.selection import METHODS as SELECTORS
 from gif_core.solvers import LEAST_SQUARES_METHODS
 from gif_core.train import Recipe
+from gif_core.workspace import edited_card, open_workspace_path
 from gif_core.zoo import bundled_model_path, default_model_path, train_and_save
 
 
@@ -118,25 +118,13 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from exc
-
-
 def _request(args: argparse.Namespace) -> ClassRemoval | SampleRemoval | LabelChange | None:
     if args.cls is not None:
         return ClassRemoval(args.cls)
     if args.samples is not None:
-        return SampleRemoval(_parse_ints(args.samples, "--samples"))
+        return parse_sample_removal(args.samples)
     if args.relabel is not None:
-        pairs = [p.split(":") for p in args.relabel.split(",") if p.strip()]
-        if not pairs or any(len(p) != 2 for p in pairs):
-            raise UsageError(f"--relabel takes ROW:LABEL pairs separated by commas, got {args.relabel!r}")
-        rows = _parse_ints(",".join(p[0] for p in pairs), "--relabel rows")
-        labels = _parse_ints(",".join(p[1] for p in pairs), "--relabel labels")
-        return LabelChange(rows, labels)
+        return parse_label_change(args.relabel)
     return None  # backdoor: built once the poisoned training set is known
 
 
@@ -178,19 +166,16 @@ def _remove(args: argparse.Namespace) -> int:
         if args.model
         else (bundled_model_path("mnist_cnn_backdoor") if args.backdoor else default_model_path())
     )
-    model, card = load_checkpoint(model_path)
-    bundle = load_data(card.dataset, root=args.data_root, seed=card.split_seed)
-    train, backdoor = bundle.train, None
-    request = _request(args)
+    workspace = open_workspace_path(model_path, args.data_root)
+    model, card, bundle, train = workspace.model, workspace.card, workspace.bundle, workspace.train
+    request, backdoor = _request(args), None
     if args.backdoor:
-        if "backdoor" not in card.extra:
+        if workspace.backdoor_request is None:
             raise UsageError(f"{model_path} was not trained with a backdoor (its card has no 'backdoor' entry)")
-        backdoor = BackdoorSpec.from_dict(card.extra["backdoor"])
-        train, poisoned = poison_training_set(bundle.train, backdoor, bundle.num_classes)
-        request = backdoor_relabel(poisoned.poisoned_rows, poisoned.true_labels)
+        request, backdoor = workspace.backdoor_request, workspace.backdoor
     retrained = None
     if args.retrain:
-        retrained = retrain(card, bundle, train, request, checkpoint_id(model_path), show_bar=not args.quiet)
+        retrained = retrain(card, bundle, train, request, workspace.model_id, show_bar=not args.quiet)
     report = run_edit(
         model,
         card,
@@ -204,7 +189,7 @@ def _remove(args: argparse.Namespace) -> int:
     )
     if retrained is not None:
         report.retrain_seconds, report.retrain_from_cache = retrained.seconds, retrained.from_cache
-    report.extra["model"] = {"path": str(model_path), "id": checkpoint_id(model_path)}
+    report.extra["model"] = {"path": str(model_path), "id": workspace.model_id}
     print(format_report(report))
     if args.json:
         with open(args.json, "x", encoding="utf-8") as handle:  # "x": never overwrite a file made meanwhile
@@ -212,15 +197,7 @@ def _remove(args: argparse.Namespace) -> int:
         print(f"report written to {args.json}")
     if args.save:
         first = report.outcomes[0]
-        edited_card = ModelCard.from_dict(
-            {
-                **card.to_dict(),
-                "accuracy": {},
-                "notes": f"{first.method.upper()} edit of {model_path.name}: {report.request.describe()}",
-                "extra": {**card.extra, "edited_from": checkpoint_id(model_path), "edit": first.to_dict()},
-            }
-        )
-        save_checkpoint(first.model, edited_card, args.save)
+        save_checkpoint(first.model, edited_card(workspace, first, report.request.describe()), args.save)
         print(f"edited model saved to {args.save}")
     return 0
 

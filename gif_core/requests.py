@@ -125,6 +125,28 @@ class LabelChange:
 EditRequest = ClassRemoval | SampleRemoval | LabelChange
 
 
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from exc
+
+
+def parse_sample_removal(text: str) -> SampleRemoval:
+    """``"10,42,77"`` → SampleRemoval of those training rows."""
+    return SampleRemoval(_parse_ints(text, "Sample indices"))
+
+
+def parse_label_change(text: str) -> LabelChange:
+    """``"5:3,9:1"`` (ROW:NEW_LABEL pairs) → LabelChange."""
+    pairs = [p.split(":") for p in text.split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"Label changes are ROW:LABEL pairs separated by commas (e.g. 5:3,9:1), got {text!r}")
+    rows = _parse_ints(",".join(p[0] for p in pairs), "Relabel rows")
+    labels = _parse_ints(",".join(p[1] for p in pairs), "Relabel labels")
+    return LabelChange(rows, labels)
+
+
 def backdoor_relabel(poisoned_rows: torch.Tensor, true_labels: torch.Tensor) -> LabelChange:
     """Undo a backdoor: relabel the poisoned training samples (now carrying the attacker's label) to their true
     labels. A row whose true label equals its current label is no poisoned sample: :func:`prepare` rejects it."""

@@ -1,0 +1,193 @@
+"""What-if edit: answer "what if this data had not been there?" with GIF and classic influence functions, side by
+side with the model really retrained without it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import charts, session
+from app.request_form import request_form
+from gif_core.comparison import compare_predictions
+from gif_core.experiment import EditConfig, run_edit
+from gif_core.influence import METHODS
+from gif_core.requests import ClassRemoval
+from gif_core.retrain import retrain
+from gif_core.selection import METHODS as SELECTORS
+from gif_core.solvers import LEAST_SQUARES_METHODS
+from gif_core.workspace import checkpoint_bytes, edited_card
+
+st.set_page_config(page_title="What-if edit · GIF Explorer", layout="wide")
+st.title("What-if edit")
+st.caption(
+    "GIF moves only the selected parameters (Lyu et al. 2023); FIF and PIF are its frozen / projected cousins; IF "
+    "and SIF are the classic first- and second-order influence functions over all parameters. The retrained model "
+    "is the ground truth."
+)
+METHOD_NAMES = {"gif": "GIF", "fif": "FIF", "pif": "PIF", "if": "IF", "sif": "SIF"}
+RATIOS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+METRICS = ["forget_acc", "retain_acc", "test_acc", "f1", "relabelled_acc", "clean_acc", "attack_success_rate", "mia"]
+
+with session.errors_shown():
+    loaded = session.workspace()
+    bundle = loaded.bundle
+    st.markdown(session.model_caption(loaded))
+    request = request_form(loaded, "edit")
+    a, b, c = st.columns(3)
+    methods = a.multiselect("Methods", METHODS, default=["gif", "if"], format_func=METHOD_NAMES.get, key="methods")
+    selector = b.selectbox("Selector (GIF/FIF/PIF)", SELECTORS, index=SELECTORS.index("gradient"), key="selector")
+    ratio = b.select_slider("Share of parameters", RATIOS, value=0.05, format_func=lambda r: f"{r:.0%}", key="ratio")
+    step_mode = c.radio("Step scale α", ["auto (validation split)", "fixed"], key="step_mode")
+    step_value = c.number_input("α", min_value=0.001, value=1.0, key="step_value", disabled=step_mode != "fixed")
+    with_retrain = c.checkbox("Compare with the retrained model", value=True, key="with_retrain")
+    with st.expander("Solver settings"):
+        s1, s2, s3, s4 = st.columns(4)
+        hessian_samples = s1.number_input("Hessian samples", 16, len(loaded.train), 256, step=16, key="hess_n")
+        maxiter = s2.number_input("Max iterations", 5, 1000, 50, step=5, key="maxiter")
+        damping = s3.number_input("Damping δ", 0.0, 10.0, 0.0, step=0.001, format="%.4f", key="damping")
+        solver = s4.selectbox("Least-squares solver", LEAST_SQUARES_METHODS, index=0, key="ls_solver")
+        trace = st.checkbox("Record the residual curve (costs extra Hessian-vector products)", True, key="trace")
+    run = st.button("Run the edit", type="primary", key="run_edit")
+    if run:
+        if not methods:
+            raise ValueError("Choose at least one method.")
+        config = EditConfig(
+            methods=tuple(methods),
+            selector=selector,
+            ratio=ratio,
+            step="auto" if step_mode != "fixed" else float(step_value),
+            hessian_samples=int(hessian_samples),
+            damping=float(damping),
+            least_squares_solver=solver,
+            maxiter=int(maxiter),
+            track_residuals=trace,
+        )
+        retrained = None
+        if with_retrain:
+            bar = st.progress(0.0, text="Retraining without the data (cached after the first time)…")
+            retrained = retrain(
+                loaded.card,
+                bundle,
+                loaded.train,
+                request,
+                loaded.model_id,
+                progress=lambda done, total: bar.progress(done / total, text=f"Retraining: step {done}/{total}"),
+                show_bar=False,
+            )
+            bar.empty()
+        report_progress, clear = session.progress_bar("Starting…")
+        report = run_edit(
+            loaded.model,
+            loaded.card,
+            bundle,
+            request,
+            config,
+            train=loaded.train,
+            backdoor=loaded.backdoor if request is loaded.backdoor_request else None,
+            retrained_model=retrained.model if retrained else None,
+            progress=report_progress,
+        )
+        clear()
+        if retrained is not None:
+            report.retrain_seconds, report.retrain_from_cache = retrained.seconds, retrained.from_cache
+        report.extra["model"] = {"path": loaded.source, "id": loaded.model_id}
+        st.session_state["edit"] = (loaded.model_id, report)
+
+    stored = st.session_state.get("edit")
+    if stored is None or stored[0] != loaded.model_id:
+        st.info("Choose a question and methods, then press *Run the edit*.")
+        st.stop()
+    report = stored[1]
+    outcomes = report.outcomes
+    # ---- metrics table
+    table = [{"model": "original", **report.original}]
+    if report.retrained is not None:
+        source = "cache" if report.retrain_from_cache else f"{report.retrain_seconds:.1f} s"
+        table.append({"model": f"retrained ({source})", **report.retrained})
+    for o in outcomes:
+        solver = o.result.solver_summary()
+        row = {"model": METHOD_NAMES[o.method], **o.metrics, "step α": o.step, "seconds": o.seconds}
+        row.update({"HVPs": solver["hvps"], "residual": solver["rel_residual"], "converged": solver["converged"]})
+        if o.vs_retrain is not None:
+            row.update({f"vs retrained: {k}": v for k, v in o.vs_retrain.items()})
+        table.append(row)
+    frame = pd.DataFrame(table)
+    st.subheader("Metrics (percent; Avg. Gap = mean |metric − retrained|, lower is better)")
+    st.dataframe(
+        frame[[c for c in frame.columns if c == "model" or c not in METRICS or frame[c].notna().any()]], hide_index=True
+    )
+    if not all(o.result.converged for o in outcomes):
+        st.warning("Some solves stopped before reaching the tolerance: raise *Max iterations* or add damping.")
+    # ---- predictions of every model
+    models = {"original": loaded.model}
+    if report.retrained_model is not None:
+        models["retrained"] = report.retrained_model
+    models.update({METHOD_NAMES[o.method]: o.model for o in outcomes})
+    predictions = compare_predictions(models, bundle.test, bundle.num_classes)
+    st.plotly_chart(charts.per_class_accuracy(predictions, bundle.classes), key="edit_per_class")
+    if isinstance(report.request, ClassRemoval):
+        removed_rows = np.flatnonzero(bundle.test.labels.numpy() == report.request.cls)
+        counts = {p.name: p.predicted_counts(removed_rows, bundle.num_classes) for p in predictions}
+        st.plotly_chart(
+            charts.predicted_histogram(counts, bundle.classes, bundle.classes[report.request.cls]), key="histogram"
+        )
+    tabs = st.tabs([p.name for p in predictions])
+    for tab, p in zip(tabs, predictions, strict=True):
+        tab.plotly_chart(charts.confusion(p, bundle.classes), key=f"confusion_{p.name}")
+    # ---- chosen test images
+    st.subheader("Probability changes for chosen test images")
+    default_rows = removed_rows[:3].tolist() if isinstance(report.request, ClassRemoval) else list(range(3))
+    chosen = st.multiselect("Test images", list(range(len(bundle.test))), default=default_rows, key="prob_rows")
+    columns = st.columns(max(1, len(chosen)))
+    for column, row in zip(columns, chosen, strict=False):
+        if bundle.test.images is not None:
+            column.image(
+                bundle.test.images[row].numpy(),
+                width=90,
+                caption=f"test #{row} · {bundle.classes[int(bundle.test.labels[row])]}",
+            )
+        column.plotly_chart(
+            charts.probabilities(
+                {p.name: p.probabilities[row].numpy() for p in predictions}, bundle.classes, f"#{row}"
+            ),
+            key=f"probs_{row}",
+        )
+    # ---- solver and step
+    curves = {
+        f"{METHOD_NAMES[o.method]} ({r.name})": r.residual_history
+        for o in outcomes
+        for r in o.result.reports
+        if r.residual_history
+    }
+    if curves:
+        st.plotly_chart(charts.residual_curves(curves), key="residuals")
+    else:
+        st.caption("No residual curve: LSMR reports only its final residual (choose cgls and record the curve).")
+    steps = {METHOD_NAMES[o.method]: o.step_curve for o in outcomes if o.step_curve}
+    if steps:
+        st.plotly_chart(charts.step_curves(steps), key="steps")
+    # ---- downloads: new files only, the original is never touched
+    st.subheader("Downloads")
+    first = outcomes[0]
+    d1, d2, d3 = st.columns(3)
+    d1.download_button(
+        f"Edited model ({METHOD_NAMES[first.method]}) .safetensors",
+        checkpoint_bytes(first.model),
+        file_name=f"edited_{first.method}.safetensors",
+        key="download_weights",
+    )
+    d2.download_button(
+        "Its model card .json",
+        edited_card(loaded, first, report.request.describe()).to_json(),
+        file_name=f"edited_{first.method}.json",
+        key="download_card",
+    )
+    d3.download_button(
+        "JSON report (as gif remove --json)",
+        json.dumps(report.to_dict(), indent=2, default=str),
+        file_name="report.json",
+        key="download_report",
+    )

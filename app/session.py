@@ -1,0 +1,81 @@
+"""Per-user state of the dashboard and the few read-only shared resources.
+
+Everything a user loads or computes lives in ``st.session_state`` (one per browser session), so two sessions never
+see each other's models or edits. ``st.cache_resource`` holds only read-only objects: the bundled workspaces (whose
+models every gif_core function copies before editing) and their data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+
+from gif_core.browse import InfluenceBrowser
+from gif_core.workspace import Workspace, open_workspace_path
+from gif_core.zoo import DEFAULT_MODEL, bundled_model_path
+
+WORKSPACE = "workspace"
+DERIVED = ("browser", "explanation", "suspicious", "picked_rows", "edit", "selection_view")
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError, OSError, KeyError)
+
+
+@st.cache_resource(show_spinner="Loading the bundled model and its data…")
+def bundled_workspace(name: str) -> Workspace:
+    """A bundled model with its data; shared read-only between sessions."""
+    return open_workspace_path(bundled_model_path(name))
+
+
+def workspace() -> Workspace:
+    """This session's model (the bundled default until the user loads another)."""
+    if WORKSPACE not in st.session_state:
+        st.session_state[WORKSPACE] = bundled_workspace(DEFAULT_MODEL)
+    return st.session_state[WORKSPACE]
+
+
+def use_workspace(loaded: Workspace) -> None:
+    """Make ``loaded`` this session's model and forget everything computed for the previous one."""
+    st.session_state[WORKSPACE] = loaded
+    for key in DERIVED:
+        st.session_state.pop(key, None)
+
+
+def browser(loaded: Workspace) -> InfluenceBrowser:
+    """This session's influence browser for ``loaded`` (per-sample gradients come from the disk cache after the
+    first time; the first time shows a progress bar)."""
+    current = st.session_state.get("browser")
+    if current is not None and current[0] == loaded.model_id:
+        return current[1]
+    bar = st.progress(0.0, text="Per-sample gradients of the training set (once per model, then cached)…")
+    made = InfluenceBrowser(
+        loaded.model, loaded.train, loaded.weight_decay, progress=lambda done, total: bar.progress(done / total)
+    )
+    bar.empty()
+    st.session_state["browser"] = (loaded.model_id, made)
+    return made
+
+
+def progress_bar(text: str) -> tuple[Callable[[str, float], None], Callable[[], None]]:
+    """A Streamlit progress bar as a gif_core ``progress(message, fraction)`` callback, and a function to clear it."""
+    bar = st.progress(0.0, text=text)
+    return (lambda message, fraction: bar.progress(min(1.0, max(0.0, fraction)), text=message)), bar.empty
+
+
+@contextmanager
+def errors_shown() -> Iterator[None]:
+    """Show a bad input or a failed computation as a message in the page, never as a traceback."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        st.error(f"{type(exc).__name__}: {exc}")
+
+
+def model_caption(loaded: Workspace) -> str:
+    card = loaded.card
+    return f"**{Path(loaded.source).name}** · {card.arch} on {card.dataset} · id `{loaded.model_id}`"
+
+
+def class_name(loaded: Workspace, label: int) -> str:
+    return f"{label} ({loaded.bundle.classes[label]})" if loaded.bundle.classes[label] != str(label) else str(label)

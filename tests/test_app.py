@@ -1,0 +1,275 @@
+"""Every dashboard page, headless (streamlit.testing.v1.AppTest): default load, the controls, the methods and
+the error paths. Heavy numbers are checked in gif_core's own tests; here the pages must show them, not crash."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parents[1] / "app"
+PAGES = {
+    "model": APP / "Model_and_data.py",
+    "influence": APP / "pages" / "1_Influential_samples.py",
+    "selection": APP / "pages" / "2_Parameter_selection.py",
+    "edit": APP / "pages" / "3_What-if_edit.py",
+}
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """Gradient, eigenpair and retrain caches in a fresh folder for this module."""
+    old = os.environ.get("GIF_CACHE_DIR")
+    os.environ["GIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("gif-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GIF_CACHE_DIR")
+    else:
+        os.environ["GIF_CACHE_DIR"] = old
+
+
+def page(name: str) -> AppTest:
+    at = AppTest.from_file(str(PAGES[name]), default_timeout=600).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def load_bundled(at: AppTest, name: str) -> AppTest:
+    at.selectbox(key="bundled_name").select(name)
+    at.button(key="load_bundled").click().run()
+    no_errors(at)
+    return at
+
+
+def small_solver(at: AppTest) -> None:
+    at.number_input(key="hess_n").set_value(64)
+    at.number_input(key="maxiter").set_value(10)
+
+
+# ---------------------------------------------------------------- Model & data
+
+
+def test_model_page_starts_on_the_bundled_default_and_switches_models():
+    at = page("model")
+    no_errors(at)
+    assert "mnist_cnn.safetensors" in at.markdown[0].value or any(
+        "mnist_cnn.safetensors" in m.value for m in at.markdown
+    )
+    assert len(at.get("plotly_chart")) == 1 and len(at.get("image")) >= 1
+    at.selectbox(key="gallery_class").select("7").run()
+    no_errors(at)
+    load_bundled(at, "iris_mlp")
+    assert any("iris_mlp.safetensors" in m.value for m in at.markdown)
+    assert len(at.dataframe) == 1  # tabular data: a table instead of images
+    load_bundled(at, "mnist_cnn_backdoor")
+    assert any("backdoor" in w.value for w in at.warning)
+
+
+def test_model_page_loads_a_local_checkpoint_and_reports_bad_paths(tmp_path):
+    at = page("model")
+    at.radio(key="source").set_value("Local path").run()
+    at.button(key="load_path").click().run()
+    assert "Type the path" in at.error[0].value
+    at.text_input(key="local_path").input(str(tmp_path / "missing.safetensors"))
+    at.button(key="load_path").click().run()
+    assert "not found" in at.error[0].value and not at.exception
+    at.text_input(key="local_path").input(str(APP.parent / "assets" / "iris_mlp.safetensors"))
+    at.button(key="load_path").click().run()
+    no_errors(at)
+    assert any("iris_mlp.safetensors" in m.value for m in at.markdown)
+
+
+def test_model_page_refuses_a_pickled_checkpoint(tmp_path):
+    """A .pt file holding a pickled object (not a plain state dict) is refused, never unpickled."""
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"weight": Payload()}, bad)
+    (tmp_path / "bad.json").write_text((APP.parent / "assets" / "iris_mlp.json").read_text())
+    at = page("model")
+    at.radio(key="source").set_value("Local path").run()
+    at.text_input(key="local_path").input(str(bad))
+    at.button(key="load_path").click().run()
+    assert at.error and not at.exception and not (tmp_path / "pwned").exists()
+
+
+def test_model_page_upload_asks_for_both_files():
+    at = page("model")
+    at.radio(key="source").set_value("Upload").run()
+    at.button(key="load_upload").click().run()
+    assert "Upload both" in at.error[0].value
+
+
+# ---------------------------------------------------------------- Influential samples
+
+
+def test_influence_page_explains_a_prediction_and_ranks_mislabels():
+    at = page("influence")
+    no_errors(at)
+    at.selectbox(key="test_class").select("4").run()
+    row = at.selectbox(key="test_row").value
+    at.radio(key="browse_method").set_value("tracin")
+    at.slider(key="browse_k").set_value(5)
+    at.button(key="explain").click().run()
+    no_errors(at)
+    images = at.get("image")
+    assert len(images) >= 1 + 2 * 5  # the test image, 5 helpful, 5 harmful
+    assert any("TracIn" in m.value and "true class 4" in m.value for m in at.markdown)
+    at.button(key="pick_helpful").click().run()
+    assert len(at.session_state["picked_rows"]) == 5
+    at.radio(key="self_method").set_value("tracin")
+    at.button(key="rank_self").click().run()
+    no_errors(at)
+    assert at.session_state["suspicious"][1] == "tracin" and len(at.session_state["suspicious"][2]) == 24
+    assert at.session_state["explanation"][1] == row
+
+
+def test_influence_page_filters():
+    at = page("influence")
+    at.checkbox(key="wrong_only").check().run()
+    no_errors(at)
+    labels = at.selectbox(key="test_row").options
+    assert labels and all("predicted" in o for o in labels)
+    assert all(o.split("label ")[1].split(" ")[0] != o.split("predicted ")[1] for o in labels)
+
+
+@pytest.mark.parametrize(
+    "method", ["if", "if-lowrank", "gif", "tracin", "captum-tracincp", "captum-naive", "captum-arnoldi"]
+)
+def test_influence_page_every_method_on_the_small_model(method):
+    at = page("model")
+    load_bundled(at, "iris_mlp")
+    at.switch_page(str(PAGES["influence"])).run()
+    no_errors(at)
+    at.radio(key="browse_method").set_value(method)
+    at.button(key="explain").click().run()
+    no_errors(at)
+    explanation = at.session_state["explanation"][2]
+    assert explanation.method == method and torch.isfinite(explanation.scores).all()
+    assert len(at.dataframe) == 2  # helpful and harmful tables (tabular data)
+
+
+# ---------------------------------------------------------------- Parameter selection
+
+
+def test_selection_page_shows_two_selectors_and_their_overlap():
+    at = page("selection")
+    at.selectbox(key="selector_a").select("gradient")
+    at.selectbox(key="selector_b").select("random")
+    at.button(key="run_select").click().run()
+    no_errors(at)
+    _, _, (first, second) = at.session_state["selection_view"]
+    assert first.method == "gradient" and second.method == "random"
+    assert 0 <= first.overlap(second) < 1
+    assert len(at.metric) == 3 and len(at.get("plotly_chart")) == 1 + 2 * 2  # layer bars + 2 conv layers × 2
+
+
+def test_selection_page_error_paths():
+    at = page("selection")
+    at.radio(key="select_kind").set_value("Remove training samples").run()
+    assert "Type the training rows" in at.error[0].value
+    at.text_input(key="select_samples").input("1,x").run()
+    assert "comma-separated integers" in at.error[0].value
+    at.text_input(key="select_samples").input("999999").run()
+    at.button(key="run_select").click().run()
+    assert "out of range" in at.error[0].value and not at.exception
+    at.radio(key="select_kind").set_value("Change labels").run()
+    at.text_input(key="select_relabel").input("5-3").run()
+    assert "ROW:LABEL" in at.error[0].value
+
+
+# ---------------------------------------------------------------- What-if edit
+
+
+def test_edit_page_class_removal_with_retraining_charts_and_downloads():
+    at = page("edit")
+    at.selectbox(key="edit_cls").select(3)
+    small_solver(at)
+    at.button(key="run_edit").click().run()
+    no_errors(at)
+    _, report = at.session_state["edit"]
+    assert report.request.cls == 3 and report.retrained is not None
+    assert report.retrained["forget_acc"] < 5  # the retrained model never saw class 3
+    table = at.dataframe[0].value
+    assert list(table["model"])[:2] == ["original", f"retrained ({report.retrain_seconds:.1f} s)"]
+    assert {"GIF", "IF"} <= set(table["model"])
+    # per-class bars, histogram, 4 confusion matrices, 3 probability charts, residual curve, step curve
+    assert len(at.get("plotly_chart")) == 1 + 1 + 4 + 3 + 1 + 1
+    assert len(at.get("download_button")) == 3
+    at.multiselect(key="prob_rows").set_value([0]).run()
+    no_errors(at)
+    again = AppTest.from_file(str(PAGES["edit"]), default_timeout=600).run()
+    again.selectbox(key="edit_cls").select(3)
+    again.checkbox(key="with_retrain").check()
+    small_solver(again)
+    again.button(key="run_edit").click().run()
+    assert again.session_state["edit"][1].retrain_from_cache  # the same question is never retrained twice
+
+
+def test_edit_page_every_method_and_fixed_step_on_the_small_model():
+    at = page("model")
+    load_bundled(at, "iris_mlp")
+    at.switch_page(str(PAGES["edit"])).run()
+    at.multiselect(key="methods").set_value(["gif", "fif", "pif", "if", "sif"])
+    at.select_slider(key="ratio").set_value(0.2)
+    at.radio(key="step_mode").set_value("fixed")
+    at.number_input(key="step_value").set_value(0.5)
+    at.checkbox(key="with_retrain").uncheck()
+    at.button(key="run_edit").click().run()
+    no_errors(at)
+    report = at.session_state["edit"][1]
+    assert [o.method for o in report.outcomes] == ["gif", "fif", "pif", "if", "sif"]
+    assert all(o.step == 0.5 for o in report.outcomes)
+
+
+def test_edit_page_undoes_the_backdoor():
+    at = page("model")
+    load_bundled(at, "mnist_cnn_backdoor")
+    at.switch_page(str(PAGES["edit"])).run()
+    at.radio(key="edit_kind").set_value("Undo the backdoor")
+    at.multiselect(key="methods").set_value(["gif"])
+    at.checkbox(key="with_retrain").uncheck()
+    small_solver(at)
+    at.button(key="run_edit").click().run()
+    no_errors(at)
+    metrics = at.session_state["edit"][1].outcomes[0].metrics
+    assert {"clean_acc", "attack_success_rate", "relabelled_acc"} <= set(metrics)
+
+
+def test_edit_page_error_paths():
+    at = page("edit")
+    at.multiselect(key="methods").set_value([])
+    at.button(key="run_edit").click().run()
+    assert "at least one method" in at.error[0].value
+    at.radio(key="edit_kind").set_value("Change labels").run()
+    at.text_input(key="edit_relabel").input("0:99").run()
+    at.multiselect(key="methods").set_value(["gif"])
+    at.checkbox(key="with_retrain").uncheck()
+    at.button(key="run_edit").click().run()
+    assert at.error and "label" in at.error[0].value.lower() and not at.exception
+    assert "Undo the backdoor" not in at.radio(key="edit_kind").options  # a clean model has no backdoor to undo
+
+
+def test_two_sessions_never_see_each_other():
+    first, second = page("model"), page("model")
+    load_bundled(first, "iris_mlp")
+    second.run()
+    assert any("mnist_cnn.safetensors" in m.value for m in second.markdown)
+    first.switch_page(str(PAGES["edit"])).run()
+    first.checkbox(key="with_retrain").uncheck()
+    first.button(key="run_edit").click().run()
+    second.switch_page(str(PAGES["edit"])).run()
+    assert "edit" in first.session_state and "edit" not in second.session_state
+    assert any("Run the edit" in i.value for i in second.info)
