@@ -16,8 +16,8 @@ install-dev: install
 	$(BIN)/pip install -r requirements-dev.txt
 
 run: install
-	$(BIN)/gif remove --class 3 --method gif,if
+	$(BIN)/streamlit run app/Model_and_data.py --browser.gatherUsageStats false
 
 test: install-dev
-	$(BIN)/ruff check gif_core tests benchmarks
+	$(BIN)/ruff check gif_core app tests benchmarks
 	$(BIN)/python -m pytest

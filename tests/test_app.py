@@ -224,7 +224,7 @@ def test_edit_page_every_method_and_fixed_step_on_the_small_model():
     at.switch_page(str(PAGES["edit"])).run()
     at.multiselect(key="methods").set_value(["gif", "fif", "pif", "if", "sif"])
     at.select_slider(key="ratio").set_value(0.2)
-    at.radio(key="step_mode").set_value("fixed")
+    at.radio(key="step_mode").set_value("fixed").run()
     at.number_input(key="step_value").set_value(0.5)
     at.checkbox(key="with_retrain").uncheck()
     at.button(key="run_edit").click().run()

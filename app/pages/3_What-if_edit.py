@@ -45,7 +45,10 @@ with session.errors_shown():
     with_retrain = c.checkbox("Compare with the retrained model", value=True, key="with_retrain")
     with st.expander("Solver settings"):
         s1, s2, s3, s4 = st.columns(4)
-        hessian_samples = s1.number_input("Hessian samples", 16, len(loaded.train), 256, step=16, key="hess_n")
+        n_train = len(loaded.train)
+        hessian_samples = s1.number_input(
+            "Hessian samples", min(16, n_train), n_train, min(256, n_train), step=16, key="hess_n"
+        )
         maxiter = s2.number_input("Max iterations", 5, 1000, 50, step=5, key="maxiter")
         damping = s3.number_input("Damping δ", 0.0, 10.0, 0.0, step=0.001, format="%.4f", key="damping")
         solver = s4.selectbox("Least-squares solver", LEAST_SQUARES_METHODS, index=0, key="ls_solver")

@@ -1,0 +1,124 @@
+"""Interactive speed of the dashboard in a real browser (chromium via Playwright), on the bundled default.
+
+Measured from the user's side: page load = navigation until the page's first chart (or its main button) is shown and
+Streamlit is idle; GIF class removal = click on *Run the edit* (GIF only, 5% of parameters, the page's default
+solver settings, no retraining) until the metrics and charts are shown; top-k = click on *Explain this prediction*
+for a new test image until the helpful/harmful galleries are shown (after the model's one-off set-up, which is
+measured separately). Goals (issue: dashboard): page load ≤ 3 s, GIF removal ≤ 5 s, top-k ≤ 2 s.
+
+    python -m benchmarks.dashboard [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from app.browser_driver import chromium_page, dashboard, wait_idle
+from benchmarks.common import RESULTS, markdown_table, write_results
+
+
+def timed(action, done) -> float:
+    start = time.perf_counter()
+    action()
+    done()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    rows = []
+    with (
+        tempfile.TemporaryDirectory() as cache,
+        dashboard(env={"GIF_CACHE_DIR": cache}) as url,
+        chromium_page() as page,
+    ):
+        page.goto(url)  # warm the server: imports, the bundled model and its data
+        page.locator(".js-plotly-plot").first.wait_for(timeout=300_000)
+        wait_idle(page)
+        loads = {
+            "Model & data": ("", lambda: page.locator(".js-plotly-plot").first.wait_for()),
+            "Influential samples": (
+                "/Influential_samples",
+                lambda: page.get_by_role("button", name="Explain this prediction").wait_for(),
+            ),
+            "Parameter selection": (
+                "/Parameter_selection",
+                lambda: page.get_by_role("button", name="Select parameters").wait_for(),
+            ),
+            "What-if edit": ("/What-if_edit", lambda: page.get_by_role("button", name="Run the edit").wait_for()),
+            "Learn": ("/Learn", lambda: page.locator(".js-plotly-plot").first.wait_for(timeout=300_000)),
+        }
+        for name, (path, ready) in loads.items():
+            for attempt in range(2):  # the second load is what a returning user sees (caches warm)
+                seconds = timed(lambda path=path: page.goto(url + path), lambda ready=ready: (ready(), wait_idle(page)))
+                rows.append(
+                    {
+                        "what": f"page load: {name}" + (" (first)" if attempt == 0 else ""),
+                        "seconds": seconds,
+                        "goal s": 3,
+                    }
+                )
+
+        page.goto(url + "/What-if_edit")
+        page.get_by_role("button", name="Run the edit").wait_for()
+        wait_idle(page)
+        page.get_by_text("Compare with the retrained model").click()
+        wait_idle(page)
+        page.locator('[data-testid="stMultiSelect"] input').first.click()
+        page.keyboard.press("Backspace")  # drop IF: GIF only
+        page.keyboard.press("Escape")
+        wait_idle(page)
+        for attempt in range(2):
+            seconds = timed(
+                lambda: page.get_by_role("button", name="Run the edit").click(),
+                lambda: (page.get_by_text("Metrics (percent").wait_for(timeout=600_000), wait_idle(page)),
+            )
+            rows.append(
+                {
+                    "what": "GIF 5% class removal, click → charts" + (" (first)" if attempt == 0 else ""),
+                    "seconds": seconds,
+                    "goal s": 5,
+                }
+            )
+
+        page.goto(url + "/Influential_samples")
+        page.get_by_role("button", name="Explain this prediction").wait_for()
+        wait_idle(page)
+        page.get_by_text("Influence function (IF, low-rank H)").click()
+        wait_idle(page)
+        explain = page.get_by_role("button", name="Explain this prediction")
+        harmful = page.get_by_text("Most harmful training samples")
+        seconds = timed(lambda: explain.click(), lambda: (harmful.wait_for(timeout=900_000), wait_idle(page)))
+        rows.append(
+            {
+                "what": "top-k, first test point (one-off: per-sample gradients + eigenpairs)",
+                "seconds": seconds,
+                "goal s": "",
+            }
+        )
+        for method in ("Influence function (IF, low-rank H)", "TracIn (final checkpoint)"):
+            page.get_by_text(method).click()
+            wait_idle(page)
+            for test_row in ("#1 ", "#2 "):
+                page.locator('[data-testid="stSelectbox"]').nth(1).click()
+                page.get_by_role("option").filter(has_text=test_row).first.click()
+                wait_idle(page)
+                seconds = timed(lambda: explain.click(), lambda: (harmful.wait_for(timeout=300_000), wait_idle(page)))
+                rows.append({"what": f"top-k, new test point, {method}", "seconds": seconds, "goal s": 2})
+    body = f"""# Dashboard interactive timings (bundled default, real browser)
+
+{__doc__.split(chr(10) + chr(10))[1]}
+
+{markdown_table(rows, ["what", "seconds", "goal s"])}
+"""
+    write_results("dashboard", body, {"rows": rows}, args.out)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
