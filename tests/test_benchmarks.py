@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on a tiny configuration, so they cannot rot."""
 
 import json
+import math
 import sys
 
 from benchmarks import engine
@@ -24,6 +25,44 @@ def test_mislabel_benchmark_quick(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "mislabel.json").read_text())["rows"]
     assert [r["method"].split(" ")[0] for r in rows] == ["tracin", "if-lowrank", "Captum", "Captum"]
     assert all(0 <= r["found in top 10%"] <= r["found in top 20%"] <= 100 for r in rows)
+
+
+def test_loo_benchmark_quick(tmp_path, monkeypatch):
+    from benchmarks import loo
+
+    monkeypatch.setattr(sys, "argv", ["loo.py", "--quick", "--out", str(tmp_path)])
+    loo.main()
+    data = json.loads((tmp_path / "loo.json").read_text())
+    rows = data["rows"]
+    assert {r["method"] for r in rows} == {"if", "gif", "tracincp", "naive", "arnoldi"}
+    assert len({(r["setting"], r["λ"]) for r in rows}) == len(loo.QUICK)
+    for row in rows:
+        assert all(math.isfinite(row[c]) for c in ("Spearman mean", "Spearman min", "Pearson mean", "sign agreement"))
+    # teeth: on strongly convex L2 logistic regression, IF must rank the leave-one-out effects and get their sign
+    (l2_logreg,) = [r for r in rows if r["setting"] == "logreg / Iris" and r["λ"] > 0 and r["method"] == "if"]
+    assert l2_logreg["Spearman min"] >= 0.9 and l2_logreg["sign agreement"] >= 0.9
+    assert (tmp_path / "loo_scatter.png").stat().st_size > 1000
+
+
+def test_point_losses_stay_exact_where_cross_entropy_rounds_to_zero():
+    import pytest
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from benchmarks.loo import point_losses
+
+    model = nn.Linear(2, 3).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[60.0, 0.0], [0.0, 0.0], [0.0, 1.0]]))
+        model.bias.zero_()
+    inputs, labels = torch.tensor([[1.0, 0.0], [0.2, 0.1]], dtype=torch.float64), torch.tensor([0, 1])
+    exact = [
+        math.log1p(math.exp(-60.0) + math.exp(-60.0)),
+        float(F.cross_entropy(model(inputs[1:]), labels[1:]).detach()),
+    ]
+    assert float(F.cross_entropy(model(inputs[:1]), labels[:1]).detach()) == 0.0  # what the plain loss returns
+    assert point_losses(model, inputs, labels) == pytest.approx(exact, rel=1e-12)
 
 
 def test_flip_labels_changes_exactly_the_chosen_rows():
