@@ -53,6 +53,8 @@ def load_bundled(at: AppTest, name: str) -> AppTest:
 def small_solver(at: AppTest) -> None:
     at.number_input(key="hess_n").set_value(64)
     at.number_input(key="maxiter").set_value(10)
+    at.selectbox(key="ls_solver").select("cgls")
+    at.checkbox(key="trace").check()
 
 
 # ---------------------------------------------------------------- Model & data

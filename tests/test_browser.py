@@ -30,7 +30,7 @@ def test_class_removal_in_a_real_browser(tmp_path):
     _require_chromium()
     shots = Path(os.environ.get("GIF_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    with dashboard(env={"GIF_CACHE_DIR": str(tmp_path / "cache")}) as url, chromium_page() as page:
+    with dashboard(env={"GIF_CACHE_DIR": str(tmp_path / "cache")}) as url, chromium_page(height=3600) as page:
         page.goto(url, timeout=120_000)
         page.get_by_role("heading", name="GIF Explorer").wait_for(timeout=120_000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)

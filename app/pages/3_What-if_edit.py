@@ -47,12 +47,16 @@ with session.errors_shown():
         s1, s2, s3, s4 = st.columns(4)
         n_train = len(loaded.train)
         hessian_samples = s1.number_input(
-            "Hessian samples", min(16, n_train), n_train, min(256, n_train), step=16, key="hess_n"
+            "Hessian samples", min(16, n_train), n_train, min(128, n_train), step=16, key="hess_n"
         )
-        maxiter = s2.number_input("Max iterations", 5, 1000, 50, step=5, key="maxiter")
+        maxiter = s2.number_input("Max iterations", 5, 1000, 30, step=5, key="maxiter")
         damping = s3.number_input("Damping δ", 0.0, 10.0, 0.0, step=0.001, format="%.4f", key="damping")
-        solver = s4.selectbox("Least-squares solver", LEAST_SQUARES_METHODS, index=0, key="ls_solver")
-        trace = st.checkbox("Record the residual curve (costs extra Hessian-vector products)", True, key="trace")
+        solver = s4.selectbox(
+            "Least-squares solver", LEAST_SQUARES_METHODS, index=LEAST_SQUARES_METHODS.index("lsmr"), key="ls_solver"
+        )
+        trace = st.checkbox(
+            "Record the residual curve (CG-type solvers; costs extra Hessian-vector products)", False, key="trace"
+        )
     run = st.button("Run the edit", type="primary", key="run_edit")
     if run:
         if not methods:
@@ -168,7 +172,10 @@ with session.errors_shown():
     if curves:
         st.plotly_chart(charts.residual_curves(curves), key="residuals")
     else:
-        st.caption("No residual curve: LSMR reports only its final residual (choose cgls and record the curve).")
+        st.caption(
+            "No residual curve: tick *Record the residual curve* under Solver settings (LSMR reports only its final "
+            "residual; choose cgls for GIF's curve). The final residuals are in the table."
+        )
     steps = {METHOD_NAMES[o.method]: o.step_curve for o in outcomes if o.step_curve}
     if steps:
         st.plotly_chart(charts.step_curves(steps), key="steps")
