@@ -30,8 +30,17 @@ CAPTUM_METHODS = ("tracincp", "naive", "arnoldi")
 class CaptumConfig:
     """``weight_decay`` is the model's training λ. Captum's Hessian is that of the SUMMED per-sample loss, so the
     same objective as ours (mean CE + λ/2·|θ|²) needs ``hessian_reg = λ·m`` (m = samples in the Hessian); that is
-    the default (None). With it,
-    Captum's naive influence ranks training samples exactly as :mod:`gif_core.scores` does (tests/test_scores.py)."""
+    the default (None). With it, Captum's naive influence ranks training samples exactly as :mod:`gif_core.scores`
+    does (tests/test_scores.py). Ranks, not values: Captum's per-sample gradient is the bare ∇CE_z, while ours
+    carries the regulariser's share λθ (removing z from the mean objective moves θ by H⁻¹(∇CE_z + λθ)/n), so with
+    λ > 0 the two differ by a constant offset per test point, and only with λ = 0 do the values agree.
+
+    ``layers``: restrict Captum to these modules' parameters (None = all). Naive influence materialises the Hessian
+    of the chosen parameters, so on anything larger than a small MLP restrict it, e.g. to the last Linear layer.
+    ``hessian_samples``: naive/Arnoldi build H over a seeded random subset of this many training samples (None =
+    all). ``arnoldi_tol``: Captum's Arnoldi stops when a new Krylov vector's norm falls below it; its default 0.1
+    leaves an empty basis on a model whose Hessian is smaller than that (e.g. no weight decay), so lower it there.
+    """
 
     weight_decay: float = 0.0
     batch_size: int = 64
@@ -41,9 +50,7 @@ class CaptumConfig:
     seed: int = 0
     layers: tuple[str, ...] | None = None
     hessian_samples: int | None = None
-    """Naive/Arnoldi: build H over a seeded random subset of this many training samples (None = all of them)."""
-    """Restrict Captum to these modules' parameters (None = all). Naive influence materialises the Hessian of the
-    chosen parameters, so on anything larger than a small MLP restrict it, e.g. to the last Linear layer."""
+    arnoldi_tol: float = 0.1
 
 
 def captum_scores(
@@ -137,6 +144,7 @@ def captum_estimator(
         hessian_reg=hessian_reg,
         projection_dim=config.projection_dim,
         arnoldi_dim=config.arnoldi_dim,
+        arnoldi_tol=config.arnoldi_tol,
         seed=config.seed,
         **hessian,
         **common,
