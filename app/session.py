@@ -13,12 +13,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from gif_core.browse import InfluenceBrowser
+from gif_core.browse import BrowserConfig, InfluenceBrowser
 from gif_core.workspace import Workspace, open_workspace_path
 from gif_core.zoo import DEFAULT_MODEL, bundled_model_path
 
 WORKSPACE = "workspace"
 DERIVED = ("browser", "explanation", "suspicious", "picked_rows", "edit", "selection_view")
+BROWSE_DAMPING = 0.01
+"""δ in H + δI for influence browsing: a trained network's H is indefinite and ill-conditioned (see
+benchmarks/results/browse_speed.md); the page states it."""
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError, OSError, KeyError)
 
 
@@ -50,7 +53,11 @@ def browser(loaded: Workspace) -> InfluenceBrowser:
         return current[1]
     bar = st.progress(0.0, text="Per-sample gradients of the training set (once per model, then cached)…")
     made = InfluenceBrowser(
-        loaded.model, loaded.train, loaded.weight_decay, progress=lambda done, total: bar.progress(done / total)
+        loaded.model,
+        loaded.train,
+        loaded.weight_decay,
+        BrowserConfig(damping=BROWSE_DAMPING),
+        progress=lambda done, total: bar.progress(done / total),
     )
     bar.empty()
     st.session_state["browser"] = (loaded.model_id, made)

@@ -49,7 +49,16 @@ with session.errors_shown():
         )
         if test.images is not None:
             st.image(test.images[row].numpy(), width=140, caption=f"test #{row}")
-        method = st.radio("Method", BROWSE_METHODS, format_func=METHOD_LABELS.get, key="browse_method")
+        method = st.radio(
+            "Method",
+            BROWSE_METHODS,
+            index=BROWSE_METHODS.index("if-lowrank"),
+            format_func=METHOD_LABELS.get,
+            key="browse_method",
+            help=f"Hessian-based methods use H + {session.BROWSE_DAMPING}·I over a 500-sample Hessian. Low-rank IF "
+            "and TracIn are instant after a one-off set-up per model; the exact solve and GIF-restricted solve per "
+            "test point; Captum's run on the same model and data.",
+        )
         k = st.slider("How many samples", 4, 24, 8, key="browse_k")
         explain = st.button("Explain this prediction", type="primary", key="explain")
     with right:
