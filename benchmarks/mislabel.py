@@ -76,7 +76,11 @@ def main() -> None:
         arnoldi_dim=10 if args.quick else 100,
         projection_dim=5 if args.quick else 50,
     )
-    for method in ("tracincp", "arnoldi"):
+    # Captum's Arnoldi self-influence is left out on purpose: on this CNN (3,500 samples, 46,730 parameters,
+    # Arnoldi dim 100 over 500 Hessian samples) it grew past 15 GB of memory and ran over 12 minutes before it was
+    # stopped (2026-11-23); our low-rank IF computes the same kind of quantity in seconds from the cached gradients.
+    methods = ("tracincp", "arnoldi") if args.quick else ("tracincp",)
+    for method in methods:
         start = time.perf_counter()
         values = captum_self_influence(method, model, noisy.train.inputs, labels, captum_config)
         ranking = torch.argsort(values, descending=True, stable=True)
@@ -95,7 +99,9 @@ def main() -> None:
 {len(flipped_rows)} of {len(labels)} training labels flipped (seed 0); the model retrained on them in
 {report.seconds:.1f} s. Per-sample gradients of all {len(labels)} samples: {gradient_seconds:.1f} s (vmap).
 Low-rank IF uses the top eigenpairs of H over {len(sample)} training samples (Lanczos on HVPs); Captum's Arnoldi
-uses the same number of Hessian samples. Our rows' seconds exclude the shared gradient pass; Captum's include its own.
+would use the same number of Hessian samples, but its self-influence on the full set outgrew 15 GB of memory and 12
+minutes and was stopped (it runs in the `--quick` smoke test only). Our rows' seconds exclude the shared gradient
+pass; Captum's include its own.
 
 {markdown_table([*rows, chance], ["method", "found in top 10%", "found in top 20%", "seconds"])}
 
