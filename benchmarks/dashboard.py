@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.browser_driver import chromium_page, dashboard, wait_idle
+from app.browser_driver import chromium_page, dashboard, wait_idle, wait_run
 from benchmarks.common import RESULTS, markdown_table, write_results
 
 
@@ -76,7 +76,7 @@ def main() -> None:
         for attempt in range(2):
             seconds = timed(
                 lambda: page.get_by_role("button", name="Run the edit").click(),
-                lambda: (page.get_by_text("Metrics (percent").wait_for(timeout=600_000), wait_idle(page)),
+                lambda: (wait_run(page), page.get_by_text("Metrics (percent").wait_for(timeout=600_000)),
             )
             rows.append(
                 {
@@ -89,11 +89,11 @@ def main() -> None:
         page.goto(url + "/Influential_samples")
         page.get_by_role("button", name="Explain this prediction").wait_for()
         wait_idle(page)
-        page.get_by_text("Influence function (IF, low-rank H)").click()
+        page.get_by_text("Influence function (IF, low-rank H)", exact=True).first.click()
         wait_idle(page)
         explain = page.get_by_role("button", name="Explain this prediction")
         harmful = page.get_by_text("Most harmful training samples")
-        seconds = timed(lambda: explain.click(), lambda: (harmful.wait_for(timeout=900_000), wait_idle(page)))
+        seconds = timed(lambda: explain.click(), lambda: (wait_run(page, 900_000), harmful.wait_for(timeout=900_000)))
         rows.append(
             {
                 "what": "top-k, first test point (one-off: per-sample gradients + eigenpairs)",
@@ -102,13 +102,13 @@ def main() -> None:
             }
         )
         for method in ("Influence function (IF, low-rank H)", "TracIn (final checkpoint)"):
-            page.get_by_text(method).click()
+            page.get_by_text(method, exact=True).first.click()
             wait_idle(page)
             for test_row in ("#1 ", "#2 "):
                 page.locator('[data-testid="stSelectbox"]').nth(1).click()
                 page.get_by_role("option").filter(has_text=test_row).first.click()
                 wait_idle(page)
-                seconds = timed(lambda: explain.click(), lambda: (harmful.wait_for(timeout=300_000), wait_idle(page)))
+                seconds = timed(lambda: explain.click(), lambda: (wait_run(page), harmful.wait_for(timeout=300_000)))
                 rows.append({"what": f"top-k, new test point, {method}", "seconds": seconds, "goal s": 2})
     body = f"""# Dashboard interactive timings (bundled default, real browser)
 

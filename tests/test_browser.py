@@ -53,7 +53,7 @@ def test_class_removal_in_a_real_browser(tmp_path):
         page.goto(f"{url}/Influential_samples", timeout=120_000)
         page.get_by_role("button", name="Explain this prediction").wait_for(timeout=120_000)
         wait_idle(page)
-        page.get_by_text("TracIn (final checkpoint)").click()
+        page.get_by_text("TracIn (final checkpoint)", exact=True).first.click()
         wait_idle(page)
         page.get_by_role("button", name="Explain this prediction").click()
         page.get_by_text("Most harmful training samples").wait_for(timeout=300_000)
