@@ -82,7 +82,3 @@ def errors_shown() -> Iterator[None]:
 def model_caption(loaded: Workspace) -> str:
     card = loaded.card
     return f"**{Path(loaded.source).name}** · {card.arch} on {card.dataset} · id `{loaded.model_id}`"
-
-
-def class_name(loaded: Workspace, label: int) -> str:
-    return f"{label} ({loaded.bundle.classes[label]})" if loaded.bundle.classes[label] != str(label) else str(label)

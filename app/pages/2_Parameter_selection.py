@@ -43,7 +43,9 @@ with session.errors_shown():
     stored = st.session_state.get("selection_view")
     if stored is not None and stored[0] == loaded.model_id:
         _, asked, (sel_a, sel_b) = stored
-        st.markdown(f"Question: `{asked.describe() if len(str(asked.describe())) < 200 else asked.kind}`")
+        st.caption(
+            f"Question: {asked.kind}, {len(asked.forget_rows(loaded.train.labels, loaded.bundle.num_classes))} training samples questioned"
+        )
         m1, m2, m3 = st.columns(3)
         m1.metric(f"Selected by {sel_a.method}", f"{sel_a.n_selected:,}", f"{sel_a.ratio_obtained:.2%} of all")
         m2.metric(f"Selected by {sel_b.method}", f"{sel_b.n_selected:,}", f"{sel_b.ratio_obtained:.2%} of all")
