@@ -19,6 +19,7 @@ def _layout(fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 
 def per_class_accuracy(predictions: Sequence[ModelPredictions], classes: Sequence[str]) -> go.Figure:
     fig = go.Figure([go.Bar(name=p.name, x=list(classes), y=p.per_class_accuracy) for p in predictions])
     fig.update_layout(barmode="group", yaxis_range=[0, 100])
+    fig.update_xaxes(type="category")
     return _layout(fig, "Test accuracy per class", "class", "accuracy (%)")
 
 
@@ -76,6 +77,7 @@ def layer_fractions(selections: Sequence[Selection]) -> go.Figure:
         ]
     )
     fig.update_layout(barmode="group")
+    fig.update_xaxes(type="category")  # module names such as "0", "3" are names, not positions
     return _layout(fig, "Selected share of each layer", "layer", "selected (%)")
 
 
