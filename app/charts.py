@@ -41,12 +41,14 @@ def confusion(prediction: ModelPredictions, classes: Sequence[str]) -> go.Figure
 def predicted_histogram(counts: dict[str, np.ndarray], classes: Sequence[str], removed: str) -> go.Figure:
     fig = go.Figure([go.Bar(name=name, x=list(classes), y=c) for name, c in counts.items()])
     fig.update_layout(barmode="group")
+    fig.update_xaxes(type="category")
     return _layout(fig, f"What the test images of class {removed} are predicted as", "predicted class", "images")
 
 
 def probabilities(rows: dict[str, np.ndarray], classes: Sequence[str], title: str) -> go.Figure:
     fig = go.Figure([go.Bar(name=name, x=list(classes), y=p) for name, p in rows.items()])
     fig.update_layout(barmode="group", yaxis_range=[0, 1])
+    fig.update_xaxes(type="category")
     return _layout(fig, title, "class", "probability", height=300)
 
 
