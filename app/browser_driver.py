@@ -81,18 +81,6 @@ def chromium_page(width: int = 1400, height: int = 1000) -> Iterator[object]:
             browser.close()
 
 
-def wait_run(page: object, timeout_ms: int = 600_000) -> None:
-    """After a click: wait for Streamlit's 'running' widget to appear (up to 5 s; a run that ends sooner may never
-    show it) and then to go away, so that the page shows the NEW results rather than the previous run's."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    try:
-        page.wait_for_selector('[data-testid="stStatusWidget"]', state="attached", timeout=5_000)
-    except PlaywrightTimeout:
-        return
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=timeout_ms)
-
-
 def wait_idle(page: object, timeout_ms: int = 600_000) -> None:
     """Wait until Streamlit has finished running the script (no 'running' status widget)."""
     page.wait_for_timeout(300)

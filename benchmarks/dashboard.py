@@ -2,8 +2,8 @@
 
 Measured from the user's side: page load = navigation until the page's first chart (or its main button) is shown and
 Streamlit is idle; GIF class removal = click on *Run the edit* (GIF only, 5% of parameters, the page's default
-solver settings, no retraining) until the metrics and charts are shown; top-k = click on *Explain this prediction*
-for a new test image until the helpful/harmful galleries are shown (after the model's one-off set-up, which is
+solver settings, no retraining, a fresh browser session each time) until the last chart is drawn; top-k = click on
+*Explain this prediction* for a new test image until the last helpful/harmful image is shown (after the model's one-off set-up, which is
 measured separately). Goals (issue: dashboard): page load ≤ 3 s, GIF removal ≤ 5 s, top-k ≤ 2 s.
 
     python -m benchmarks.dashboard [--out DIR]
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.browser_driver import chromium_page, dashboard, wait_idle, wait_run
+from app.browser_driver import chromium_page, dashboard, wait_idle
 from benchmarks.common import RESULTS, markdown_table, write_results
 
 
@@ -64,27 +64,25 @@ def main() -> None:
                     }
                 )
 
-        page.goto(url + "/What-if_edit")
-        page.get_by_role("button", name="Run the edit").wait_for()
-        wait_idle(page)
-        page.get_by_text("Compare with the retrained model").click()
-        wait_idle(page)
-        page.locator('[data-testid="stMultiSelect"] input').first.click()
-        page.keyboard.press("Backspace")  # drop IF: GIF only
-        page.keyboard.press("Escape")
-        wait_idle(page)
-        for attempt in range(2):
-            seconds = timed(
-                lambda: page.get_by_role("button", name="Run the edit").click(),
-                lambda: (wait_run(page), page.get_by_text("Metrics (percent").wait_for(timeout=600_000)),
-            )
-            rows.append(
-                {
-                    "what": "GIF 5% class removal, click → charts" + (" (first)" if attempt == 0 else ""),
-                    "seconds": seconds,
-                    "goal s": 5,
-                }
-            )
+        for attempt in range(2):  # each in a fresh browser session, so no earlier result is on the page
+            with chromium_page() as fresh:
+                fresh.goto(url + "/What-if_edit")
+                fresh.get_by_role("button", name="Run the edit").wait_for()
+                wait_idle(fresh)
+                fresh.get_by_text("Compare with the retrained model").click()
+                wait_idle(fresh)
+                fresh.locator('[data-testid="stMultiSelect"] input').first.click()
+                fresh.keyboard.press("Backspace")  # drop IF: GIF only
+                fresh.keyboard.press("Escape")
+                wait_idle(fresh)
+                charts = fresh.locator(".js-plotly-plot")
+                seconds = timed(
+                    lambda fresh=fresh: fresh.get_by_role("button", name="Run the edit").click(),
+                    # per-class, histogram, 2 confusion tabs, 3 probability charts, step curve: the 8th is the last
+                    lambda charts=charts: charts.nth(7).wait_for(timeout=600_000),
+                )
+            label = "GIF 5% class removal, click → last chart" + (" (first)" if attempt == 0 else "")
+            rows.append({"what": label, "seconds": seconds, "goal s": 5})
 
         page.goto(url + "/Influential_samples")
         page.get_by_role("button", name="Explain this prediction").wait_for()
@@ -92,8 +90,8 @@ def main() -> None:
         page.get_by_text("Influence function (IF, low-rank H)", exact=True).first.click()
         wait_idle(page)
         explain = page.get_by_role("button", name="Explain this prediction")
-        harmful = page.get_by_text("Most harmful training samples")
-        seconds = timed(lambda: explain.click(), lambda: (wait_run(page, 900_000), harmful.wait_for(timeout=900_000)))
+        last_image = page.locator('[data-testid="stImage"]').nth(16)  # the test image, 8 helpful, 8 harmful
+        seconds = timed(lambda: explain.click(), lambda: last_image.wait_for(timeout=900_000))
         rows.append(
             {
                 "what": "top-k, first test point (one-off: per-sample gradients + eigenpairs)",
@@ -108,7 +106,7 @@ def main() -> None:
                 page.locator('[data-testid="stSelectbox"]').nth(1).click()
                 page.get_by_role("option").filter(has_text=test_row).first.click()
                 wait_idle(page)
-                seconds = timed(lambda: explain.click(), lambda: (wait_run(page), harmful.wait_for(timeout=300_000)))
+                seconds = timed(lambda: explain.click(), lambda: last_image.wait_for(timeout=300_000))
                 rows.append({"what": f"top-k, new test point, {method}", "seconds": seconds, "goal s": 2})
     body = f"""# Dashboard interactive timings (bundled default, real browser)
 

@@ -42,9 +42,9 @@ def test_class_removal_in_a_real_browser(tmp_path):
         wait_idle(page)
         page.get_by_role("button", name="Run the edit").click()
         page.get_by_text("Metrics (percent").wait_for(timeout=600_000)
-        wait_idle(page)
         charts = page.locator(".js-plotly-plot")
-        assert charts.count() >= 8, charts.count()  # per-class, histogram, confusions, probabilities, curves
+        charts.nth(7).wait_for(timeout=300_000)  # per-class, histogram, confusions, probabilities, step curve
+        wait_idle(page)
         assert page.get_by_text("retrained (").count() >= 1
         assert page.get_by_role("button", name="JSON report (as gif remove --json)").count() == 1
         page.screenshot(path=str(shots / "4_what_if_edit.png"), full_page=True)
@@ -57,6 +57,7 @@ def test_class_removal_in_a_real_browser(tmp_path):
         wait_idle(page)
         page.get_by_role("button", name="Explain this prediction").click()
         page.get_by_text("Most harmful training samples").wait_for(timeout=300_000)
+        page.locator('[data-testid="stImage"]').nth(16).wait_for(timeout=120_000)  # test image + 8 + 8
         wait_idle(page)
         page.screenshot(path=str(shots / "2_influential_samples.png"), full_page=True)
 
@@ -65,6 +66,7 @@ def test_class_removal_in_a_real_browser(tmp_path):
         wait_idle(page)
         page.get_by_role("button", name="Select parameters").click()
         page.get_by_text("Per-channel view").wait_for(timeout=300_000)
+        page.locator(".js-plotly-plot").nth(4).wait_for(timeout=120_000)  # layer bars + 2 conv layers × 2
         wait_idle(page)
         page.screenshot(path=str(shots / "3_parameter_selection.png"), full_page=True)
 
