@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-import torch
 from streamlit.testing.v1 import AppTest
 
 from gif_core import teaching
@@ -22,13 +21,7 @@ ENTRY = Path(__file__).resolve().parents[1] / "app" / "Model_and_data.py"
 PAGE = "pages/5_Learn.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The page's matrices are tiny: a second thread only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _open() -> AppTest:

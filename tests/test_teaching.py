@@ -9,14 +9,7 @@ from conftest import dense_gradient, dense_hessian, dense_objective
 from gif_core import teaching
 from gif_core.influence import METHODS
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The matrices here are tiny (at most 139×139): a second thread only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
