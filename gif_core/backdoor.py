@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from gif_core.data import LabelledSet
+from gif_core.data import LabelledSet, seeded_subset
 
 TRIGGER_KINDS: tuple[str, ...] = ("checkerboard", "patch")
 CORNERS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -208,8 +208,7 @@ def poison(
             f"cannot poison {count} samples: only {len(eligible)} have a label other than the target "
             f"{spec.target}; lower the fraction"
         )
-    generator = torch.Generator().manual_seed(spec.seed)
-    rows = eligible[torch.randperm(len(eligible), generator=generator)[:count]].sort().values
+    rows = seeded_subset(eligible, count, spec.seed)
 
     new_inputs = inputs.clone()
     new_inputs[rows] = spec.trigger.stamp(inputs[rows])

@@ -25,7 +25,7 @@ from torch import nn
 
 from gif_core.captum_baselines import CaptumConfig, captum_estimator
 from gif_core.curvature import Curvature, CurvatureConfig
-from gif_core.data import LabelledSet
+from gif_core.data import LabelledSet, seeded_subset
 from gif_core.gradient_store import GradientStore, gradient_store
 from gif_core.scores import LowRankInverse, SelfInfluence, influence_scores, lowrank_inverse, self_influence
 from gif_core.selection import Selection, SelectionConfig, select_on_data
@@ -113,9 +113,7 @@ class InfluenceBrowser:
         self.config = config or BrowserConfig()
         self.train = train
         self.weight_decay = weight_decay
-        generator = torch.Generator().manual_seed(self.config.seed)
-        n = len(train)
-        self.hessian_rows = torch.randperm(n, generator=generator)[: min(n, self.config.hessian_samples)].sort().values
+        self.hessian_rows = seeded_subset(torch.arange(len(train)), self.config.hessian_samples, self.config.seed)
         curvature_config = CurvatureConfig(weight_decay=weight_decay, damping=self.config.damping)
         self.curvature = Curvature(
             model, (train.inputs[self.hessian_rows], train.labels[self.hessian_rows]), curvature_config

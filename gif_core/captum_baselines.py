@@ -23,6 +23,8 @@ from captum.influence._core.influence_function import NaiveInfluenceFunction
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from gif_core.data import seeded_subset
+
 CAPTUM_METHODS = ("tracincp", "naive", "arnoldi")
 
 
@@ -105,8 +107,7 @@ def captum_estimator(
     n = len(train_labels)
     hessian_rows = torch.arange(n)
     if config.hessian_samples is not None and config.hessian_samples < n:
-        generator = torch.Generator().manual_seed(config.seed)
-        hessian_rows = torch.randperm(n, generator=generator)[: config.hessian_samples].sort().values
+        hessian_rows = seeded_subset(hessian_rows, config.hessian_samples, config.seed)
     hessian_reg = config.hessian_reg if config.hessian_reg is not None else config.weight_decay * len(hessian_rows)
     if hessian_reg <= 0 and method != "tracincp":
         raise ValueError(

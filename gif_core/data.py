@@ -42,6 +42,13 @@ _LAYOUTS = {
 }
 
 
+def seeded_subset(rows: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """``count`` of ``rows`` drawn uniformly without replacement by ``torch.randperm`` under ``seed``, sorted
+    (all of them when ``count`` ≥ their number): the one rule every seeded sample of training rows follows."""
+    generator = torch.Generator().manual_seed(seed)
+    return rows[torch.randperm(len(rows), generator=generator)[:count]].sort().values
+
+
 @dataclass(frozen=True)
 class LabelledSet:
     """Samples with labels, their index in the source data set, and displayable images.

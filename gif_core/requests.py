@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from gif_core.curvature import Curvature, CurvatureConfig
+from gif_core.data import seeded_subset
 from gif_core.params import ParamSpace
 
 GRADIENT_MODES = ("first-order", "newton")
@@ -277,9 +278,7 @@ def prepare(
     retain = torch.nonzero(keep).reshape(-1)
     sample_rows = retain if config.hessian_data == "retained" else torch.arange(n)
     if config.hessian_samples is not None and config.hessian_samples < len(sample_rows):
-        generator = torch.Generator().manual_seed(config.seed)
-        pick = torch.randperm(len(sample_rows), generator=generator)[: config.hessian_samples]
-        sample_rows = sample_rows[pick.sort().values]
+        sample_rows = seeded_subset(sample_rows, config.hessian_samples, config.seed)
     hessian = Curvature(model, (train.inputs[sample_rows], labels[sample_rows]), config.curvature)
     forget_inputs, forget_labels = train.inputs[forget], labels[forget]
     m = len(forget)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gif_core.curvature import CurvatureConfig
-from gif_core.data import LabelledSet, load_data
+from gif_core.data import LabelledSet, load_data, seeded_subset
 from gif_core.influence import METHODS, EstimatorConfig, estimate
 from gif_core.params import ParamSpace, flat_parameters
 from gif_core.requests import EditProblem, ProblemConfig, SampleRemoval, prepare
@@ -236,8 +236,7 @@ def removed_rows(data: ToyData, config: ToyConfig) -> torch.Tensor:
     """A seeded ``removed_fraction`` of the rows of cluster ``removed_cluster`` (at least one), sorted."""
     rows = torch.nonzero(data.cluster == config.removed_cluster).reshape(-1)
     count = max(1, round(config.removed_fraction * len(rows)))
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    return rows[torch.randperm(len(rows), generator=generator)[:count]].sort().values
+    return seeded_subset(rows, count, config.seed + 1)
 
 
 def fit_toy(
