@@ -26,6 +26,14 @@ def _require_chromium() -> None:
     pytest.skip(message)
 
 
+def _open_and_click(page, address: str, button: str) -> None:
+    """Open a page, wait until its button is there and Streamlit is idle, and press the button."""
+    page.goto(address, timeout=120_000)
+    page.get_by_role("button", name=button).wait_for(timeout=120_000)
+    wait_idle(page)
+    page.get_by_role("button", name=button).click()
+
+
 def test_class_removal_in_a_real_browser(tmp_path):
     _require_chromium()
     shots = Path(os.environ.get("GIF_SCREENSHOT_DIR") or tmp_path)
@@ -37,10 +45,7 @@ def test_class_removal_in_a_real_browser(tmp_path):
         wait_idle(page)
         page.screenshot(path=str(shots / "1_model_and_data.png"), full_page=True)
 
-        page.goto(f"{url}/What-if_edit", timeout=120_000)
-        page.get_by_role("button", name="Run the edit").wait_for(timeout=120_000)
-        wait_idle(page)
-        page.get_by_role("button", name="Run the edit").click()
+        _open_and_click(page, f"{url}/What-if_edit", "Run the edit")
         page.get_by_text("Metrics (percent").wait_for(timeout=600_000)
         charts = page.locator(".js-plotly-plot")
         charts.nth(7).wait_for(timeout=300_000)  # per-class, histogram, confusions, probabilities, step curve
@@ -61,10 +66,7 @@ def test_class_removal_in_a_real_browser(tmp_path):
         wait_idle(page)
         page.screenshot(path=str(shots / "2_influential_samples.png"), full_page=True)
 
-        page.goto(f"{url}/Parameter_selection", timeout=120_000)
-        page.get_by_role("button", name="Select parameters").wait_for(timeout=120_000)
-        wait_idle(page)
-        page.get_by_role("button", name="Select parameters").click()
+        _open_and_click(page, f"{url}/Parameter_selection", "Select parameters")
         page.get_by_text("Per-channel view").wait_for(timeout=300_000)
         page.locator(".js-plotly-plot").nth(4).wait_for(timeout=120_000)  # layer bars + 2 conv layers × 2
         wait_idle(page)
