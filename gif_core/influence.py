@@ -98,8 +98,15 @@ def _damping_note(problem: EditProblem) -> str:
 
 
 def _influence(problem: EditProblem, selection: Selection, config: EstimatorConfig):
-    x, report = solve_symmetric(problem.hessian.hvp, problem.g, config.symmetric_solver, config.solver)
-    return x, [report], f"{_damping_note(problem)} x = g by {report.name}"
+    """Δ = H⁻¹g, solved once per problem and solver settings (PIF at any ratio reuses it: its report then
+    shows the products of that one solve, which were spent once)."""
+    key = (config.symmetric_solver, config.solver)
+    if key not in problem.influence_solutions:
+        problem.influence_solutions[key] = solve_symmetric(
+            problem.hessian.hvp, problem.g, config.symmetric_solver, config.solver
+        )
+    x, report = problem.influence_solutions[key]
+    return x.clone(), [report], f"{_damping_note(problem)} x = g by {report.name}"
 
 
 def _projected(problem: EditProblem, selection: Selection, config: EstimatorConfig):

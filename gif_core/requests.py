@@ -8,7 +8,8 @@ edit is θ ↦ θ + Δ with H Δ = g, g = −c·∇D(θ) (DESIGN.md section 2):
   g = (m/(n−m))·mean_{i∈U} ∇ℓ_i(θ)  (equal to −∇L_{S∖U}(θ) at a stationary θ).
   ``gradient="newton"`` uses g = −∇L_{S∖U}(θ) exactly, for models not at a stationary point.
 * :class:`LabelChange` — relabel U from y to y':  c = 1, D = (1/n)·Σ_{i∈U} [ℓ(x_i, y'_i) − ℓ(x_i, y_i)],
-  g = (1/n)·Σ_{i∈U} [∇ℓ(x_i, y_i) − ∇ℓ(x_i, y'_i)].
+  g = (1/n)·Σ_{i∈U} [∇ℓ(x_i, y_i) − ∇ℓ(x_i, y'_i)]  (equal to −∇L_{S'}(θ) at a stationary θ, S' = S relabelled).
+  ``gradient="newton"`` uses g = −∇L_{S'}(θ) = −(1/n)·[Σ_{i∉U} ∇ℓ(x_i, y_i) + Σ_{i∈U} ∇ℓ(x_i, y'_i)] exactly.
 * :func:`backdoor_relabel` — undo a backdoor: U = poisoned samples, y = the attacker's label, y' = the true label.
 
 The Hessian H of every estimator is taken over the *Hessian sample*: a fixed, seeded subset of S∖U by default
@@ -210,6 +211,9 @@ class EditProblem:
     hessian_covers_forget: bool
     hessian_retained_rows: torch.Tensor
     train: LabelledData
+    influence_solutions: dict = field(default_factory=dict, repr=False, compare=False)
+    """Memo of full solves H x = g by solver settings, shared by IF and PIF at every ratio (filled by
+    :mod:`gif_core.influence`; the problem's g and H never change, so a solve is valid for its lifetime)."""
 
     @property
     def m(self) -> int:
@@ -284,8 +288,12 @@ def prepare(
     m = len(forget)
     if isinstance(request, LabelChange):
         new_labels = request.targets()
-        g = (m / n) * (hessian.gradient(forget_inputs, forget_labels) - hessian.gradient(forget_inputs, new_labels))
         scale = 1.0
+        if config.gradient == "newton":
+            retained = hessian.gradient(train.inputs[retain], labels[retain]) if len(retain) else 0.0
+            g = -((n - m) / n * retained + (m / n) * hessian.gradient(forget_inputs, new_labels))
+        else:
+            g = (m / n) * (hessian.gradient(forget_inputs, forget_labels) - hessian.gradient(forget_inputs, new_labels))
     else:
         new_labels = None
         scale = m / (n - m)

@@ -67,6 +67,19 @@ def test_label_change_g_by_hand(setup):
     assert rel_err(problem.g, by_hand) < 1e-10 and problem.scale == 1.0
 
 
+def test_newton_label_change_g_is_minus_the_relabelled_gradient(setup):
+    model, data, config = setup
+    rows, new = [0, 5], [2, 0]
+    newton = ProblemConfig(curvature=config.curvature, gradient="newton")
+    problem = prepare(model, data, LabelChange(rows, new), 3, newton)
+    labels = data.labels.clone()
+    labels[rows] = torch.tensor(new)
+    by_hand = -sum(_sample_gradient(model, data.inputs[i], labels[i]) for i in range(len(labels))) / len(labels)
+    assert rel_err(problem.g, by_hand) < 1e-10
+    first_order = prepare(model, data, LabelChange(rows, new), 3, config)
+    assert rel_err(problem.g, first_order.g) > 1e-3  # the tiny model is not at a stationary point: they differ
+
+
 def test_backdoor_relabel_is_a_label_change_back_to_true_labels(setup):
     model, data, config = setup
     poisoned = SimpleNamespace(inputs=data.inputs, labels=data.labels.clone())
