@@ -58,15 +58,32 @@ def products_to_reach(curve: list[tuple[int, float]], level: float) -> int | Non
 
 
 def solver_race(
-    model, card, data, ratio: float, hessian_samples: int, rtol: float, maxiter: int, richardson_maxiter: int
+    model,
+    card,
+    data,
+    ratio: float,
+    hessian_samples: int,
+    rtol: float,
+    maxiter: int,
+    richardson_maxiter: int,
+    *,
+    removed_class: int = 3,
+    dtype: torch.dtype = torch.float64,
+    krylov: tuple[str, ...] = ("cgls", "lsmr"),
+    seed: int = 0,
+    richardson_restarts: int = 100,
 ) -> dict:
-    curvature = CurvatureConfig(weight_decay=card.recipe.get("weight_decay", 0.0), dtype=torch.float64)
-    config = ProblemConfig(hessian_samples=hessian_samples, curvature=curvature)
-    problem = prepare(model, data.train, ClassRemoval(3), card.num_classes, config)
-    selection = select(problem, SelectionConfig("gradient", ratio))
+    """GIF for removing ``removed_class`` at ``ratio`` (gradient selector), solved by each Krylov method and by
+    the Richardson baseline, with products in ``dtype``; the residual history of the traced solvers."""
+    curvature = CurvatureConfig(weight_decay=card.recipe.get("weight_decay", 0.0), dtype=dtype)
+    config = ProblemConfig(hessian_samples=hessian_samples, curvature=curvature, seed=seed)
+    problem = prepare(model, data.train, ClassRemoval(removed_class), card.num_classes, config)
+    selection = select(problem, SelectionConfig("gradient", ratio, seed=seed))
     rows, curves = [], {}
-    for solver, cap in (("cgls", maxiter), ("lsmr", maxiter), ("richardson", richardson_maxiter)):
-        settings = SolverConfig(rtol=rtol, maxiter=cap, track_residuals=solver != "lsmr")
+    for solver, cap in (*((name, maxiter) for name in krylov), ("richardson", richardson_maxiter)):
+        settings = SolverConfig(
+            rtol=rtol, maxiter=cap, track_residuals=solver != "lsmr", richardson_restarts=richardson_restarts
+        )
         result = estimate("gif", problem, selection, EstimatorConfig(least_squares_solver=solver, solver=settings))
         report = result.reports[0]
         rows.append(

@@ -87,3 +87,51 @@ def test_browse_speed_benchmark_quick(tmp_path, monkeypatch):
     assert len(rows) == 7 and all(r["per test point s (median)"] > 0 for r in rows)
     exact = next(r for r in rows if r["method"].startswith("Influence function (IF, exact"))
     assert exact["Spearman vs exact IF"] > 0.999  # the reference against itself: the bookkeeping is aligned
+
+
+def test_paper_benchmarks_run_every_table_on_the_tiny_profile(tmp_path, monkeypatch):
+    """benchmarks.run (issue 6) end to end on the digits profile: every table written, with the rows it promises."""
+    from benchmarks import run
+    from benchmarks.paper_setup import PROFILES
+    from gif_core.selection import METHODS as SELECTORS
+
+    monkeypatch.setenv("GIF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["run.py", "--profile", "tiny", "--out", str(tmp_path)])
+    run.main()
+    tiny = PROFILES["tiny"]
+    for name in ("class_removal", "backdoor", "random_forgetting", "solver_cost"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert {"command", "commit", "machine"} <= set(data["provenance"]) and data["profile"] == "tiny"
+        assert "Produced by" in (tmp_path / f"{name}.md").read_text()
+    removal = json.loads((tmp_path / "class_removal.json").read_text())
+    t1 = removal["table1"]["rows"]
+    default = [r for r in t1 if r["model"] == tiny.default.label]
+    assert {(r["method"], r["ratio"]) for r in default} == {
+        *((m, r) for m in ("gif", "fif", "pif") for r in tiny.ratios),
+        ("if", 1.0),
+        ("sif", 1.0),
+    }
+    assert {r["seed"] for r in default} == set(tiny.seeds)
+    for row in t1:
+        assert all(math.isfinite(row[k]) for k in ("forget_acc", "retain_acc", "f1", "agreement", "kl", "avg_gap"))
+        assert row["step"] > 0 and row["hvps"] > 0
+    # PIF and FIF on every parameter ARE IF: same Δ, same solver, so the same numbers
+    for seed in tiny.seeds:
+        at_full = {r["method"]: r for r in default if r["ratio"] == 1.0 and r["seed"] == seed}
+        assert at_full["pif"]["forget_acc"] == at_full["if"]["forget_acc"]
+        assert at_full["pif"]["agreement"] == at_full["if"]["agreement"]
+    assert {r["selector"] for r in removal["table2"]["rows"]} == set(SELECTORS)
+    iterated = {r["k"]: r for r in removal["table7"]["summary"]}
+    assert set(iterated) == set(tiny.iterations)
+    assert iterated[2]["hvps mean"] > iterated[1]["hvps mean"]  # every step's products are counted
+    backdoor = json.loads((tmp_path / "backdoor.json").read_text())
+    assert {r["method"] for r in backdoor["rows"]} == {"gif", "fif", "pif", "if", "sif"}
+    assert all(0 <= r["attack_success_rate"] <= 100 for r in backdoor["rows"])
+    forgetting = json.loads((tmp_path / "random_forgetting.json").read_text())
+    assert all(0 <= r["MIA"] <= 100 and r["UA"] == 100 - r["forget_acc"] for r in forgetting["rows"])
+    solver = json.loads((tmp_path / "solver_cost.json").read_text())
+    assert [r["model"] for r in solver["races"]] == [tiny.default.label, tiny.larger.label]
+    assert all({row["solver"] for row in r["rows"]} == {"cgls", "richardson"} for r in solver["races"])
+    assert all(c["ratio mean"] > 0 for c in solver["cost"])
+    assert (tmp_path / "class_removal.png").stat().st_size > 1000
+    assert (tmp_path / "solver_residuals.png").stat().st_size > 1000
