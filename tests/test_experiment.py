@@ -177,3 +177,28 @@ def test_iterated_steps_converge_to_the_retrained_optimum_on_a_convex_model(requ
         assert errors[method, 1] > 0.01, "one step is not already exact: the test would have no teeth"
         assert errors[method, 5] < 1e-4 and errors[method, 5] < errors[method, 1] / 100, (method, errors)
     assert torch.equal(flat_parameters(model), theta)  # the original is never modified
+
+
+def test_step_objective_per_request_kind(iris):
+    """By hand from the accuracies: F1 for a class removal, held-out likeness for a sample removal, harmonic mean
+    for a label change. A sample removal must not reward pushing the removed samples to 0% (retraining does not)."""
+    from gif_core.evaluate import accuracy as acc
+    from gif_core.evaluate import forget_f1, predict_proba
+
+    model, _, data, _ = iris
+
+    def accuracy_on(split):
+        return acc(predict_proba(model, split.inputs), split.labels)
+
+    cases = [ClassRemoval(1), SampleRemoval([0, 1, 2, 3]), LabelChange([0, 1], [2, 2])]
+    for request in cases:
+        scenario = build_scenario(request, data)
+        val, target = accuracy_on(scenario.validation), accuracy_on(scenario.step_forget)
+        expected = {
+            ClassRemoval: forget_f1(target, val),
+            SampleRemoval: val - abs(target - val),
+            LabelChange: 2 * target * val / (target + val) if target + val else 0.0,
+        }[type(request)]
+        assert step_objective(model, scenario) == pytest.approx(expected)
+    scenario = build_scenario(SampleRemoval([0, 1, 2, 3]), data)
+    assert accuracy_on(scenario.step_forget) > 50 and step_objective(model, scenario) > 50  # well fitted: a good score
