@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--hessian-samples", type=int, default=500)
     remove.add_argument("--damping", type=float, default=0.0)
     remove.add_argument("--maxiter", type=int, default=100)
+    remove.add_argument(
+        "--iterations",
+        type=int,
+        default=1,
+        help="re-linearised steps (1 = one first-order step; see gif_core.experiment)",
+    )
     remove.add_argument("--retrain", action="store_true", help="also retrain without the data and report gaps")
     remove.add_argument("--seed", type=int, default=0)
     remove.add_argument("--data-root", help="local folder of the model's data set, where it is not bundled")
@@ -149,6 +155,7 @@ def _config(args: argparse.Namespace) -> EditConfig:
         least_squares_solver=args.solver,
         maxiter=args.maxiter,
         seed=args.seed,
+        iterations=args.iterations,
     )
 
 

@@ -12,11 +12,12 @@ edit is θ ↦ θ + Δ with H Δ = g, g = −c·∇D(θ) (DESIGN.md section 2):
   ``gradient="newton"`` uses g = −∇L_{S'}(θ) = −(1/n)·[Σ_{i∉U} ∇ℓ(x_i, y_i) + Σ_{i∈U} ∇ℓ(x_i, y'_i)] exactly.
 * :func:`backdoor_relabel` — undo a backdoor: U = poisoned samples, y = the attacker's label, y' = the true label.
 
-The Hessian H of every estimator is taken over the *Hessian sample*: a fixed, seeded subset of S∖U by default
-(``hessian_data="retained"``: IF is then one Newton step on the edited objective), or of all of S
-(``hessian_data="all"``: the classic Koh & Liang IF, expanded around the original objective). SIF's second-order term
-needs the full-data Hessian and ∇²D, which :class:`EditProblem` assembles from H and Hessians over U (r = m/n):
-∇²L = H when H covers S, else (1−r)·H_{S∖U} + r·H_U;
+The Hessian H of every estimator is taken over the *Hessian sample*: a fixed, seeded subset of the EDITED training
+set by default (``hessian_data="retained"``: S∖U for a removal, S' — every sample, U with its new labels — for a label
+change; IF is then one Newton step on the edited objective), or of S as it was (``hessian_data="all"``: the classic
+Koh & Liang IF, expanded around the original objective). SIF's second-order term needs the original objective's
+Hessian ∇²L and ∇²D, which :class:`EditProblem` assembles from H and Hessians over U (r = m/n):
+∇²L = H when H covers S as it was; (1−r)·H_{S∖U} + r·H_U for a removal; H_{S'} − ∇²D for a label change;
 ∇²D = ∇²L − H_U for removals,  ∇²D = r·(H_{U,y'} − H_{U,y}) for label changes.
 """
 
@@ -208,7 +209,7 @@ class EditProblem:
     g: torch.Tensor
     scale: float
     hessian: Curvature
-    hessian_covers_forget: bool
+    hessian_data: str
     hessian_retained_rows: torch.Tensor
     train: LabelledData
     influence_solutions: dict = field(default_factory=dict, repr=False, compare=False)
@@ -226,7 +227,9 @@ class EditProblem:
     @property
     def full_hvp_products(self) -> int:
         """Hessian-vector products one :meth:`full_hvp` costs."""
-        return 1 if self.hessian_covers_forget else 2
+        if self.hessian_data == "all":
+            return 1
+        return 3 if self.new_labels is not None else 2
 
     @property
     def perturbation_hvp_products(self) -> int:
@@ -235,7 +238,7 @@ class EditProblem:
 
     def retained_fisher(self) -> torch.Tensor:
         """Diagonal empirical Fisher over the Hessian sample's rows that are NOT in U (mean of squared gradients)."""
-        if not self.hessian_covers_forget:
+        if self.hessian_data == "retained" and self.new_labels is None:  # the sample is all of S∖U already
             return self.hessian.fisher_diagonal()
         rows = self.hessian_retained_rows
         return self.hessian.with_sample((self.train.inputs[rows], self.train.labels[rows])).fisher_diagonal()
@@ -250,9 +253,11 @@ class EditProblem:
         return self.hessian.with_sample((self.forget_inputs, self.new_labels))
 
     def full_hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """∇²L·v for the full-data objective: H v if H covers S, else (1−r)·H_{S∖U}v + r·H_U v."""
-        if self.hessian_covers_forget:
+        """∇²L·v for the ORIGINAL objective (see module docstring for how it is assembled from H)."""
+        if self.hessian_data == "all":
             return self.hessian.hvp(v)
+        if self.new_labels is not None:
+            return self.hessian.hvp(v) - self.perturbation_hvp(v)
         return (1 - self.r) * self.hessian.hvp(v) + self.r * self._hessian_forget.hvp(v)
 
     def perturbation_hvp(self, v: torch.Tensor) -> torch.Tensor:
@@ -280,10 +285,15 @@ def prepare(
     keep = torch.ones(n, dtype=torch.bool)
     keep[forget] = False
     retain = torch.nonzero(keep).reshape(-1)
-    sample_rows = retain if config.hessian_data == "retained" else torch.arange(n)
+    relabels = isinstance(request, LabelChange)
+    sample_labels = labels
+    if relabels and config.hessian_data == "retained":  # the edited objective keeps U, with its new labels
+        sample_labels = labels.clone()
+        sample_labels[forget] = request.targets()
+    sample_rows = retain if config.hessian_data == "retained" and not relabels else torch.arange(n)
     if config.hessian_samples is not None and config.hessian_samples < len(sample_rows):
         sample_rows = seeded_subset(sample_rows, config.hessian_samples, config.seed)
-    hessian = Curvature(model, (train.inputs[sample_rows], labels[sample_rows]), config.curvature)
+    hessian = Curvature(model, (train.inputs[sample_rows], sample_labels[sample_rows]), config.curvature)
     forget_inputs, forget_labels = train.inputs[forget], labels[forget]
     m = len(forget)
     if isinstance(request, LabelChange):
@@ -314,7 +324,7 @@ def prepare(
         g=g,
         scale=scale,
         hessian=hessian,
-        hessian_covers_forget=config.hessian_data == "all",
+        hessian_data=config.hessian_data,
         hessian_retained_rows=sample_rows[keep[sample_rows]],
         train=train,
     )

@@ -50,8 +50,12 @@ def test_remove_class_with_retrain_writes_a_well_formed_report(tmp_path, capsys)
 
 def test_relabel_and_save_edited_model(tmp_path):
     saved = tmp_path / "edited.safetensors"
-    assert main(["remove", "--relabel", "0:1,2:3", "--method", "fif", "--save", str(saved), *FAST]) == 0
+    report = tmp_path / "report.json"
+    argv = ["remove", "--relabel", "0:1,2:3", "--method", "fif", "--iterations", "2", "--json", str(report)]
+    assert main([*argv, "--save", str(saved), *FAST]) == 0
     assert saved.is_file() and saved.with_suffix(".json").is_file()
+    (result,) = json.loads(report.read_text())["results"]
+    assert [s["solver"]["hvps"] > 0 for s in result["later_steps"]] == [True]  # one re-linearised step after the first
     card = json.loads(saved.with_suffix(".json").read_text())
     assert card["extra"]["edit"]["method"] == "fif"
     assert main(["info", str(saved)]) == 0
@@ -68,6 +72,7 @@ def test_relabel_and_save_edited_model(tmp_path):
         (["remove", "--class", "1", "--ratio", "0"], "ratio must lie in"),
         (["remove", "--class", "1", "--method", "gif,magic"], "Unknown method"),
         (["remove", "--class", "1", "--step", "big"], "--step must be"),
+        (["remove", "--class", "1", "--iterations", "0"], "iterations must be"),
         (["remove", "--class", "1", "--model", "missing.safetensors"], "not found"),
         (["info", "nowhere.safetensors"], "not found"),
     ],

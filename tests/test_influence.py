@@ -45,8 +45,13 @@ def test_estimators_match_dense_closed_forms(make_model, data, weight_decay, req
     model = make_model()
     before = state_hash(model)
     problem = prepare(model, data, request_, 3, ProblemConfig(curvature=CurvatureConfig(weight_decay)))
-    keep = problem.retain_rows
-    H = dense_hessian(model, data.inputs[keep], data.labels[keep], weight_decay)
+    if isinstance(request_, LabelChange):  # H is the edited objective's: every sample, U with its new labels
+        labels = data.labels.clone()
+        labels[list(request_.indices)] = request_.targets()
+        H = dense_hessian(model, data.inputs, labels, weight_decay)
+    else:
+        keep = problem.retain_rows
+        H = dense_hessian(model, data.inputs[keep], data.labels[keep], weight_decay)
     selection = select(problem, SelectionConfig("gradient", ratio=0.3))
     expected = _closed_forms(H, problem.g, selection.indices)
     for method, truth in expected.items():
@@ -256,3 +261,21 @@ def test_pif_at_every_ratio_reuses_one_influence_solve(monkeypatch, mlp_data):
     assert calls["n"] == after_if > 0 and fresh.abs().sum() > 0
     looser = estimate("if", problem, config=EstimatorConfig(solver=SolverConfig(rtol=1e-3)))
     assert calls["n"] > after_if and looser.solver_summary()["rel_residual"] <= 1e-3  # other settings: a new solve
+
+
+@pytest.mark.parametrize("hessian_data", ["retained", "all"])
+def test_label_change_assembles_the_original_and_perturbation_hessians(hessian_data):
+    """For a label change, H covers S' (U relabelled) by default; ∇²L of the ORIGINAL objective and ∇²D must still
+    equal the dense Hessians, since SIF is built on them."""
+    model, data = tiny_mlp(), blobs()
+    rows, new = [0, 5, 9], [2, 0, 1]
+    config = ProblemConfig(hessian_data=hessian_data, curvature=CurvatureConfig(0.01))
+    problem = prepare(model, data, LabelChange(rows, new), 3, config)
+    labels = data.labels.clone()
+    labels[rows] = torch.tensor(new)
+    H_old = dense_hessian(model, data.inputs, data.labels, 0.01)
+    H_new = dense_hessian(model, data.inputs, labels, 0.01)
+    v = torch.randn(problem.space.numel, dtype=torch.float64)
+    assert rel_err(problem.full_hvp(v), H_old @ v) < 1e-8
+    assert rel_err(problem.perturbation_hvp(v), (H_new - H_old) @ v) < 1e-8
+    assert rel_err(problem.hessian.hvp(v), (H_new if hessian_data == "retained" else H_old) @ v) < 1e-8
