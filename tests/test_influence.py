@@ -218,49 +218,45 @@ def test_backdoor_like_relabel_keeps_model_unchanged(mlp_data):
     assert state_hash(model) == before
 
 
-@pytest.mark.parametrize("hessian_data", ["retained", "all"])
-def test_sif_counts_every_hessian_vector_product(monkeypatch, hessian_data):
+@pytest.fixture
+def hvp_calls(monkeypatch):
+    """Counts every Curvature.hvp call made after the fixture is requested: {"n": calls}."""
     from gif_core.curvature import Curvature
 
+    calls = {"n": 0}
+    original = Curvature.hvp
+
+    def counted(self, v):
+        calls["n"] += 1
+        return original(self, v)
+
+    monkeypatch.setattr(Curvature, "hvp", counted)
+    return calls
+
+
+@pytest.mark.parametrize("hessian_data", ["retained", "all"])
+def test_sif_counts_every_hessian_vector_product(hvp_calls, hessian_data):
     model, data = tiny_mlp(), blobs()
     config = ProblemConfig(hessian_data=hessian_data, curvature=CurvatureConfig(0.01))
     problem = prepare(model, data, SampleRemoval([1, 2, 3]), 3, config)
-    calls = {"n": 0}
-    original = Curvature.hvp
-
-    def counted(self, v):
-        calls["n"] += 1
-        return original(self, v)
-
-    monkeypatch.setattr(Curvature, "hvp", counted)
     result = estimate("sif", problem, config=TIGHT)
-    assert result.hvps == calls["n"]
+    assert result.hvps == hvp_calls["n"]
 
 
-def test_pif_at_every_ratio_reuses_one_influence_solve(monkeypatch, mlp_data):
-    from gif_core.curvature import Curvature
-
+def test_pif_at_every_ratio_reuses_one_influence_solve(hvp_calls, mlp_data):
     model, data = mlp_data
     problem = prepare(model, data, SampleRemoval([1, 2]), 3, ProblemConfig(curvature=CurvatureConfig(0.01)))
-    calls = {"n": 0}
-    original = Curvature.hvp
-
-    def counted(self, v):
-        calls["n"] += 1
-        return original(self, v)
-
-    monkeypatch.setattr(Curvature, "hvp", counted)
     full = estimate("if", problem, config=TIGHT)
-    after_if = calls["n"]
+    after_if = hvp_calls["n"]
     full.delta.zero_()  # a caller changing its result must not change the memo
     fresh = estimate("if", problem, config=TIGHT).delta
     for ratio in (0.1, 0.5):
         selection = select(problem, SelectionConfig("gradient", ratio=ratio))
         pif = estimate("pif", problem, selection, TIGHT)
         assert torch.equal(pif.delta, torch.where(selection.mask, fresh, torch.zeros_like(fresh)))
-    assert calls["n"] == after_if > 0 and fresh.abs().sum() > 0
+    assert hvp_calls["n"] == after_if > 0 and fresh.abs().sum() > 0
     looser = estimate("if", problem, config=EstimatorConfig(solver=SolverConfig(rtol=1e-3)))
-    assert calls["n"] > after_if and looser.solver_summary()["rel_residual"] <= 1e-3  # other settings: a new solve
+    assert hvp_calls["n"] > after_if and looser.solver_summary()["rel_residual"] <= 1e-3  # other settings: a new solve
 
 
 @pytest.mark.parametrize("hessian_data", ["retained", "all"])
