@@ -25,10 +25,13 @@ Log = Callable[[str], None]
 
 
 def _edit_rows(original, request, truth, config, extra: dict) -> list[dict]:
+    return _edit(original, request, truth, config, extra)[0]
+
+
+def _edit(original, request, truth, config, extra: dict) -> tuple[list[dict], dict]:
+    """One run_edit against the retrained ``truth``: a row per method, and the retrained model's own metrics."""
     report = run_edit(original.model, original.card, original.bundle, request, config, retrained_model=truth)
-    rows = [{**extra, **flatten_outcome(record)} for record in report.to_dict()["results"]]
-    retrained = {f"retrained {k}": v for k, v in report.retrained.items()}
-    return [{**row, **retrained} for row in rows]
+    return [{**extra, **flatten_outcome(record)} for record in report.to_dict()["results"]], report.retrained
 
 
 def removal_rows(
@@ -50,12 +53,12 @@ def removal_rows(
             base = {"model": setting.label, "class": cls, "seed": seed, "retrain_seconds": retrain_seconds}
             for ratio in ratios:
                 config = setting.edit_config(seed, methods=methods, ratio=ratio)
-                rows += _edit_rows(original, request, truth, config, base)
+                new_rows, retrained = _edit(original, request, truth, config, base)
+                rows += new_rows
                 log(f"{setting.label} seed {seed} class {cls} ratio {ratio:g}: done")
             if full_methods:
                 config = setting.edit_config(seed, methods=full_methods)
                 rows += _edit_rows(original, request, truth, config, {**base, "ratio": 1.0})
-            retrained = {k.removeprefix("retrained "): v for k, v in rows[-1].items() if k.startswith("retrained ")}
             references.append({**base, **retrained})
     return rows, references
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from torch import nn
 
 from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
-from gif_core.checkpoints import ModelCard, load_checkpoint, save_checkpoint
+from gif_core.checkpoints import ModelCard, load_checkpoint
 from gif_core.data import DataBundle, LabelledSet, load_data
 from gif_core.experiment import EditConfig
 from gif_core.requests import EditRequest
 from gif_core.retrain import default_cache_dir, retrain
-from gif_core.train import Recipe, accuracy, build_and_train
-from gif_core.zoo import MNIST_CNN_RECIPE
+from gif_core.train import Recipe
+from gif_core.zoo import MNIST_CNN_RECIPE, train_and_save
 
 ALL_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -140,7 +140,6 @@ class Trained:
     bundle: DataBundle
     train: LabelledSet
     key: str
-    seconds: float
 
 
 def _data_key(train: LabelledSet) -> str:
@@ -158,26 +157,18 @@ def trained(setting: ModelSetting, seed: int, backdoor: BackdoorSpec | None = No
     payload = {"arch": setting.arch, "dataset": setting.dataset, "recipe": recipe.to_dict(), "data": _data_key(train)}
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
     path = default_cache_dir() / "benchmarks" / f"{key}.safetensors"
-    if path.is_file():
-        model, card = load_checkpoint(path)
-        return Trained(model, card, bundle, train, key, card.train_seconds)
-    model, report = build_and_train(setting.arch, dataclasses.replace(bundle, train=train), recipe, show_bar=False)
-    card = ModelCard(
-        arch=setting.arch,
-        input_shape=bundle.input_shape,
-        num_classes=bundle.num_classes,
-        classes=bundle.classes,
-        dataset=setting.dataset,
-        split_seed=0,
-        recipe=recipe.to_dict(),
-        accuracy={"test": round(accuracy(model, bundle.test), 4)},
-        train_seconds=round(report.seconds, 3),
-        notes=f"benchmark model, seed {seed}",
-        extra={"backdoor": backdoor.to_dict()} if backdoor is not None else {},
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, card, path)
-    return Trained(model, card, bundle, train, key, report.seconds)
+    if not path.is_file():
+        train_and_save(
+            setting.arch,
+            setting.dataset,
+            recipe,
+            path,
+            backdoor=backdoor,
+            notes=f"benchmark model, seed {seed}",
+            show_bar=False,
+        )
+    model, card = load_checkpoint(path)
+    return Trained(model, card, bundle, train, key)
 
 
 def retrained_for(original: Trained, request: EditRequest) -> tuple[nn.Module, float]:

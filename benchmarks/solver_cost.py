@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from benchmarks.engine import LADDER, products_to_reach, solver_race
+from benchmarks.engine import solver_race, speedup_ladder
 from benchmarks.paper_setup import ModelSetting, Profile, mean_sd, retrained_for, trained
 from gif_core.experiment import run_edit
 from gif_core.requests import ClassRemoval
@@ -42,26 +42,7 @@ def race(
         krylov=("cgls",),
         richardson_restarts=restarts,
     )
-    spent = {row["solver"]: row["hvps"] for row in result["rows"]}
-    ladder = []
-    for level in LADDER:
-        krylov = products_to_reach(result["curves"].get("cgls", []), level)
-        baseline = products_to_reach(result["curves"].get("richardson", []), level)
-        if krylov and baseline:
-            speedup = f"{baseline / krylov:.1f}×"
-        elif krylov:  # Richardson never got there: its whole spend is a lower bound
-            speedup = f"≥ {spent['richardson'] / krylov:.1f}×"
-        else:
-            speedup = "n/a"
-        ladder.append(
-            {
-                "model": setting.label,
-                "residual": level,
-                "cgls hvps": krylov or f"not reached in {spent['cgls']}",
-                "richardson hvps": baseline or f"not reached in {spent['richardson']}",
-                "richardson / cgls": speedup,
-            }
-        )
+    ladder = [{"model": setting.label, **row} for row in speedup_ladder(result)]
     seconds = {row["solver"]: row["seconds"] / max(row["hvps"], 1) for row in result["rows"]}
     return {
         "model": setting.label,
