@@ -65,7 +65,7 @@ class Profile:
     larger_solver_caps: tuple[int, int]
     headline_ratio: float = 0.05  # the ratio of tables 3-7 (the paper's 5%)
     larger_methods: tuple[str, ...] = ("gif", "fif", "pif")
-    larger_full_methods: tuple[str, ...] = ("if",)
+    larger_full_methods: tuple[str, ...] = ("if", "sif")
     richardson_restarts: int = 100  # the reference scheme's restarts with a larger normaliser c on divergence
 
 
@@ -87,7 +87,7 @@ PROFILES = {
         larger=VGG,
         classes=(0, 3),
         ratios=ALL_RATIOS,
-        larger_ratios=(0.05, 0.1),
+        larger_ratios=ALL_RATIOS,
         ablation_ratios=ALL_RATIOS,
         iterations=(1, 2, 3, 5),
         solver_caps=(200, 600),
@@ -208,10 +208,13 @@ def summarise(rows: Iterable[dict], group: Sequence[str], metrics: Sequence[str]
 
 
 def flatten_outcome(outcome_record: dict) -> dict:
-    """A run_edit result record with its comparison to the retrained model lifted to the top, and its solver
-    totals over every step (products and seconds summed, the worst residual)."""
+    """A run_edit result record with its comparison to the retrained model lifted to the top, its solver totals
+    over every step (products and seconds summed, the worst residual), and the first step's α search as
+    [α, objective] pairs."""
     flat = {k: v for k, v in outcome_record.items() if k not in ("vs_retrain", "solver", "step_search", "later_steps")}
     flat.update(outcome_record.get("vs_retrain", {}))
+    if "step_search" in outcome_record:  # the validation objective against α: the evidence behind the chosen step
+        flat["step_search"] = [[point["step"], point["objective"]] for point in outcome_record["step_search"]]
     solvers = [outcome_record["solver"], *(step["solver"] for step in outcome_record.get("later_steps", []))]
     flat["hvps"] = sum(s["hvps"] for s in solvers)  # every step's products
     flat["rel_residual"] = max(s["rel_residual"] for s in solvers)

@@ -99,22 +99,29 @@ def test_paper_benchmarks_run_every_table_on_the_tiny_profile(tmp_path, monkeypa
     monkeypatch.setattr(sys, "argv", ["run.py", "--profile", "tiny", "--out", str(tmp_path)])
     run.main()
     tiny = PROFILES["tiny"]
-    for name in ("class_removal", "backdoor", "random_forgetting", "solver_cost"):
+    for name in ("class_removal", "class_removal_larger", "backdoor", "random_forgetting", "solver_cost"):
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert {"command", "commit", "machine"} <= set(data["provenance"]) and data["profile"] == "tiny"
         assert "Produced by" in (tmp_path / f"{name}.md").read_text()
     removal = json.loads((tmp_path / "class_removal.json").read_text())
-    t1 = removal["table1"]["rows"]
-    default = [r for r in t1 if r["model"] == tiny.default.label]
+    default = removal["table1"]["rows"]
+    larger = json.loads((tmp_path / "class_removal_larger.json").read_text())["table1"]["rows"]
+    assert {r["model"] for r in default} == {tiny.default.label} and {r["model"] for r in larger} == {tiny.larger.label}
     assert {(r["method"], r["ratio"]) for r in default} == {
         *((m, r) for m in ("gif", "fif", "pif") for r in tiny.ratios),
         ("if", 1.0),
         ("sif", 1.0),
     }
-    assert {r["seed"] for r in default} == set(tiny.seeds)
-    for row in t1:
+    assert {(r["method"], r["ratio"]) for r in larger} == {
+        *((m, r) for m in tiny.larger_methods for r in tiny.larger_ratios),
+        *((m, 1.0) for m in tiny.larger_full_methods),
+    }
+    assert {r["seed"] for r in default + larger} == set(tiny.seeds)
+    for row in default + larger:
         assert all(math.isfinite(row[k]) for k in ("forget_acc", "retain_acc", "f1", "agreement", "kl", "avg_gap"))
         assert row["step"] > 0 and row["hvps"] > 0
+        # the validation curve behind the chosen α is kept, and α is its best point
+        assert max(row["step_search"], key=lambda point: point[1])[0] == row["step"]
     # PIF and FIF on every parameter ARE IF: same Δ, same solver, so the same numbers
     for seed in tiny.seeds:
         at_full = {r["method"]: r for r in default if r["ratio"] == 1.0 and r["seed"] == seed}
@@ -134,4 +141,5 @@ def test_paper_benchmarks_run_every_table_on_the_tiny_profile(tmp_path, monkeypa
     assert all({row["solver"] for row in r["rows"]} == {"cgls", "richardson"} for r in solver["races"])
     assert all(c["ratio mean"] > 0 for c in solver["cost"])
     assert (tmp_path / "class_removal.png").stat().st_size > 1000
+    assert (tmp_path / "class_removal_larger.png").stat().st_size > 1000
     assert (tmp_path / "solver_residuals.png").stat().st_size > 1000
