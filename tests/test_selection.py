@@ -133,10 +133,43 @@ def test_invalid_selection_config():
         SelectionConfig(budget="local")
 
 
-def test_a_ratio_that_fits_no_whole_neuron_is_an_error_not_an_empty_edit():
-    problem = prepare(nn.Linear(4, 3).double(), blobs(), SampleRemoval([0]), 3)  # 3 neurons: 5% rounds to none
-    with pytest.raises(ValueError, match="fits no whole neuron"):
-        select(problem, SelectionConfig("gradient", 0.05))
+def test_a_ratio_smaller_than_one_neuron_still_selects_one_neuron_per_layer():
+    problem = prepare(nn.Linear(4, 3).double(), blobs(), SampleRemoval([0]), 3)  # 3 neurons of 5: 5% is 0.15 of one
+    selection = select(problem, SelectionConfig("gradient", 0.05))
+    assert selection.layers[0].n_selected == 5 and int(selection.layers[0].selected_neurons.sum()) == 1
+    assert selection.ratio_obtained == pytest.approx(1 / 3)  # reported, not hidden
+
+
+@pytest.fixture(scope="module")
+def bundled_cnn_class_removal():
+    from gif_core.checkpoints import load_checkpoint
+    from gif_core.data import load_data
+    from gif_core.requests import ProblemConfig
+    from gif_core.zoo import default_model_path
+
+    model, card = load_checkpoint(default_model_path())
+    data = load_data(card.dataset, seed=card.split_seed)
+    return prepare(model, data.train, ClassRemoval(3), card.num_classes, ProblemConfig(hessian_samples=16))
+
+
+@pytest.mark.parametrize("budget", ["per-layer", "global"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "param-gradient"])
+@pytest.mark.parametrize("ratio", [0.01, 0.02, 0.05])
+def test_no_layer_of_the_bundled_cnn_is_starved(bundled_cnn_class_removal, method, budget, ratio):
+    """At 5% the head's share of the bundled CNN is 32.5 parameters, half a 65-parameter row: rounding used to give
+    it zero rows, so GIF edited every layer but the one where a class lives."""
+    problem = bundled_cnn_class_removal
+    selection = select(problem, SelectionConfig(method, ratio, budget))
+    described = selection.describe()["layers"]
+    assert [described[l.module]["units_selected"] >= 1 for l in problem.space.layers] == [True] * 4
+    head = described["9"]
+    assert head["selected"] == head["units_selected"] * 65 and head["units"] == 10
+    if method == "gradient":  # the removed class's own output row has the largest |mean ∂E/∂logit|
+        assert bool(selection.layers[-1].selected_neurons[3])
+    if budget == "per-layer":  # each layer's share rounded to whole neurons, at least one
+        for layer, summary in zip(problem.space.layers, selection.layers, strict=True):
+            expected = max(1, round(ratio * layer.numel / layer.neuron_size))
+            assert int(summary.selected_neurons.sum()) == expected
 
 
 def test_curvature_selector_uses_retained_rows_only_when_h_covers_all_data():
