@@ -214,7 +214,9 @@ def flatten_outcome(outcome_record: dict) -> dict:
     flat = {k: v for k, v in outcome_record.items() if k not in ("vs_retrain", "solver", "step_search", "later_steps")}
     flat.update(outcome_record.get("vs_retrain", {}))
     if "step_search" in outcome_record:  # the validation objective against α: the evidence behind the chosen step
-        flat["step_search"] = [[point["step"], point["objective"]] for point in outcome_record["step_search"]]
+        search = outcome_record["step_search"]
+        flat["step_search"] = [[point["step"], point["objective"]] for point in search["curve"]]
+        flat["step_cap_hit"], flat["step_floor_hit"] = search["cap_hit"], search["floor_hit"]
     solvers = [outcome_record["solver"], *(step["solver"] for step in outcome_record.get("later_steps", []))]
     flat["hvps"] = sum(s["hvps"] for s in solvers)  # every step's products
     flat["rel_residual"] = max(s["rel_residual"] for s in solvers)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from sklearn.svm import SVC
 from torch import nn
+from torch.func import functional_call
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -125,12 +126,15 @@ def predict_proba(
     inputs: torch.Tensor,
     batch_size: int = 1024,
     device: torch.device | str | None = None,
+    parameters: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities p = softmax(model(x)) as float32 [N, K] on the CPU.
 
     The model must return logits [B, K]. It runs in eval mode (restored afterwards) without gradients,
     in batches of ``batch_size`` moved to ``device`` (default: the device of the model's parameters).
     The model is never moved or modified; ``device`` must therefore be where the model already lives.
+    ``parameters`` (optional, by name) are used in place of the model's own tensors through
+    ``torch.func.functional_call`` — how a candidate θ + α·Δ is scored without copying the model.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -147,7 +151,8 @@ def predict_proba(
     chunks = []
     with eval_mode(model), torch.no_grad():
         for start in range(0, inputs.shape[0], batch_size):
-            logits = model(inputs[start : start + batch_size].to(run_device))
+            batch = inputs[start : start + batch_size].to(run_device)
+            logits = model(batch) if parameters is None else functional_call(model, dict(parameters), (batch,))
             if logits.ndim != 2:
                 raise ValueError(f"the model must return logits [B, K], got shape {tuple(logits.shape)}")
             chunks.append(torch.softmax(logits.float(), dim=1).cpu())

@@ -14,7 +14,8 @@ Evaluation sets (all numbers in percent):
 ``test_acc`` is always on the whole test split and ``f1`` = 2(1−forget)·retain/((1−forget)+retain).
 ``mia`` is the confidence-based membership-inference efficacy on the forget set (retain vs test as the reference).
 
-Step scale α: the edit is θ + α·Δ. ``step="auto"`` tries :data:`STEP_GRID` and keeps the α that maximises a
+Step scale α: the edit is θ + α·Δ. ``step="auto"`` searches α open-endedly (:mod:`gif_core.steps`: doubling
+from 1 while the objective still rises, up to a stated cap, then refining) and keeps the α that maximises a
 VALIDATION objective only (never the test split):
 
 * class removal: the F1 of (forget accuracy on the validation images of the removed class, validation accuracy on
@@ -23,8 +24,11 @@ VALIDATION objective only (never the test split):
   without some samples treats them like held-out data (they are not "forgotten" to 0%: F1 here would reward
   destroying the model, as the random-forgetting benchmark showed);
 * label change: the harmonic mean of (accuracy on the relabelled samples against their new labels, validation
-  accuracy). The grid reaches α = 32 because a truncated least-squares solve (GIF
-stopped after a fixed number of iterations) can return an update much shorter than the converged one.
+  accuracy).
+
+Each candidate α is scored by one forward pass over those validation images with θ + α·Δ put in place of the
+model's parameters (no copy of the model); the whole curve, and whether the search hit its cap or floor, is kept
+in the result.
 
 Iterated edits (``iterations = k > 1``): after the first step θ₁ = θ + α₁Δ₁, each further step re-linearises at
 the current point θ_j: H is re-evaluated there (same Hessian sample rows), g becomes the exact ``newton`` gradient
@@ -57,12 +61,12 @@ from gif_core.evaluate import (
     predict_proba,
 )
 from gif_core.influence import METHODS, SELECTIVE_METHODS, EstimatorConfig, InfluenceResult, estimate
-from gif_core.params import apply_delta
+from gif_core.params import apply_delta, shifted_parameters
 from gif_core.requests import ClassRemoval, EditRequest, LabelChange, ProblemConfig, prepare
 from gif_core.selection import Selection, SelectionConfig, select
 from gif_core.solvers import SolverConfig
+from gif_core.steps import StepSearch, StepSearchConfig, search_step
 
-STEP_GRID = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 Progress = Callable[[str, float], None]
 
 
@@ -85,6 +89,8 @@ class EditConfig:
     seed: int = 0
     track_residuals: bool = False
     iterations: int = 1
+    gif_ridge: float = 0.0
+    step_search: StepSearchConfig = field(default_factory=StepSearchConfig)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -97,6 +103,8 @@ class EditConfig:
                 raise ValueError(f"step must be a positive number or 'auto', got {self.step!r}")
         elif not self.step > 0:
             raise ValueError(f"step must be a positive number or 'auto', got {self.step}")
+        if self.gif_ridge < 0:
+            raise ValueError(f"gif_ridge must be ≥ 0, got {self.gif_ridge}")
         SelectionConfig(self.selector, self.ratio, self.budget, self.seed)  # validates selector, ratio, budget
 
 
@@ -193,13 +201,35 @@ def _evaluate(model: nn.Module, scenario: Scenario) -> tuple[dict[str, float], t
 
 def step_objective(model: nn.Module, scenario: Scenario) -> float:
     """The validation-only objective that ``step="auto"`` maximises (see module docstring)."""
-    val_acc = _acc(model, scenario.validation)
-    target_acc = _acc(model, scenario.step_forget)
-    if isinstance(scenario.request, LabelChange):
+    return _objective(scenario.request, _acc(model, scenario.validation), _acc(model, scenario.step_forget))
+
+
+def _objective(request: EditRequest, val_acc: float, target_acc: float) -> float:
+    if isinstance(request, LabelChange):
         return 0.0 if target_acc + val_acc == 0 else 2 * target_acc * val_acc / (target_acc + val_acc)
-    if isinstance(scenario.request, ClassRemoval):
+    if isinstance(request, ClassRemoval):
         return forget_f1(target_acc, val_acc)
     return val_acc - abs(target_acc - val_acc)
+
+
+def _search_step(model: nn.Module, result: InfluenceResult, scenario: Scenario, config: StepSearchConfig) -> StepSearch:
+    """The open-ended search of :mod:`gif_core.steps` on the validation objective, one forward pass a candidate."""
+    validation, target = scenario.validation, scenario.step_forget
+    if not len(validation) or not len(target):
+        raise ValueError(
+            "step='auto' needs validation images of the kept and of the questioned data, and the validation split "
+            f"has {len(validation)} kept and {len(target)} questioned: give a fixed step instead."
+        )
+    inputs = torch.cat([validation.inputs, target.inputs])
+    space, n_val = result.problem.space, len(validation)
+
+    def objective(alpha: float) -> float:
+        probs = predict_proba(model, inputs, parameters=shifted_parameters(model, space, result.delta, alpha))
+        return _objective(
+            scenario.request, accuracy(probs[:n_val], validation.labels), accuracy(probs[n_val:], target.labels)
+        )
+
+    return search_step(objective, config)
 
 
 @dataclass
@@ -209,13 +239,18 @@ class MethodOutcome:
     method: str
     result: InfluenceResult
     step: float
-    step_curve: list[tuple[float, float]]
+    step_search: StepSearch | None
     model: nn.Module
     metrics: dict[str, float]
     seconds: float
     vs_retrain: dict[str, float] | None = None
     later_steps: list[tuple[InfluenceResult, float]] = field(default_factory=list)
     """Re-linearised steps 2…k (their result and α); ``result``/``step`` are step 1's, ``model`` the final one."""
+
+    @property
+    def step_curve(self) -> list[tuple[float, float]]:
+        """The validation objective at every α the search tried (empty for a fixed step)."""
+        return list(self.step_search.curve) if self.step_search is not None else []
 
     def to_dict(self) -> dict:
         selection = self.result.selection
@@ -231,8 +266,8 @@ class MethodOutcome:
             "solved": self.result.solved,
             "seconds": self.seconds,
         }
-        if self.step_curve:
-            record["step_search"] = [{"step": a, "objective": o} for a, o in self.step_curve]
+        if self.step_search is not None:
+            record["step_search"] = self.step_search.to_dict()
         if self.vs_retrain is not None:
             record["vs_retrain"] = self.vs_retrain
         if self.later_steps:
@@ -259,6 +294,7 @@ class EditReport:
         report = {
             "request": self.request.describe(),
             "config": dataclasses.asdict(self.config),
+            "selection": self.selection.describe() if self.selection is not None else None,
             "original": self.original,
             "results": [o.to_dict() for o in self.outcomes],
         }
@@ -273,15 +309,12 @@ class EditReport:
 
 
 def _choose_step(
-    model: nn.Module, result: InfluenceResult, scenario: Scenario, step: float | str
-) -> tuple[float, list[tuple[float, float]]]:
-    if step != "auto":
-        return float(step), []
-    curve = [
-        (a, step_objective(apply_delta(model, result.problem.space, result.delta, a), scenario)) for a in STEP_GRID
-    ]
-    best = max(curve, key=lambda point: point[1])
-    return best[0], curve
+    model: nn.Module, result: InfluenceResult, scenario: Scenario, config: EditConfig
+) -> tuple[float, StepSearch | None]:
+    if config.step != "auto":
+        return float(config.step), None
+    search = _search_step(model, result, scenario, config.step_search)
+    return search.step, search
 
 
 def run_edit(
@@ -321,6 +354,7 @@ def run_edit(
     estimator = EstimatorConfig(
         symmetric_solver=config.symmetric_solver,
         least_squares_solver=config.least_squares_solver,
+        gif_ridge=config.gif_ridge,
         solver=SolverConfig(rtol=config.rtol, maxiter=config.maxiter, track_residuals=config.track_residuals),
     )
     original = evaluate_model(model, scenario)
@@ -333,18 +367,18 @@ def run_edit(
         start = time.perf_counter()
         method_selection = selection if method in SELECTIVE_METHODS else None
         result = estimate(method, problem, method_selection, estimator)
-        step, curve = _choose_step(model, result, scenario, config.step)
+        step, search = _choose_step(model, result, scenario, config)
         edited = apply_delta(model, problem.space, result.delta, step)
         later_steps = []
         for _ in range(config.iterations - 1):
             relinearised = prepare(edited, scenario.train, request, bundle.num_classes, newton_config)
             later = estimate(method, relinearised, method_selection, estimator)
-            later_step, _ = _choose_step(edited, later, scenario, config.step)
+            later_step, _ = _choose_step(edited, later, scenario, config)
             edited = apply_delta(edited, relinearised.space, later.delta, later_step)
             later_steps.append((later, later_step))
         seconds = time.perf_counter() - start
         metrics, test_probs = _evaluate(edited, scenario)
-        outcome = MethodOutcome(method, result, step, curve, edited, metrics, seconds, later_steps=later_steps)
+        outcome = MethodOutcome(method, result, step, search, edited, metrics, seconds, later_steps=later_steps)
         if retrained_metrics is not None:
             outcome.vs_retrain = {
                 **compare_to_retrained(test_probs, retrained_probs),

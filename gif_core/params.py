@@ -159,8 +159,10 @@ def flat_parameters(model: nn.Module, space: ParamSpace | None = None) -> torch.
     return space.flatten(parameters_of(model, space))
 
 
-def apply_delta(model: nn.Module, space: ParamSpace, delta: torch.Tensor, step: float = 1.0) -> nn.Module:
-    """Return a NEW model (deep copy) whose trainable parameters are θ + step·Δ; ``model`` is left untouched.
+def shifted_parameters(
+    model: nn.Module, space: ParamSpace, delta: torch.Tensor, step: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """The trainable parameters θ + step·Δ as new detached tensors by name (``model`` is left untouched).
 
     Raises ``ValueError`` when Δ has the wrong size or holds a NaN/inf (an edit is never applied silently).
     """
@@ -169,13 +171,22 @@ def apply_delta(model: nn.Module, space: ParamSpace, delta: torch.Tensor, step: 
         raise ValueError("The update Δ contains NaN or inf values; refusing to apply it (check the solver report).")
     if not torch.isfinite(torch.as_tensor(step)):
         raise ValueError(f"step must be a finite number, got {step}")
+    named = dict(model.named_parameters())
+    return {
+        name: named[name].detach() + float(step) * piece.to(device=named[name].device, dtype=named[name].dtype)
+        for name, piece in space.unflatten(delta).items()
+    }
+
+
+def apply_delta(model: nn.Module, space: ParamSpace, delta: torch.Tensor, step: float = 1.0) -> nn.Module:
+    """Return a NEW model (deep copy) whose trainable parameters are θ + step·Δ (:func:`shifted_parameters`);
+    ``model`` is left untouched."""
+    shifted = shifted_parameters(model, space, delta, step)
     edited = copy.deepcopy(model)
-    named = dict(edited.named_parameters())
-    pieces = space.unflatten(delta)
     with torch.no_grad():
-        for name, piece in pieces.items():
-            param = named[name]
-            param.add_(piece.to(device=param.device, dtype=param.dtype), alpha=float(step))
+        for name, param in edited.named_parameters():
+            if name in shifted:
+                param.copy_(shifted[name])
     return edited
 
 

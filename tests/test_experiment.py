@@ -7,7 +7,7 @@ import gif_core.retrain as retrain_module
 from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
 from gif_core.checkpoints import checkpoint_id, load_checkpoint
 from gif_core.data import load_data
-from gif_core.experiment import STEP_GRID, EditConfig, build_scenario, run_edit, step_objective
+from gif_core.experiment import EditConfig, build_scenario, run_edit, step_objective
 from gif_core.params import apply_delta, state_hash
 from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval
 from gif_core.retrain import edited_training_set, retrain
@@ -63,14 +63,39 @@ def test_auto_step_maximises_the_validation_objective(iris):
     report = run_edit(model, card, data, ClassRemoval(0), config)
     assert state_hash(model) == before
     for outcome in report.outcomes:
-        assert [a for a, _ in outcome.step_curve] == list(STEP_GRID)
-        assert outcome.step == max(outcome.step_curve, key=lambda p: p[1])[0]
+        curve = outcome.step_curve
+        assert len(curve) >= 3 and curve == sorted(curve) and (1.0, dict(curve)[1.0]) in curve  # starts at α = 1
+        assert outcome.step == min(a for a, o in curve if o == max(o for _, o in curve))  # best, smallest on ties
         scenario = build_scenario(ClassRemoval(0), data)
         chosen = apply_delta(model, outcome.result.problem.space, outcome.result.delta, outcome.step)
-        assert step_objective(chosen, scenario) == pytest.approx(max(o for _, o in outcome.step_curve))
-        assert outcome.to_dict()["step_search"][0]["step"] == STEP_GRID[0]
+        # the search scores candidates without copying the model: the copied model must score the same
+        assert step_objective(chosen, scenario) == pytest.approx(max(o for _, o in curve))
+        record = outcome.to_dict()["step_search"]
+        assert record["step"] == outcome.step and record["evaluations"] == len(curve)
+        assert record["cap"] == 1e4 and record["cap_hit"] is False and record["floor_hit"] is False
     gif = report.outcomes[0]
     assert gif.metrics["forget_acc"] < report.original["forget_acc"]  # class 0 of iris is forgotten
+
+
+def test_auto_step_goes_beyond_32_where_the_objective_is_flat_below(iris):
+    """A truncated GIF solve (2 LSMR iterations) returns a short Δ: on iris class 0 the validation objective is 0 at
+    every α ≤ 32, the end of the old fixed grid, which then kept the class. The open-ended search finds the step."""
+    model, card, data, _ = iris
+    config = EditConfig(methods=("gif",), ratio=0.2, step="auto", hessian_samples=None, maxiter=2)
+    report = run_edit(model, card, data, ClassRemoval(0), config)
+    outcome = report.outcomes[0]
+    assert {o for a, o in outcome.step_curve if a <= 32} == {0.0}
+    assert outcome.step > 32 and outcome.step_search.objective > 50
+    assert outcome.metrics["forget_acc"] == 0 < report.original["forget_acc"]
+
+
+def test_a_step_search_stopped_by_its_cap_says_so(iris):
+    """With one LSMR iteration the objective is still rising at the cap α = 1e4: the report says so."""
+    model, card, data, _ = iris
+    config = EditConfig(methods=("gif",), ratio=0.2, step="auto", hessian_samples=None, maxiter=1)
+    record = run_edit(model, card, data, ClassRemoval(0), config).to_dict()["results"][0]["step_search"]
+    assert record["cap_hit"] and record["step"] == record["cap"] == 1e4
+    assert max(p["step"] for p in record["curve"]) == 1e4
 
 
 def test_report_against_retrained_model(iris, tmp_path):

@@ -1,0 +1,148 @@
+"""The step scale α of an edit θ + α·Δ, chosen by an open-ended search on a validation objective.
+
+A first-order Δ has no fixed scale: its length follows the gradient of a loss the model may already have driven
+near zero, and a truncated least-squares solve returns a shorter Δ than a converged one. On the bundled CNN a
+well-fit class needed α ≈ 1000–4000 while another class peaked at α ≈ 4, so no fixed grid serves. The search is
+geometric and says where it stopped:
+
+1. **Bracket.** Evaluate α = ``start``, ``start``·f, ``start``·f², … (f = ``factor``) while the objective is still
+   rising or level — it stops once ``patience`` consecutive candidates score strictly below the best so far, or at
+   ``cap`` (the last candidate is the cap itself). When the best is ``start`` itself, go down instead:
+   ``start``/f, ``start``/f², … to ``floor`` by the same rule.
+2. **Refine.** Evaluate ``refine`` points on each side of the best α*, spaced evenly in log α strictly inside
+   (α*/f, α*·f) (those outside [floor, cap] are skipped).
+
+The chosen α maximises the objective over every evaluated candidate; ties go to the smallest α (the least change).
+``cap_hit`` / ``floor_hit`` say that the best candidate is the cap / floor (the objective had not started falling
+there: a larger / smaller α might do better), ``flat`` that every candidate scored the same (no α changes what the
+objective measures). Each candidate costs one evaluation of the objective (on the bundled CNN: one forward pass
+over the 500 validation images); the search evaluates candidates one at a time so that it stops exactly where the
+rule says (batching several steps into one vmapped forward pass was measured slower on CPU:
+``benchmarks/step_search.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Objective = Callable[[float], float]
+
+
+@dataclass(frozen=True)
+class StepSearchConfig:
+    """Where the geometric search starts, how it grows, its stated limits, and how finely it refines."""
+
+    start: float = 1.0
+    factor: float = 2.0
+    cap: float = 1e4
+    floor: float = 1e-3
+    patience: int = 2
+    refine: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.floor <= self.start <= self.cap or not math.isfinite(self.cap):
+            raise ValueError(
+                f"The step search needs 0 < floor ≤ start ≤ cap < inf, got floor {self.floor}, start {self.start}, "
+                f"cap {self.cap}"
+            )
+        if not self.factor > 1:
+            raise ValueError(f"factor must be > 1, got {self.factor}")
+        if self.patience < 1 or self.refine < 0:
+            raise ValueError(f"patience must be ≥ 1 and refine ≥ 0, got {self.patience} and {self.refine}")
+
+
+@dataclass(frozen=True)
+class StepSearch:
+    """The chosen α, every evaluated (α, objective) pair sorted by α, and where the search stopped."""
+
+    step: float
+    curve: tuple[tuple[float, float], ...]
+    cap: float
+    floor: float
+    cap_hit: bool
+    floor_hit: bool
+    flat: bool
+    seconds: float
+
+    @property
+    def objective(self) -> float:
+        return dict(self.curve)[self.step]
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.curve)
+
+    def to_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "objective": self.objective,
+            "curve": [{"step": a, "objective": o} for a, o in self.curve],
+            "cap": self.cap,
+            "floor": self.floor,
+            "cap_hit": self.cap_hit,
+            "floor_hit": self.floor_hit,
+            "flat": self.flat,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+        }
+
+
+def search_step(objective: Objective, config: StepSearchConfig | None = None) -> StepSearch:
+    """Maximise ``objective`` over α > 0 by the bracket-and-refine search of the module docstring.
+
+    ``objective(α)`` must be finite: a NaN or inf is an error (the edit diverged there), never a candidate.
+    """
+    config = config or StepSearchConfig()
+    start_time = time.perf_counter()
+    scores: dict[float, float] = {}
+
+    def evaluate(alpha: float) -> float:
+        if alpha not in scores:
+            value = float(objective(alpha))
+            if not math.isfinite(value):
+                raise FloatingPointError(f"The step objective is not finite at α = {alpha:g}: the edit diverged there.")
+            scores[alpha] = value
+        return scores[alpha]
+
+    _walk(evaluate, config, up=True)
+    if _best(scores) == config.start and config.start > config.floor:
+        _walk(evaluate, config, up=False)
+    best = _best(scores)
+    for k in (*range(-config.refine, 0), *range(1, config.refine + 1)):
+        alpha = best * config.factor ** (k / (config.refine + 1))
+        if config.floor <= alpha <= config.cap:
+            evaluate(alpha)
+    best = _best(scores)
+    curve = tuple(sorted(scores.items()))
+    values = [o for _, o in curve]
+    return StepSearch(
+        step=best,
+        curve=curve,
+        cap=config.cap,
+        floor=config.floor,
+        cap_hit=best == config.cap,
+        floor_hit=best == config.floor,
+        flat=max(values) == min(values),
+        seconds=time.perf_counter() - start_time,
+    )
+
+
+def _best(scores: dict[float, float]) -> float:
+    """The α with the highest objective; the smallest such α on ties."""
+    top = max(scores.values())
+    return min(a for a, o in scores.items() if o == top)
+
+
+def _walk(evaluate: Callable[[float], float], config: StepSearchConfig, up: bool) -> None:
+    """Grow (``up``) or shrink α geometrically from ``start`` until ``patience`` consecutive candidates score
+    strictly below the best of this walk, or the cap / floor has been evaluated."""
+    alpha, best, below = config.start, -math.inf, 0
+    while True:
+        value = evaluate(alpha)
+        best, below = (value, 0) if value >= best else (best, below + 1)
+        if below >= config.patience or alpha == (config.cap if up else config.floor):
+            return
+        alpha = min(alpha * config.factor, config.cap) if up else max(alpha / config.factor, config.floor)

@@ -1,0 +1,78 @@
+"""The open-ended step search (gif_core.steps), on objectives whose best α is known."""
+
+import math
+
+import pytest
+
+from gif_core.steps import StepSearchConfig, search_step
+
+
+def _peaked(peak: float, width: float = 1.0):
+    """A smooth bump in log α with its maximum at ``peak``; records every α it is asked about."""
+    calls: list[float] = []
+
+    def objective(alpha: float) -> float:
+        calls.append(alpha)
+        return math.exp(-((math.log2(alpha) - math.log2(peak)) ** 2) / width)
+
+    return objective, calls
+
+
+@pytest.mark.parametrize("peak", [0.01, 0.3, 1.0, 5.0, 1000.0, 3000.0])
+def test_the_search_finds_the_peak_within_one_refinement(peak):
+    objective, calls = _peaked(peak)
+    search = search_step(objective)
+    assert abs(math.log2(search.step) - math.log2(peak)) <= 1 / 3 + 1e-9  # refinement spacing: 2^(1/3)
+    assert not search.cap_hit and not search.floor_hit and not search.flat
+    assert len(calls) == len(set(calls)) == search.evaluations  # no candidate is evaluated twice
+
+
+def test_a_flat_start_that_needs_a_step_beyond_32_is_found():
+    """The bug this search replaces: a well-fit class scores 0 on every α up to 32 and forgets only near α ≈ 1000;
+    a fixed grid ending at 32 chose its smallest α and kept the class."""
+
+    def objective(alpha: float) -> float:  # F1-like: zero until forgetting starts, then a peak, then collapse
+        return 0.0 if alpha < 300 else 90.0 - abs(math.log2(alpha / 1200)) * 10
+
+    search = search_step(objective)
+    assert 600 <= search.step <= 2400 and search.objective > 80
+    assert max(a for a, _ in search.curve) > 32
+
+
+def test_reaching_the_cap_is_reported_not_hidden():
+    search = search_step(lambda alpha: math.log(alpha))  # still rising at every α
+    assert search.step == search.cap == 1e4 and search.cap_hit
+    assert max(a for a, _ in search.curve) == 1e4  # nothing beyond the stated cap was tried
+    small = search_step(lambda alpha: math.log(alpha), StepSearchConfig(cap=50.0))
+    assert small.step == 50.0 and small.cap_hit
+
+
+def test_the_floor_and_a_flat_objective_are_reported():
+    falling = search_step(lambda alpha: -alpha)  # the less change the better
+    assert falling.step == falling.floor == 1e-3 and falling.floor_hit and not falling.cap_hit
+    flat = search_step(lambda alpha: 7.0)
+    assert flat.flat and flat.step == 1e-3  # ties go to the smallest α: no α changes what is measured
+
+
+def test_ties_go_to_the_smallest_step_and_plateaus_are_crossed():
+    search = search_step(lambda alpha: min(alpha, 8.0))  # rises to 8, level beyond
+    assert search.step == 8.0 and not search.cap_hit
+    # a plateau is not a fall: the level values from 8 on do not stop the search, the patience rule needs drops
+    plateau_then_peak = search_step(lambda alpha: 1.0 if alpha < 64 else (5.0 if alpha < 200 else 0.0))
+    assert 64 <= plateau_then_peak.step < 200
+
+
+def test_a_non_finite_objective_is_an_error():
+    with pytest.raises(FloatingPointError, match="not finite at α = 4"):
+        search_step(lambda alpha: float("nan") if alpha >= 4 else alpha)
+
+
+def test_invalid_search_config():
+    with pytest.raises(ValueError, match="floor ≤ start ≤ cap"):
+        StepSearchConfig(cap=0.5)
+    with pytest.raises(ValueError, match="floor ≤ start ≤ cap"):
+        StepSearchConfig(cap=math.inf)
+    with pytest.raises(ValueError, match="factor"):
+        StepSearchConfig(factor=1.0)
+    with pytest.raises(ValueError, match="patience"):
+        StepSearchConfig(patience=0)
