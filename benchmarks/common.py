@@ -48,10 +48,11 @@ def _invocation() -> list[str]:
     return ["-m", spec.name, *sys.argv[1:]] if spec is not None else sys.argv
 
 
-def write_results(name: str, markdown_body: str, data: dict, out_dir: Path = RESULTS) -> Path:
-    """Write ``name.md`` (header + body) and ``name.json`` (provenance + data) into ``out_dir``."""
+def write_results(name: str, markdown_body: str, data: dict, out_dir: Path = RESULTS, meta: dict | None = None) -> Path:
+    """Write ``name.md`` (header + body) and ``name.json`` (provenance + data) into ``out_dir``. ``meta`` is the
+    provenance taken when the run started (default: now) — a long run must not be stamped with a later commit."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = provenance()
+    meta = meta or provenance()
     header = "\n".join(f"- {key}: `{value}`" for key, value in meta.items())
     (out_dir / f"{name}.md").write_text(f"{markdown_body.rstrip()}\n\n## Produced by\n{header}\n")
     (out_dir / f"{name}.json").write_text(json.dumps({"provenance": meta, **data}, indent=2, default=float) + "\n")

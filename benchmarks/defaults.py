@@ -18,8 +18,9 @@ ground truth (same recipe and seed, class removed).
 * ``final``: the library's defaults (``EditConfig()``, with ``step="auto"``), GIF, FIF, PIF and IF on every problem
   and on the bundled model: the per-class table behind the issue's goals.
 * ``before``: the same problems under the settings of the paper benchmark before this issue (Hessian sample 200,
-  30 iterations, step auto), meant to be run with this file from a checkout of the commit before the fixes (the
-  record format of both versions is read).
+  30 iterations, step auto), meant to be run with the library of the commit before the fixes (the record format of
+  both versions is read): a folder holding ``gif_core`` → that checkout's ``gif_core`` and ``benchmarks`` → this
+  one, run from there. The results name the library's own commit.
 
 Writes ``defaults_STAGE.md`` / ``.json`` into benchmarks/results/. Rows are kept in the cache directory as they are
 made, so an interrupted run resumes where it stopped.
@@ -32,12 +33,14 @@ import dataclasses
 import hashlib
 import json
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import gif_core
 from benchmarks.common import RESULTS, markdown_table, provenance, write_results
 from benchmarks.paper_setup import CNN, PROFILES, ModelSetting, retrained_for, trained
 from gif_core.checkpoints import checkpoint_id, load_checkpoint
@@ -135,15 +138,17 @@ def _methods(factor: str) -> tuple[str, ...]:
     return ("gif", "fif", "pif", "if") if factor in ("base", *SHARED_FACTORS) else ("gif",)
 
 
-def _record_step(record: dict) -> tuple[float, bool]:
-    """The validation objective at the chosen α, and whether the search hit its cap (both record formats)."""
+def _record_step(record: dict) -> tuple[float, float, bool]:
+    """The validation objective at the chosen α and at α = 1, and whether the search hit its cap (the record
+    formats before and after issue 12)."""
     search = record.get("step_search")
     if isinstance(search, dict):
-        return search["objective"], search["cap_hit"]
+        at_one = next((p["objective"] for p in search["curve"] if p["step"] == 1.0), float("nan"))
+        return search["objective"], at_one, search["cap_hit"]
     if search:  # the fixed grid before issue 12: a list of points, the largest α its cap
-        best = max(p["objective"] for p in search)
-        return best, record["step"] == max(p["step"] for p in search)
-    return float("nan"), False
+        at_one = next((p["objective"] for p in search if p["step"] == 1.0), float("nan"))
+        return max(p["objective"] for p in search), at_one, record["step"] == max(p["step"] for p in search)
+    return float("nan"), float("nan"), False
 
 
 def _edit_rows(model, card, bundle, cls: int, config: EditConfig, truth, extra: dict) -> list[dict]:
@@ -151,7 +156,7 @@ def _edit_rows(model, card, bundle, cls: int, config: EditConfig, truth, extra: 
     report = run_edit(model, card, bundle, ClassRemoval(cls), config, retrained_model=truth)
     rows = []
     for record in report.to_dict()["results"]:
-        objective, cap_hit = _record_step(record)
+        objective, objective_at_one, cap_hit = _record_step(record)
         rows.append(
             {
                 **extra,
@@ -162,6 +167,7 @@ def _edit_rows(model, card, bundle, cls: int, config: EditConfig, truth, extra: 
                 "avg_gap": record["vs_retrain"]["avg_gap"],
                 "agreement": record["vs_retrain"]["agreement"],
                 "val_objective": objective,
+                "val_objective_at_step_1": objective_at_one,
                 "step": record["step"],
                 "cap_hit": cap_hit,
                 "hvps": record["solver"]["hvps"],
@@ -211,15 +217,15 @@ def _problems(profile: SweepProfile, bundled: bool):
             yield "bundled", 0, cls, model, card, bundle, truth.model
 
 
-def _store(profile: SweepProfile, stage: str) -> RowStore:
+def _store(profile: SweepProfile, stage: str, commit: str) -> RowStore:
     """Rows of this profile and stage at this commit (a row computed by other code is never reused)."""
-    identity = [profile.name, stage, dataclasses.asdict(profile), provenance()["commit"]]
+    identity = [profile.name, stage, dataclasses.asdict(profile), commit]
     tag = hashlib.sha256(json.dumps(identity, default=str).encode())
     return RowStore(default_cache_dir() / "benchmarks" / f"defaults_{stage}_{tag.hexdigest()[:12]}.jsonl")
 
 
-def run_sweep(profile: SweepProfile, log: Log) -> list[dict]:
-    store, rows = _store(profile, "sweep"), []
+def run_sweep(profile: SweepProfile, log: Log, commit: str) -> list[dict]:
+    store, rows = _store(profile, "sweep", commit), []
     for label, seed, cls, model, card, bundle, truth in _problems(profile, bundled=False):
         for factor, value, settings in variants(profile):
             config = EditConfig(methods=_methods(factor), step="auto", seed=seed, **settings)
@@ -233,10 +239,12 @@ def run_sweep(profile: SweepProfile, log: Log) -> list[dict]:
     return rows
 
 
-def run_final(profile: SweepProfile, log: Log, settings: dict | None = None, stage: str = "final") -> list[dict]:
+def run_final(
+    profile: SweepProfile, log: Log, commit: str, settings: dict | None = None, stage: str = "final"
+) -> list[dict]:
     """GIF, FIF, PIF and IF on every problem (and the bundled model) with ``settings`` (None: the library's
     defaults, ``EditConfig()``)."""
-    store, rows = _store(profile, stage), []
+    store, rows = _store(profile, stage, commit), []
     for label, seed, cls, model, card, bundle, truth in _problems(profile, bundled=profile.bundled):
         changes = {"methods": ("gif", "fif", "pif", "if"), "step": "auto", "seed": seed, **(settings or {})}
         config = dataclasses.replace(EditConfig(), **changes)
@@ -352,6 +360,18 @@ TABLE_COLUMNS = ["model", "class", "method", "seeds", "forget_acc", "retain_acc"
                  "retain − retrained", "avg_gap", "hvps", "step", "goal met (class mean)"]  # fmt: skip
 
 
+def library_commit() -> str:
+    """The path and git commit of the gif_core that runs (the ``before`` stage runs an older one)."""
+    folder = Path(gif_core.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=folder
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return f"{folder} at {commit}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(SWEEP_PROFILES), default="full")
@@ -359,14 +379,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     profile = SWEEP_PROFILES[args.profile]
-    start = time.perf_counter()
+    start, meta = time.perf_counter(), {**provenance(), "gif_core": library_commit()}
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
 
     problems = f"classes {list(profile.classes)} × seeds {list(profile.seeds)} of the {profile.setting.label}"
     if args.stage == "sweep":
-        rows = run_sweep(profile, log)
+        rows = run_sweep(profile, log, meta["commit"])
         summary = sweep_summary(rows)
         chosen = choose(profile, summary)
         cols = ["factor", "value", "method", "problems", "val_objective", "hvps", "forget_acc", "retain_acc",
@@ -386,7 +406,7 @@ Test-split columns (forget, retain, Avg. Gap to the retrained model, problems me
         data = {"profile": profile.name, "base": profile.base, "chosen": chosen, "summary": summary, "rows": rows}
     else:
         settings = {"step": "auto", **BEFORE} if args.stage == "before" else None
-        rows = run_final(profile, log, settings, args.stage)
+        rows = run_final(profile, log, meta["commit"], settings, args.stage)
         table = per_class_table(rows)
         lines = goal_lines(table)
         described = (
@@ -408,7 +428,7 @@ Gap ≤ FIF's, PIF's and IF's.
         data = {"profile": profile.name, "settings": settings, "table": table, "goal": lines, "rows": rows}
     seconds = time.perf_counter() - start
     write_results(f"defaults_{args.stage}" + ("" if profile.name == "full" else f"_{profile.name}"),
-                  body + f"\nWall-clock: {seconds:.0f} s.\n", {"seconds": seconds, **data}, args.out)  # fmt: skip
+                  body + f"\nWall-clock: {seconds:.0f} s.\n", {"seconds": seconds, **data}, args.out, meta)  # fmt: skip
     log(f"written to {args.out}")
 
 
