@@ -10,6 +10,7 @@ Bad arguments print one line starting with ``gif: error:`` and exit with status 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -34,6 +35,9 @@ from gif_core.solvers import LEAST_SQUARES_METHODS
 from gif_core.train import Recipe
 from gif_core.workspace import edited_card, open_workspace_path
 from gif_core.zoo import bundled_model_path, default_model_path, train_and_save
+
+DEFAULTS = EditConfig()
+"""The library's defaults (chosen by benchmarks/defaults.py), shown as the command's defaults."""
 
 
 class UsageError(Exception):
@@ -71,13 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     question.add_argument("--relabel", help="change labels: I:L,J:M,…")
     question.add_argument("--backdoor", action="store_true", help="relabel the poisoned samples to their true labels")
     remove.add_argument("--method", default="gif", help=f"comma-separated, from {','.join(METHODS)}")
-    remove.add_argument("--selector", default="gradient", choices=SELECTORS)
-    remove.add_argument("--ratio", type=float, default=0.05)
-    remove.add_argument("--solver", default="lsmr", choices=LEAST_SQUARES_METHODS, help="GIF's least-squares solver")
-    remove.add_argument("--step", default="1.0", help="step scale α, or 'auto' (chosen on the validation split)")
-    remove.add_argument("--hessian-samples", type=int, default=500)
-    remove.add_argument("--damping", type=float, default=0.0)
-    remove.add_argument("--maxiter", type=int, default=100)
+    remove.add_argument("--selector", default=DEFAULTS.selector, choices=SELECTORS)
+    remove.add_argument("--ratio", type=float, default=DEFAULTS.ratio, help="share of parameters GIF/FIF/PIF move")
+    remove.add_argument(
+        "--solver", default=DEFAULTS.least_squares_solver, choices=LEAST_SQUARES_METHODS, help="GIF's solver"
+    )
+    remove.add_argument(
+        "--step", default=str(DEFAULTS.step), help="step scale α, or 'auto' (searched on the validation split)"
+    )
+    remove.add_argument(
+        "--step-cap", type=float, default=DEFAULTS.step_search.cap, help="largest α the auto search tries"
+    )
+    remove.add_argument("--hessian-samples", type=int, default=DEFAULTS.hessian_samples)
+    remove.add_argument("--damping", type=float, default=DEFAULTS.damping, help="δ in H + δI")
+    remove.add_argument("--ridge", type=float, default=DEFAULTS.gif_ridge, help="GIF's ρ in min ‖H_:T x − g‖² + ρ‖x‖²")
+    remove.add_argument("--maxiter", type=int, default=DEFAULTS.maxiter, help="solver iterations at most")
+    remove.add_argument("--rtol", type=float, default=DEFAULTS.rtol, help="solver tolerance (relative residual)")
     remove.add_argument(
         "--iterations",
         type=int,
@@ -153,9 +166,12 @@ def _config(args: argparse.Namespace) -> EditConfig:
         hessian_samples=args.hessian_samples,
         damping=args.damping,
         least_squares_solver=args.solver,
+        rtol=args.rtol,
         maxiter=args.maxiter,
         seed=args.seed,
         iterations=args.iterations,
+        gif_ridge=args.ridge,
+        step_search=dataclasses.replace(DEFAULTS.step_search, cap=args.step_cap),
     )
 
 
@@ -247,7 +263,25 @@ def format_report(report: EditReport) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return f"Request: {_short(report.request.describe())}\n" + "\n".join(lines)
+    notes = [f"Request: {_short(report.request.describe())}"]
+    if report.selection is not None:
+        notes.append(_selection_line(report.selection.describe()))
+    for o in report.outcomes:
+        if o.step_search is not None:
+            notes += [f"{o.method.upper()}: {w}" for w in o.step_search.warnings]
+    return "\n".join(notes + lines)
+
+
+def _selection_line(described: dict) -> str:
+    """Per layer: whole units selected of all, and parameters selected of all."""
+    layers = ", ".join(
+        f"{name}: {l['units_selected']}/{l['units']} units ({l['selected']:,}/{l['params']:,} params)"
+        for name, l in described["layers"].items()
+    )
+    return (
+        f"Selection ({described['method']}, {described['ratio_asked']:.0%} asked, "
+        f"{described['ratio_obtained']:.2%} obtained): {layers}"
+    )
 
 
 def _short(description: dict, keep: int = 8) -> str:

@@ -212,7 +212,9 @@ def _objective(request: EditRequest, val_acc: float, target_acc: float) -> float
     return val_acc - abs(target_acc - val_acc)
 
 
-def _search_step(model: nn.Module, result: InfluenceResult, scenario: Scenario, config: StepSearchConfig) -> StepSearch:
+def search_validation_step(
+    model: nn.Module, result: InfluenceResult, scenario: Scenario, config: StepSearchConfig
+) -> StepSearch:
     """The open-ended search of :mod:`gif_core.steps` on the validation objective, one forward pass a candidate."""
     validation, target = scenario.validation, scenario.step_forget
     if not len(validation) or not len(target):
@@ -313,7 +315,7 @@ def _choose_step(
 ) -> tuple[float, StepSearch | None]:
     if config.step != "auto":
         return float(config.step), None
-    search = _search_step(model, result, scenario, config.step_search)
+    search = search_validation_step(model, result, scenario, config.step_search)
     return search.step, search
 
 

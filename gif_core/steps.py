@@ -75,6 +75,21 @@ class StepSearch:
     def evaluations(self) -> int:
         return len(self.curve)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Where the search stopped at one of its limits, in words (empty when the best α lies inside)."""
+        notes = []
+        if self.flat:
+            notes.append("the validation objective is the same at every α tried: the edit changes nothing it measures")
+        elif self.cap_hit:
+            notes.append(
+                f"α reached the search's cap {self.cap:g} with the validation objective still at its best there: "
+                "a larger step might do better (raise the cap)"
+            )
+        elif self.floor_hit:
+            notes.append(f"α is the search's floor {self.floor:g}: the validation objective prefers (almost) no edit")
+        return notes
+
     def to_dict(self) -> dict:
         return {
             "step": self.step,
@@ -87,6 +102,7 @@ class StepSearch:
             "flat": self.flat,
             "evaluations": self.evaluations,
             "seconds": self.seconds,
+            "warnings": self.warnings,
         }
 
 

@@ -3,6 +3,7 @@ side with the model really retrained without it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -29,6 +30,8 @@ st.caption(
 )
 METHOD_NAMES = {"gif": "GIF", "fif": "FIF", "pif": "PIF", "if": "IF", "sif": "SIF"}
 RATIOS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+DEFAULTS = EditConfig()
+STEP_MODES = ["auto (validation split)", "fixed"]
 METRICS = ["forget_acc", "retain_acc", "test_acc", "f1", "relabelled_acc", "clean_acc", "attack_success_rate", "mia"]
 
 with session.errors_shown():
@@ -38,21 +41,31 @@ with session.errors_shown():
     request = request_form(loaded, "edit")
     a, b, c = st.columns(3)
     methods = a.multiselect("Methods", METHODS, default=["gif", "if"], format_func=METHOD_NAMES.get, key="methods")
-    selector = b.selectbox("Selector (GIF/FIF/PIF)", SELECTORS, index=SELECTORS.index("gradient"), key="selector")
-    ratio = b.select_slider("Share of parameters", RATIOS, value=0.05, format_func=lambda r: f"{r:.0%}", key="ratio")
-    step_mode = c.radio("Step scale α", ["auto (validation split)", "fixed"], key="step_mode")
+    selector = b.selectbox(
+        "Selector (GIF/FIF/PIF)", SELECTORS, index=SELECTORS.index(DEFAULTS.selector), key="selector"
+    )
+    ratio = b.select_slider(
+        "Share of parameters", RATIOS, value=DEFAULTS.ratio, format_func=lambda r: f"{r:.0%}", key="ratio"
+    )
+    step_mode = c.radio("Step scale α", STEP_MODES, index=0 if DEFAULTS.step == "auto" else 1, key="step_mode")
     step_value = c.number_input("α", min_value=0.001, value=1.0, key="step_value", disabled=step_mode != "fixed")
     with_retrain = c.checkbox("Compare with the retrained model", value=True, key="with_retrain")
-    with st.expander("Solver settings"):
-        s1, s2, s3, s4 = st.columns(4)
+    with st.expander("Solver settings (defaults chosen by benchmarks/defaults.py)"):
+        s1, s2, s3, s4, s5 = st.columns(5)
         n_train = len(loaded.train)
         hessian_samples = s1.number_input(
-            "Hessian samples", min(16, n_train), n_train, min(128, n_train), step=16, key="hess_n"
+            "Hessian samples", min(16, n_train), n_train, min(DEFAULTS.hessian_samples, n_train), step=16, key="hess_n"
         )
-        maxiter = s2.number_input("Max iterations", 5, 1000, 30, step=5, key="maxiter")
-        damping = s3.number_input("Damping δ", 0.0, 10.0, 0.0, step=0.001, format="%.4f", key="damping")
-        solver = s4.selectbox(
-            "Least-squares solver", LEAST_SQUARES_METHODS, index=LEAST_SQUARES_METHODS.index("lsmr"), key="ls_solver"
+        maxiter = s2.number_input("Max iterations", 1, 1000, DEFAULTS.maxiter, step=5, key="maxiter")
+        damping = s3.number_input(
+            "Damping δ of H", 0.0, 10.0, DEFAULTS.damping, step=0.001, format="%.4f", key="damping"
+        )
+        ridge = s4.number_input("GIF ridge ρ", 0.0, 10.0, DEFAULTS.gif_ridge, step=1e-4, format="%.6f", key="ridge")
+        solver = s5.selectbox(
+            "Least-squares solver",
+            LEAST_SQUARES_METHODS,
+            index=LEAST_SQUARES_METHODS.index(DEFAULTS.least_squares_solver),
+            key="ls_solver",
         )
         trace = st.checkbox(
             "Record the residual curve (CG-type solvers; costs extra Hessian-vector products)", False, key="trace"
@@ -61,13 +74,15 @@ with session.errors_shown():
     if run:
         if not methods:
             raise ValueError("Choose at least one method.")
-        config = EditConfig(
+        config = dataclasses.replace(
+            DEFAULTS,
             methods=tuple(methods),
             selector=selector,
             ratio=ratio,
             step="auto" if step_mode != "fixed" else float(step_value),
             hessian_samples=int(hessian_samples),
             damping=float(damping),
+            gif_ridge=float(ridge),
             least_squares_solver=solver,
             maxiter=int(maxiter),
             track_residuals=trace,
@@ -126,8 +141,22 @@ with session.errors_shown():
     st.dataframe(
         frame[[c for c in frame.columns if c == "model" or c not in METRICS or frame[c].notna().any()]], hide_index=True
     )
+    for o in outcomes:
+        if o.step_search is not None:
+            for warning in o.step_search.warnings:
+                st.warning(f"{METHOD_NAMES[o.method]}: {warning}")
     if not all(o.result.converged for o in outcomes):
-        st.warning("Some solves stopped before reaching the tolerance: raise *Max iterations* or add damping.")
+        st.caption(
+            "Some solves stopped at *Max iterations* before the tolerance (see *converged*). For GIF that is by "
+            "design: a few Krylov iterations act as a regulariser, and more converged solves edited worse "
+            "(benchmarks/results/defaults_sweep.md)."
+        )
+    if report.selection is not None:
+        with st.expander("Selected parameters per layer (GIF/FIF/PIF)"):
+            layers = report.selection.describe()["layers"]
+            st.dataframe(
+                [{"layer": name, **counts} for name, counts in layers.items()], hide_index=True, key="edit_layers"
+            )
     # ---- predictions of every model
     models = {"original": loaded.model}
     if report.retrained_model is not None:
