@@ -43,8 +43,11 @@ class ModelSetting:
     backdoor_trigger: int = 4
 
     def edit_config(self, seed: int, **changes) -> EditConfig:
-        """The benchmark's edit settings for seed ``seed`` (auto step on validation, float32 products)."""
-        base = EditConfig(step="auto", hessian_samples=self.hessian_samples, maxiter=self.maxiter, rtol=1e-4, seed=seed)
+        """The library's defaults with this model's Hessian sample and iterations, seed ``seed`` and the auto step
+        (α on validation); float32 products."""
+        base = dataclasses.replace(
+            EditConfig(), step="auto", hessian_samples=self.hessian_samples, maxiter=self.maxiter, seed=seed
+        )
         return dataclasses.replace(base, **changes)
 
 
@@ -69,7 +72,14 @@ class Profile:
     richardson_restarts: int = 100  # the reference scheme's restarts with a larger normaliser c on divergence
 
 
-CNN = ModelSetting("default CNN", "cnn", "mnist-bundled", MNIST_CNN_RECIPE, hessian_samples=200, maxiter=30)
+CNN = ModelSetting(
+    "default CNN",
+    "cnn",
+    "mnist-bundled",
+    MNIST_CNN_RECIPE,
+    hessian_samples=EditConfig().hessian_samples,  # the library's defaults, chosen by benchmarks/defaults.py
+    maxiter=EditConfig().maxiter,
+)
 VGG = ModelSetting(
     "VGG-11",
     "vgg11",

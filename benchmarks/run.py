@@ -28,7 +28,8 @@ def _profile_line(profile: Profile) -> str:
     return (
         f"Profile `{profile.name}`: seeds {list(profile.seeds)}; {d.label} ({d.arch}, Hessian sample {d.hessian_samples}, "
         f"≤ {d.maxiter} solver iterations), {g.label} ({g.arch}, {g.recipe.epochs} epochs, Hessian sample "
-        f"{g.hessian_samples}, ≤ {g.maxiter} iterations); step α chosen on validation from gif_core.experiment.STEP_GRID. "
+        f"{g.hessian_samples}, ≤ {g.maxiter} iterations); step α chosen on validation by the open-ended search of "
+        "gif_core.steps (doubling from 1, cap 1e4, then refined). "
         "Cells are mean ± sd over the seeds; accuracies in %."
     )
 
@@ -94,6 +95,7 @@ Plot: `selection_ablation.png`.
 
 def _backdoor_markdown(profile: Profile, data: dict) -> str:
     cols = [
+        "variant",
         "method",
         "ratio",
         "clean_acc",
@@ -114,7 +116,8 @@ bottom-right, on a seeded 10% of the training images, relabelled to class 0; the
 References (same seeds):
 {markdown_table(data["references"], ["model", "clean_acc", "relabelled_acc", "attack_success_rate", "forget_acc"])}
 
-Goal: attack success ≤ 5 points above the retrained model's, clean accuracy within 1 point of it.
+Goal: attack success ≤ 5 points above the retrained model's, clean accuracy within 2 points of it (issue 12).
+Plot: `backdoor_curve.png` — clean accuracy against attack success at every α each validation search tried.
 """
 
 

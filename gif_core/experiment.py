@@ -106,6 +106,7 @@ class EditConfig:
         if self.gif_ridge < 0:
             raise ValueError(f"gif_ridge must be ≥ 0, got {self.gif_ridge}")
         SelectionConfig(self.selector, self.ratio, self.budget, self.seed)  # validates selector, ratio, budget
+        SolverConfig(rtol=self.rtol, maxiter=self.maxiter)  # validates the stopping rule before any work
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,17 @@ def test_paper_benchmarks_run_every_table_on_the_tiny_profile(tmp_path, monkeypa
     backdoor = json.loads((tmp_path / "backdoor.json").read_text())
     assert {r["method"] for r in backdoor["rows"]} == {"gif", "fif", "pif", "if", "sif"}
     assert all(0 <= r["attack_success_rate"] <= 100 for r in backdoor["rows"])
+    assert {r["variant"] for r in backdoor["rows"] if r["method"] == "gif"} == {
+        "default", "damping 1e-2", "damping 1e-1", "k = 2", "k = 3"
+    }  # fmt: skip
+    curve_steps = {(p["seed"], p["method"]): [] for p in backdoor["curves"]}
+    for point in backdoor["curves"]:
+        curve_steps[point["seed"], point["method"]].append(point["step"])
+    assert set(curve_steps) == {(s, m) for s in tiny.seeds for m in ("gif", "fif", "pif", "if")}
+    default_gif = [r for r in backdoor["rows"] if r["variant"] == "default" and r["method"] == "gif"]
+    for row in default_gif:  # the curve is the search's own: the same α values
+        assert sorted(curve_steps[row["seed"], "gif"]) == [a for a, _ in row["step_search"]]
+    assert (tmp_path / "backdoor_curve.png").stat().st_size > 1000
     forgetting = json.loads((tmp_path / "random_forgetting.json").read_text())
     assert all(0 <= r["MIA"] <= 100 and r["UA"] == 100 - r["forget_acc"] for r in forgetting["rows"])
     solver = json.loads((tmp_path / "solver_cost.json").read_text())

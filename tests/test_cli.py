@@ -103,3 +103,36 @@ def test_json_may_not_take_the_saved_cards_name(tmp_path, capsys):
     save, card = tmp_path / "x.safetensors", tmp_path / "x.json"
     assert main(["remove", "--class", "1", "--save", str(save), "--json", str(card), *FAST]) == 2
     assert "model card" in capsys.readouterr().err and not save.exists() and not card.exists()
+
+
+def test_the_command_s_defaults_are_the_library_s():
+    """One source of defaults: `gif remove` with no solver flags asks for exactly EditConfig()'s settings."""
+    import dataclasses
+
+    from gif_core.cli import _config, _parser
+    from gif_core.experiment import EditConfig
+
+    args = _parser().parse_args(["remove", "--class", "1"])
+    assert _config(args) == dataclasses.replace(EditConfig(), methods=("gif",))
+
+
+def test_solver_flags_reach_the_config():
+    from gif_core.cli import _config, _parser
+
+    argv = ["remove", "--class", "1", "--ridge", "1e-3", "--rtol", "0.05", "--step-cap", "500", "--damping", "0.01"]
+    config = _config(_parser().parse_args(argv))
+    assert (config.gif_ridge, config.rtol, config.step_search.cap, config.damping) == (1e-3, 0.05, 500.0, 0.01)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--ridge", "-1", "gif_ridge must be"),
+        ("--rtol", "2", "rtol must lie in"),
+        ("--step-cap", "0.5", "floor ≤ start ≤ cap"),
+    ],
+)
+def test_bad_solver_flags_are_one_line_errors(flag, value, message, capsys):
+    assert main(["remove", "--class", "1", flag, value, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
