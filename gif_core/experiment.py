@@ -78,7 +78,7 @@ class EditConfig:
     selector: str = "gradient"
     ratio: float = 0.05
     budget: str = "per-layer"
-    step: float | str = 1.0
+    step: float | str = "auto"
     hessian_samples: int | None = 500
     hessian_data: str = "retained"
     damping: float = 0.0

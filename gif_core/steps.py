@@ -6,16 +6,19 @@ well-fit class needed α ≈ 1000–4000 while another class peaked at α ≈ 4,
 geometric and says where it stopped:
 
 1. **Bracket.** Evaluate α = ``start``, ``start``·f, ``start``·f², … (f = ``factor``) while the objective is still
-   rising or level — it stops once ``patience`` consecutive candidates score strictly below the best so far, or at
-   ``cap`` (the last candidate is the cap itself). When the best is ``start`` itself, go down instead:
-   ``start``/f, ``start``/f², … to ``floor`` by the same rule.
+   rising or level — it stops once ``patience`` consecutive candidates score more than ``tolerance`` below the best
+   so far, or at ``cap`` (the last candidate is the cap itself). A candidate within ``tolerance`` of the best is
+   level, not a fall: before a well-fit class starts to be forgotten the objective sits on a plateau where one
+   validation image more or less wrong moves it by a fraction of a point, and stopping there (as a strict rule did,
+   on the bundled CNN with the param-gradient selector) never reaches the α that forgets. When the best is ``start``
+   itself, go down instead: ``start``/f, ``start``/f², … to ``floor`` by the same rule.
 2. **Refine.** Evaluate ``refine`` points on each side of the best α*, spaced evenly in log α strictly inside
    (α*/f, α*·f) (those outside [floor, cap] are skipped).
 
 The chosen α maximises the objective over every evaluated candidate; ties go to the smallest α (the least change).
 ``cap_hit`` / ``floor_hit`` say that the best candidate is the cap / floor (the objective had not started falling
-there: a larger / smaller α might do better), ``flat`` that every candidate scored the same (no α changes what the
-objective measures). Each candidate costs one evaluation of the objective (on the bundled CNN: one forward pass
+there: a larger / smaller α might do better), ``flat`` that every candidate scored within ``tolerance`` of the others
+(no α changes what the objective measures). Each candidate costs one evaluation of the objective (on the bundled CNN: one forward pass
 over the 500 validation images); the search evaluates candidates one at a time so that it stops exactly where the
 rule says (batching several steps into one vmapped forward pass was measured slower on CPU:
 ``benchmarks/step_search.py``).
@@ -33,13 +36,15 @@ Objective = Callable[[float], float]
 
 @dataclass(frozen=True)
 class StepSearchConfig:
-    """Where the geometric search starts, how it grows, its stated limits, and how finely it refines."""
+    """Where the geometric search starts, how it grows, its stated limits, what counts as a fall (objective units:
+    percentage points for the objectives of :mod:`gif_core.experiment`), and how finely it refines."""
 
     start: float = 1.0
     factor: float = 2.0
     cap: float = 1e4
     floor: float = 1e-3
     patience: int = 2
+    tolerance: float = 1.0
     refine: int = 2
 
     def __post_init__(self) -> None:
@@ -50,8 +55,11 @@ class StepSearchConfig:
             )
         if not self.factor > 1:
             raise ValueError(f"factor must be > 1, got {self.factor}")
-        if self.patience < 1 or self.refine < 0:
-            raise ValueError(f"patience must be ≥ 1 and refine ≥ 0, got {self.patience} and {self.refine}")
+        if self.patience < 1 or self.refine < 0 or not self.tolerance >= 0:
+            raise ValueError(
+                f"patience must be ≥ 1, refine ≥ 0 and tolerance ≥ 0, got {self.patience}, {self.refine}, "
+                f"{self.tolerance}"
+            )
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,7 @@ def search_step(objective: Objective, config: StepSearchConfig | None = None) ->
         floor=config.floor,
         cap_hit=best == config.cap,
         floor_hit=best == config.floor,
-        flat=max(values) == min(values),
+        flat=max(values) - min(values) <= config.tolerance,
         seconds=time.perf_counter() - start_time,
     )
 
@@ -153,12 +161,13 @@ def _best(scores: dict[float, float]) -> float:
 
 
 def _walk(evaluate: Callable[[float], float], config: StepSearchConfig, up: bool) -> None:
-    """Grow (``up``) or shrink α geometrically from ``start`` until ``patience`` consecutive candidates score
-    strictly below the best of this walk, or the cap / floor has been evaluated."""
+    """Grow (``up``) or shrink α geometrically from ``start`` until ``patience`` consecutive candidates score more
+    than ``tolerance`` below the best of this walk, or the cap / floor has been evaluated."""
     alpha, best, below = config.start, -math.inf, 0
     while True:
         value = evaluate(alpha)
-        best, below = (value, 0) if value >= best else (best, below + 1)
+        best = max(best, value)
+        below = below + 1 if value < best - config.tolerance else 0
         if below >= config.patience or alpha == (config.cap if up else config.floor):
             return
         alpha = min(alpha * config.factor, config.cap) if up else max(alpha / config.factor, config.floor)

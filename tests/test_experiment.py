@@ -189,7 +189,7 @@ def test_iterated_steps_converge_to_the_retrained_optimum_on_a_convex_model(requ
     errors = {}
     for k in (1, 5):
         config = EditConfig(
-            methods=("gif", "if"), ratio=1.0, hessian_samples=None, rtol=1e-10, maxiter=500, iterations=k
+            methods=("gif", "if"), ratio=1.0, step=1.0, hessian_samples=None, rtol=1e-10, maxiter=500, iterations=k
         )
         report = run_edit(model, card, data, request_, config)
         for outcome in report.outcomes:
