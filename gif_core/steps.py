@@ -73,6 +73,7 @@ class StepSearch:
     cap_hit: bool
     floor_hit: bool
     flat: bool
+    tolerance: float
     seconds: float
 
     @property
@@ -88,7 +89,10 @@ class StepSearch:
         """Where the search stopped at one of its limits, in words (empty when the best α lies inside)."""
         notes = []
         if self.flat:
-            notes.append("the validation objective is the same at every α tried: the edit changes nothing it measures")
+            notes.append(
+                f"the validation objective stays within {self.tolerance:g} point(s) at every α tried: the edit "
+                "changes nothing it measures"
+            )
         elif self.cap_hit:
             notes.append(
                 f"α reached the search's cap {self.cap:g} with the validation objective still at its best there: "
@@ -150,6 +154,7 @@ def search_step(objective: Objective, config: StepSearchConfig | None = None) ->
         cap_hit=best == config.cap,
         floor_hit=best == config.floor,
         flat=max(values) - min(values) <= config.tolerance,
+        tolerance=config.tolerance,
         seconds=time.perf_counter() - start_time,
     )
 

@@ -176,6 +176,11 @@ def test_selection_page_shows_two_selectors_and_their_overlap():
     assert first.method == "gradient" and second.method == "random"
     assert 0 <= first.overlap(second) < 1
     assert len(at.metric) == 3 and len(at.get("plotly_chart")) == 1 + 2 * 2  # layer bars + 2 conv layers × 2
+    (table,) = at.dataframe  # per-layer units and parameters, every layer present
+    counts = table.value
+    assert list(counts["layer"]) == ["0", "3", "7", "9"] and list(counts["units"]) == [16, 32, 64, 10]
+    head = counts[counts["layer"] == "9"].iloc[0]
+    assert head["A (gradient): units"] >= 1 and head["A (gradient): parameters"] == 65 * head["A (gradient): units"]
 
 
 def test_selection_page_error_paths():
@@ -207,6 +212,9 @@ def test_edit_page_class_removal_with_retraining_charts_and_downloads():
     table = at.dataframe[0].value
     assert list(table["model"])[:2] == ["original", f"retrained ({report.retrain_seconds:.1f} s)"]
     assert {"GIF", "IF"} <= set(table["model"])
+    layers = at.dataframe[1].value  # the selection's per-layer counts, as in the JSON report
+    assert list(layers["layer"]) == ["0", "3", "7", "9"] and (layers["units_selected"] >= 1).all()
+    assert report.to_dict()["selection"]["layers"]["9"]["units_selected"] >= 1
     # per-class bars, histogram, 4 confusion matrices, 3 probability charts, residual curve, step curve
     assert len(at.get("plotly_chart")) == 1 + 1 + 4 + 3 + 1 + 1
     assert len(at.get("download_button")) == 3
