@@ -15,6 +15,11 @@ ground truth (same recipe and seed, class removed).
   over all problems, among values whose mean GIF cost is ≤ 30 Hessian-vector products (the issue's cost goal);
   values within 0.05 points of the best count as tied and the cheaper one (fewer products, then the base) wins.
   Test-split numbers are reported beside it, never used.
+* ``joint``: the sweep showed that the regularisers — fewer iterations, damping of H, GIF's ridge — each help and
+  stand in for one another, so stage 2 tries every combination of the profile's ``joint`` values (GIF, the other
+  settings at the base), then the winner with each ``joint_then`` value (a larger Hessian sample), by the same
+  rule; ties prefer fewer products, then the smaller Hessian sample. Its winner is what ``EditConfig()`` holds
+  (``tests/test_defaults.py`` checks that they agree).
 * ``final``: the library's defaults (``EditConfig()``, with ``step="auto"``), GIF, FIF, PIF and IF on every problem
   and on the bundled model: the per-class table behind the issue's goals.
 * ``before``: the same problems under the settings of the paper benchmark before this issue (Hessian sample 200,
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import statistics
 import subprocess
@@ -66,6 +72,8 @@ class SweepProfile:
     classes: tuple[int, ...]
     base: dict
     factors: dict[str, tuple]
+    joint: dict[str, tuple]  # stage 2: the regularisers that interact, every combination
+    joint_then: dict[str, tuple]  # then each of these values with the stage-2 winner
     bundled: bool  # also run the final table on the bundled checkpoint
 
 
@@ -94,6 +102,8 @@ SWEEP_PROFILES = {
             "ratio": (0.02, 0.05, 0.1),
             "selector": ("gradient", "output", "curvature", "param-gradient"),
         },
+        joint={"maxiter": (5, 10), "damping": (1e-2, 3e-2, 1e-1, 3e-1), "gif_ridge": (0.0, 1e-2)},
+        joint_then={"hessian_samples": (500,)},
         bundled=True,
     ),
     "quick": SweepProfile(
@@ -103,6 +113,8 @@ SWEEP_PROFILES = {
         classes=(0, 3),
         base={**FULL_BASE, "hessian_samples": 64},
         factors={"maxiter": (5, 10), "damping": (0.0, 1e-2)},
+        joint={"maxiter": (5, 10), "damping": (1e-2, 1e-1)},
+        joint_then={"hessian_samples": (128,)},
         bundled=False,
     ),
     "tiny": SweepProfile(
@@ -112,6 +124,8 @@ SWEEP_PROFILES = {
         classes=(0, 1),
         base={**FULL_BASE, "hessian_samples": 32, "ratio": 0.1, "maxiter": 3},
         factors={"maxiter": (2, 3), "damping": (0.0, 1e-2)},
+        joint={"maxiter": (2, 3), "damping": (1e-2, 1e-1)},
+        joint_then={"hessian_samples": (48,)},
         bundled=False,
     ),
 }
@@ -294,22 +308,61 @@ def sweep_summary(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def _pick(candidates: list[tuple[dict, dict]]) -> dict:
+    """The rule: among (settings, summary) pairs costing ≤ COST_GOAL_HVPS products, the highest mean validation
+    objective; within TIE points of it, fewer products, then a smaller Hessian sample, then the earlier candidate."""
+    affordable = [(i, c) for i, c in enumerate(candidates) if c[1]["hvps"] <= COST_GOAL_HVPS]
+    top = max(summary["val_objective"] for _, (_, summary) in affordable)
+    tied = [(i, c) for i, c in affordable if c[1]["val_objective"] >= top - TIE]
+    _, (settings, _) = min(tied, key=lambda ic: (ic[1][1]["hvps"], ic[1][0].get("hessian_samples", 0), ic[0]))
+    return settings
+
+
 def choose(profile: SweepProfile, summary: list[dict]) -> dict:
-    """The rule of the module docstring, applied to GIF's rows of every factor."""
+    """Stage 1: the rule applied to GIF's rows of every factor, one factor at a time (the base first on ties)."""
     gif = {(s["factor"], s["value"]): s for s in summary if s["method"] == "gif"}
     base = gif[("base", "None")]
     chosen = {}
     for factor, values in profile.factors.items():
-        candidates = []
-        for value in values:
-            s = base if value == profile.base[factor] else gif[(factor, str(value))]
-            if s["hvps"] <= COST_GOAL_HVPS:
-                candidates.append((value, s))
-        top = max(s["val_objective"] for _, s in candidates)
-        tied = [(v, s) for v, s in candidates if s["val_objective"] >= top - TIE]
-        value, _ = min(tied, key=lambda vs: (vs[1]["hvps"], vs[0] != profile.base[factor]))
-        chosen[factor] = value
+        ordered = [profile.base[factor], *(v for v in values if v != profile.base[factor])]
+        candidates = [({factor: v}, base if v == profile.base[factor] else gif[(factor, str(v))]) for v in ordered]
+        chosen.update(_pick(candidates))
     return chosen
+
+
+def _label(settings: dict, keys) -> str:
+    return ", ".join(f"{k}={settings[k]}" for k in keys)
+
+
+def run_joint(profile: SweepProfile, log: Log, commit: str) -> tuple[list[dict], list[dict], dict]:
+    """Stage 2 (module docstring): rows, their summary, and the chosen settings."""
+    store, rows = _store(profile, "joint", commit), []
+    keys = list(profile.joint)
+    grid = [
+        {**profile.base, **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*profile.joint.values())
+    ]
+
+    def rows_for(settings_list: list[dict]) -> list[dict]:
+        made = []
+        for label, seed, cls, model, card, bundle, truth in _problems(profile, bundled=False):
+            for settings in settings_list:
+                config = EditConfig(methods=("gif",), step="auto", seed=seed, **settings)
+                key = json.dumps([label, seed, cls, dataclasses.asdict(config)], default=str)
+                extra = {"model": label, "seed": seed, "class": cls, "factor": "joint",
+                         "value": _label(settings, [*keys, *profile.joint_then])}  # fmt: skip
+                made += store.get_or_make(key, partial(_edit_rows, model, card, bundle, cls, config, truth, extra))
+            log(f"joint: seed {seed} class {cls} done")
+        return made
+
+    rows += rows_for(grid)
+    by_label = {s["value"]: s for s in sweep_summary(rows)}
+    winner = _pick([(g, by_label[_label(g, [*keys, *profile.joint_then])]) for g in grid])
+    then = [{**winner, factor: v} for factor, values in profile.joint_then.items() for v in values]
+    rows += rows_for(then)
+    summary = sweep_summary(rows)
+    by_label = {s["value"]: s for s in summary}
+    chosen = _pick([(g, by_label[_label(g, [*keys, *profile.joint_then])]) for g in [winner, *then]])
+    return rows, summary, chosen
 
 
 def per_class_table(rows: list[dict]) -> list[dict]:
@@ -375,7 +428,7 @@ def library_commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(SWEEP_PROFILES), default="full")
-    parser.add_argument("--stage", choices=("sweep", "final", "before"), default="sweep")
+    parser.add_argument("--stage", choices=("sweep", "joint", "final", "before"), default="sweep")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     profile = SWEEP_PROFILES[args.profile]
@@ -402,6 +455,22 @@ Test-split columns (forget, retain, Avg. Gap to the retrained model, problems me
 **Chosen:** {chosen}
 
 {markdown_table(sorted(summary, key=lambda s: (s["factor"], s["method"], s["value"])), cols)}
+"""
+        data = {"profile": profile.name, "base": profile.base, "chosen": chosen, "summary": summary, "rows": rows}
+    elif args.stage == "joint":
+        rows, summary, chosen = run_joint(profile, log, meta["commit"])
+        cols = ["value", "problems", "val_objective", "hvps", "forget_acc", "retain_acc", "avg_gap", "goal_met",
+                "cap_hit", "seconds"]  # fmt: skip
+        body = f"""# Defaults, stage 2: the regularisers together (issue 12)
+
+Problems: class removal, {problems}; GIF; every combination of {profile.joint} (other settings at the base
+{profile.base}), then the winner with {profile.joint_then}. Same rule as stage 1 (`defaults_sweep.md`): the highest
+mean validation objective among settings costing ≤ {COST_GOAL_HVPS} Hessian-vector products; within {TIE} points,
+fewer products, then the smaller Hessian sample. Test-split columns are reported, not used.
+
+**Chosen (the library's defaults, `EditConfig()`):** {chosen}
+
+{markdown_table(sorted(summary, key=lambda s: -s["val_objective"]), cols)}
 """
         data = {"profile": profile.name, "base": profile.base, "chosen": chosen, "summary": summary, "rows": rows}
     else:

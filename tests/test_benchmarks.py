@@ -154,3 +154,26 @@ def test_paper_benchmarks_run_every_table_on_the_tiny_profile(tmp_path, monkeypa
     assert (tmp_path / "class_removal.png").stat().st_size > 1000
     assert (tmp_path / "class_removal_larger.png").stat().st_size > 1000
     assert (tmp_path / "solver_residuals.png").stat().st_size > 1000
+
+
+def test_defaults_benchmark_stages_run_on_the_tiny_profile(tmp_path, monkeypatch):
+    """The defaults sweep, its joint stage and the final per-class table, on the 8×8 digits (so they cannot rot);
+    the rule picks a setting whose validation objective is the best among the affordable ones."""
+    from benchmarks import defaults
+
+    monkeypatch.setenv("GIF_CACHE_DIR", str(tmp_path / "cache"))
+    for stage in ("sweep", "joint", "final"):
+        monkeypatch.setattr(sys, "argv", ["defaults.py", "--profile", "tiny", "--stage", stage, "--out", str(tmp_path)])
+        defaults.main()
+    sweep = json.loads((tmp_path / "defaults_sweep_tiny.json").read_text())
+    profile = defaults.SWEEP_PROFILES["tiny"]
+    assert {(r["seed"], r["class"]) for r in sweep["rows"]} == {(s, c) for s in profile.seeds for c in profile.classes}
+    assert set(sweep["chosen"]) == set(profile.factors)
+    joint = json.loads((tmp_path / "defaults_joint_tiny.json").read_text())
+    affordable = [s for s in joint["summary"] if s["hvps"] <= defaults.COST_GOAL_HVPS]
+    label = defaults._label(joint["chosen"], [*profile.joint, *profile.joint_then])
+    (chosen,) = [s for s in joint["summary"] if s["value"] == label]
+    assert chosen["val_objective"] >= max(s["val_objective"] for s in affordable) - defaults.TIE
+    final = json.loads((tmp_path / "defaults_final_tiny.json").read_text())
+    assert {r["method"] for r in final["table"]} == {"gif", "fif", "pif", "if"}
+    assert all(math.isfinite(r["avg_gap"]) for r in final["table"])
