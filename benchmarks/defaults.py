@@ -102,7 +102,7 @@ SWEEP_PROFILES = {
             "ratio": (0.02, 0.05, 0.1),
             "selector": ("gradient", "output", "curvature", "param-gradient"),
         },
-        joint={"maxiter": (5, 10), "damping": (1e-2, 3e-2, 1e-1, 3e-1), "gif_ridge": (0.0, 1e-2)},
+        joint={"maxiter": (3, 5, 10), "damping": (1e-2, 3e-2, 1e-1, 3e-1), "gif_ridge": (0.0, 1e-2)},
         joint_then={"hessian_samples": (500,)},
         bundled=True,
     ),
