@@ -147,8 +147,9 @@ with session.errors_shown():
                 st.warning(f"{METHOD_NAMES[o.method]}: {warning}")
     if not all(o.result.converged for o in outcomes):
         st.caption(
-            "Some solves stopped at *Max iterations* before the tolerance (see *converged*). For GIF that is by "
-            "design: a few Krylov iterations act as a regulariser, and more converged solves edited worse "
+            "Some solves stopped at *Max iterations* before the tolerance (see *converged*). At the defaults that is "
+            f"by design: {DEFAULTS.maxiter} Krylov iterations, damping δ = {DEFAULTS.damping:g} and GIF's ridge "
+            f"ρ = {DEFAULTS.gif_ridge:g} regularise the solve; more converged, undamped solves edited worse "
             "(benchmarks/results/defaults_sweep.md)."
         )
     if report.selection is not None:
