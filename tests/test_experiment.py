@@ -90,9 +90,12 @@ def test_auto_step_goes_beyond_32_where_the_objective_is_flat_below(iris):
 
 
 def test_a_step_search_stopped_by_its_cap_says_so(iris):
-    """With one LSMR iteration the objective is still rising at the cap α = 1e4: the report says so."""
+    """With one LSMR iteration of the undamped, unridged solve the objective is still rising at the cap α = 1e4: the
+    report says so."""
     model, card, data, _ = iris
-    config = EditConfig(methods=("gif",), ratio=0.2, step="auto", hessian_samples=None, maxiter=1)
+    config = EditConfig(
+        methods=("gif",), ratio=0.2, step="auto", hessian_samples=None, maxiter=1, damping=0.0, gif_ridge=0.0
+    )
     record = run_edit(model, card, data, ClassRemoval(0), config).to_dict()["results"][0]["step_search"]
     assert record["cap_hit"] and record["step"] == record["cap"] == 1e4
     assert max(p["step"] for p in record["curve"]) == 1e4
@@ -188,8 +191,16 @@ def test_iterated_steps_converge_to_the_retrained_optimum_on_a_convex_model(requ
     theta, target = flat_parameters(model), flat_parameters(truth)
     errors = {}
     for k in (1, 5):
-        config = EditConfig(
-            methods=("gif", "if"), ratio=1.0, step=1.0, hessian_samples=None, rtol=1e-10, maxiter=500, iterations=k
+        config = EditConfig(  # Newton's method: the exact Hessian, no damping and no ridge (the defaults have both)
+            methods=("gif", "if"),
+            ratio=1.0,
+            step=1.0,
+            hessian_samples=None,
+            rtol=1e-10,
+            maxiter=500,
+            iterations=k,
+            damping=0.0,
+            gif_ridge=0.0,
         )
         report = run_edit(model, card, data, request_, config)
         for outcome in report.outcomes:
