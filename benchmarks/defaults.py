@@ -231,15 +231,25 @@ def _problems(profile: SweepProfile, bundled: bool):
             yield "bundled", 0, cls, model, card, bundle, truth.model
 
 
-def _store(profile: SweepProfile, stage: str, commit: str) -> RowStore:
-    """Rows of this profile and stage at this commit (a row computed by other code is never reused)."""
-    identity = [profile.name, stage, dataclasses.asdict(profile), commit]
+def source_digest() -> str:
+    """SHA-256 of the Python source of the gif_core that runs and of this benchmark package: the content a row is
+    computed from (a commit that changes neither keeps the rows; one that changes either recomputes them)."""
+    digest = hashlib.sha256()
+    for folder in (Path(gif_core.__file__).resolve().parent, Path(__file__).resolve().parent):
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _store(profile: SweepProfile, stage: str, code: str) -> RowStore:
+    """Rows of this profile and stage computed by this source (a row computed by other code is never reused)."""
+    identity = [profile.name, stage, dataclasses.asdict(profile), code]
     tag = hashlib.sha256(json.dumps(identity, default=str).encode())
     return RowStore(default_cache_dir() / "benchmarks" / f"defaults_{stage}_{tag.hexdigest()[:12]}.jsonl")
 
 
-def run_sweep(profile: SweepProfile, log: Log, commit: str) -> list[dict]:
-    store, rows = _store(profile, "sweep", commit), []
+def run_sweep(profile: SweepProfile, log: Log, code: str) -> list[dict]:
+    store, rows = _store(profile, "sweep", code), []
     for label, seed, cls, model, card, bundle, truth in _problems(profile, bundled=False):
         for factor, value, settings in variants(profile):
             config = EditConfig(methods=_methods(factor), step="auto", seed=seed, **settings)
@@ -254,11 +264,11 @@ def run_sweep(profile: SweepProfile, log: Log, commit: str) -> list[dict]:
 
 
 def run_final(
-    profile: SweepProfile, log: Log, commit: str, settings: dict | None = None, stage: str = "final"
+    profile: SweepProfile, log: Log, code: str, settings: dict | None = None, stage: str = "final"
 ) -> list[dict]:
     """GIF, FIF, PIF and IF on every problem (and the bundled model) with ``settings`` (None: the library's
     defaults, ``EditConfig()``)."""
-    store, rows = _store(profile, stage, commit), []
+    store, rows = _store(profile, stage, code), []
     for label, seed, cls, model, card, bundle, truth in _problems(profile, bundled=profile.bundled):
         changes = {"methods": ("gif", "fif", "pif", "if"), "step": "auto", "seed": seed, **(settings or {})}
         config = dataclasses.replace(EditConfig(), **changes)
@@ -334,9 +344,9 @@ def _label(settings: dict, keys) -> str:
     return ", ".join(f"{k}={settings[k]}" for k in keys)
 
 
-def run_joint(profile: SweepProfile, log: Log, commit: str) -> tuple[list[dict], list[dict], dict]:
+def run_joint(profile: SweepProfile, log: Log, code: str) -> tuple[list[dict], list[dict], dict]:
     """Stage 2 (module docstring): rows, their summary, and the chosen settings."""
-    store, rows = _store(profile, "joint", commit), []
+    store, rows = _store(profile, "joint", code), []
     keys = list(profile.joint)
     grid = [
         {**profile.base, **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*profile.joint.values())
@@ -433,13 +443,14 @@ def main() -> None:
     args = parser.parse_args()
     profile = SWEEP_PROFILES[args.profile]
     start, meta = time.perf_counter(), {**provenance(), "gif_core": library_commit()}
+    code = source_digest()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
 
     problems = f"classes {list(profile.classes)} × seeds {list(profile.seeds)} of the {profile.setting.label}"
     if args.stage == "sweep":
-        rows = run_sweep(profile, log, meta["commit"])
+        rows = run_sweep(profile, log, code)
         summary = sweep_summary(rows)
         chosen = choose(profile, summary)
         cols = ["factor", "value", "method", "problems", "val_objective", "hvps", "forget_acc", "retain_acc",
@@ -458,7 +469,7 @@ Test-split columns (forget, retain, Avg. Gap to the retrained model, problems me
 """
         data = {"profile": profile.name, "base": profile.base, "chosen": chosen, "summary": summary, "rows": rows}
     elif args.stage == "joint":
-        rows, summary, chosen = run_joint(profile, log, meta["commit"])
+        rows, summary, chosen = run_joint(profile, log, code)
         cols = ["value", "problems", "val_objective", "hvps", "forget_acc", "retain_acc", "avg_gap", "goal_met",
                 "cap_hit", "seconds"]  # fmt: skip
         body = f"""# Defaults, stage 2: the regularisers together (issue 12)
@@ -475,7 +486,7 @@ fewer products, then the smaller Hessian sample. Test-split columns are reported
         data = {"profile": profile.name, "base": profile.base, "chosen": chosen, "summary": summary, "rows": rows}
     else:
         settings = {"step": "auto", **BEFORE} if args.stage == "before" else None
-        rows = run_final(profile, log, meta["commit"], settings, args.stage)
+        rows = run_final(profile, log, code, settings, args.stage)
         table = per_class_table(rows)
         lines = goal_lines(table)
         described = (
