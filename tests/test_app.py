@@ -228,6 +228,22 @@ def test_edit_page_class_removal_with_retraining_charts_and_downloads():
     assert again.session_state["edit"][1].retrain_from_cache  # the same question is never retrained twice
 
 
+def test_edit_page_default_demo_shows_gif_forgetting():
+    """The demo a newcomer sees, untouched: class 0 removed from the bundled CNN with every default. Before issue 12
+    GIF kept 100% of the class here (the head got no rows at 5% and the step grid stopped at α = 32)."""
+    at = page("edit")
+    at.button(key="run_edit").click().run()
+    no_errors(at)
+    _, report = at.session_state["edit"]
+    assert report.request.cls == 0 and report.retrained is not None
+    gif = next(o for o in report.outcomes if o.method == "gif")
+    assert gif.metrics["forget_acc"] <= 2.0, gif.metrics
+    assert gif.metrics["retain_acc"] >= report.retrained["retain_acc"] - 1.0, (gif.metrics, report.retrained)
+    assert not gif.step_search.cap_hit and gif.result.solver_summary()["hvps"] <= 30
+    row = at.dataframe[0].value.set_index("model").loc["GIF"]
+    assert row["forget_acc"] == gif.metrics["forget_acc"]
+
+
 def test_edit_page_every_method_and_fixed_step_on_the_small_model():
     at = page("model")
     load_bundled(at, "iris_mlp")
