@@ -89,36 +89,25 @@ VGG = ModelSetting(
     maxiter=EditConfig().maxiter,
 )
 
+FULL = Profile(
+    "full",
+    seeds=(0, 1, 2, 3, 4),
+    default=CNN,
+    larger=VGG,
+    classes=(0, 3),
+    ratios=ALL_RATIOS,
+    larger_ratios=ALL_RATIOS,
+    ablation_ratios=ALL_RATIOS,
+    iterations=(1, 2, 3, 5),
+    solver_caps=(200, 600),
+    larger_solver_caps=(40, 120),
+)
+
 PROFILES = {
-    "full": Profile(
-        "full",
-        seeds=(0, 1, 2, 3, 4),
-        default=CNN,
-        larger=VGG,
-        classes=(0, 3),
-        ratios=ALL_RATIOS,
-        larger_ratios=ALL_RATIOS,
-        ablation_ratios=ALL_RATIOS,
-        iterations=(1, 2, 3, 5),
-        solver_caps=(200, 600),
-        larger_solver_caps=(40, 120),
-    ),
+    "full": FULL,
     # The headline cells of every table at the full profile's seeds: the larger model at 5% (and IF at 100%) only,
     # without the 1–100% sweep and SIF (an hour of CPU).
-    "headline": Profile(
-        "headline",
-        seeds=(0, 1, 2, 3, 4),
-        default=CNN,
-        larger=VGG,
-        classes=(0, 3),
-        ratios=ALL_RATIOS,
-        larger_ratios=(0.05,),
-        ablation_ratios=ALL_RATIOS,
-        iterations=(1, 2, 3, 5),
-        solver_caps=(200, 600),
-        larger_solver_caps=(40, 120),
-        larger_full_methods=("if",),
-    ),
+    "headline": dataclasses.replace(FULL, name="headline", larger_ratios=(0.05,), larger_full_methods=("if",)),
     "quick": Profile(
         "quick",
         seeds=(0,),
