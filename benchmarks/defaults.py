@@ -348,6 +348,7 @@ def run_joint(profile: SweepProfile, log: Log, code: str) -> tuple[list[dict], l
     """Stage 2 (module docstring): rows, their summary, and the chosen settings."""
     store, rows = _store(profile, "joint", code), []
     keys = list(profile.joint)
+    label_of = partial(_label, keys=[*keys, *profile.joint_then])
     grid = [
         {**profile.base, **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*profile.joint.values())
     ]
@@ -359,19 +360,19 @@ def run_joint(profile: SweepProfile, log: Log, code: str) -> tuple[list[dict], l
                 config = EditConfig(methods=("gif",), step="auto", seed=seed, **settings)
                 key = json.dumps([label, seed, cls, dataclasses.asdict(config)], default=str)
                 extra = {"model": label, "seed": seed, "class": cls, "factor": "joint",
-                         "value": _label(settings, [*keys, *profile.joint_then])}  # fmt: skip
+                         "value": label_of(settings)}  # fmt: skip
                 made += store.get_or_make(key, partial(_edit_rows, model, card, bundle, cls, config, truth, extra))
             log(f"joint: seed {seed} class {cls} done")
         return made
 
     rows += rows_for(grid)
     by_label = {s["value"]: s for s in sweep_summary(rows)}
-    winner = _pick([(g, by_label[_label(g, [*keys, *profile.joint_then])]) for g in grid])
+    winner = _pick([(g, by_label[label_of(g)]) for g in grid])
     then = [{**winner, factor: v} for factor, values in profile.joint_then.items() for v in values]
     rows += rows_for(then)
     summary = sweep_summary(rows)
     by_label = {s["value"]: s for s in summary}
-    chosen = _pick([(g, by_label[_label(g, [*keys, *profile.joint_then])]) for g in [winner, *then]])
+    chosen = _pick([(g, by_label[label_of(g)]) for g in [winner, *then]])
     return rows, summary, chosen
 
 

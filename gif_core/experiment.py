@@ -79,8 +79,8 @@ class EditConfig:
     validation only; ``benchmarks/results/defaults_joint.md``): early-stopped Krylov iterations, a little damping
     and a ridge all regularise the solve, and together they edit better than a converged undamped solve (stage 1,
     test split, reported: 50 undamped LSMR iterations left 4.6% of the removed class recognised on average, 3 left
-    0.1%). With 3 iterations GIF costs 10
-    Hessian-vector products, and ``converged`` is usually False: the solve is stopped by design, not by failure.
+    0.1%). With 3 iterations GIF costs 10 Hessian-vector products, and ``converged`` is usually False: the solve is
+    stopped by design, not by failure.
     """
 
     methods: tuple[str, ...] = ("gif",)
