@@ -5,17 +5,26 @@
     gif remove --class 3 --method gif,if --retrain --json report.json
 
 Bad arguments print one line starting with ``gif: error:`` and exit with status 2; nothing is written.
+
+``torchrun --nproc-per-node N -m gif_core remove …`` shards the Hessian sample and the gradients over N processes
+(gloo on the CPU, NCCL with one GPU per process; see :mod:`gif_core.distributed`): every rank computes the same edit, the solver replicated on each, and the
+edits are checked to be bit-identical across ranks; only rank 0 prints and writes files. ``--retrain`` is refused
+there: retraining runs in one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from torch.nn.utils import parameters_to_vector
+
+from gif_core import distributed
 from gif_core.backdoor import BackdoorSpec, Trigger
 from gif_core.checkpoints import (
     card_path_for,
@@ -32,7 +41,7 @@ from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, parse_la
 from gif_core.retrain import retrain
 from gif_core.selection import METHODS as SELECTORS
 from gif_core.solvers import LEAST_SQUARES_METHODS
-from gif_core.train import Recipe
+from gif_core.train import Recipe, resolve_device
 from gif_core.workspace import edited_card, open_workspace_path
 from gif_core.zoo import bundled_model_path, default_model_path, train_and_save
 
@@ -109,15 +118,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "info":
-            return _info(args)
-        return _remove(args)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"gif: error: {exc}", file=sys.stderr)
-        return 2
+    command = {"train": _train, "info": _info, "remove": _remove}[args.command]
+    # under torchrun, `remove` joins the launcher's process group (NCCL where models load onto the GPU, else gloo);
+    # every rank fails alike, and rank 0 says why
+    remove = args.command == "remove"
+    group = distributed.process_group_from_env(resolve_device(None).type) if remove else contextlib.nullcontext()
+    with group:
+        try:
+            return command(args)
+        except (UsageError, ValueError, FileNotFoundError, FileExistsError) as exc:
+            if distributed.is_lead():
+                print(f"gif: error: {exc}", file=sys.stderr)
+            return 2
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -176,6 +188,14 @@ def _config(args: argparse.Namespace) -> EditConfig:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    """Answer the question; under torchrun every rank computes it and only rank 0 (the lead) reports."""
+    world = distributed.world()
+    if world is not None and args.retrain:
+        raise UsageError(
+            f"--retrain is not available under torchrun ({world.size} processes): retraining runs in one process; "
+            "run the command without torchrun to compare with retraining"
+        )
+    lead = world is None or world.lead
     config = _config(args)
     for target in (args.save, args.json):
         if target and Path(target).exists():
@@ -208,8 +228,13 @@ def _remove(args: argparse.Namespace) -> int:
         train=train,
         backdoor=backdoor,
         retrained_model=retrained.model if retrained else None,
-        progress=None if args.quiet else lambda message, _f: print(f"… {message}", file=sys.stderr),
+        progress=None if args.quiet or not lead else lambda message, _f: print(f"… {message}", file=sys.stderr),
     )
+    for outcome in report.outcomes:  # the replicated solves must have agreed to the bit
+        edited = parameters_to_vector(outcome.model.parameters())
+        distributed.check_replicated(f"The {outcome.method.upper()} edit", outcome.result.delta, edited)
+    if not lead:
+        return 0
     if retrained is not None:
         report.retrain_seconds, report.retrain_from_cache = retrained.seconds, retrained.from_cache
     report.extra["model"] = {"path": str(model_path), "id": workspace.model_id}

@@ -10,8 +10,25 @@ the removal identity exact: at a stationary θ, −∇L_{S∖U}(θ) = (m/(n−m)
     H v = (∇²L(θ) + δ·I) v          (δ = damping ≥ 0)
 
 by forward-over-reverse differentiation (``jvp`` of ``grad``), batch by batch: memory is bounded by one batch, and no
-autograd graph survives a call. With ``gauss_newton=True`` the generalised Gauss-Newton matrix Jᵀ(diag p − ppᵀ)J/N
+autograd graph survives a call. With ``linearize=True`` (a fixed tensor sample only) the map v ↦ ∇²CE·v of each batch
+is traced once with ``torch.func.linearize`` at θ: the primal forward and backward passes are computed once and kept
+(their activations stay in memory for the object's lifetime), and every later product evaluates only the tangent
+pass, about the cost of one gradient instead of 2.5 (benchmarks/results/hvp.md). The products are the same numbers;
+the one-off trace costs roughly ten plain products, so it pays off for solves that share one :class:`Curvature`. With ``gauss_newton=True`` the generalised Gauss-Newton matrix Jᵀ(diag p − ppᵀ)J/N
 (+ λI + δI) replaces ∇²CE; it is positive semi-definite.
+
+Sharded over ranks (``distributed=True``, the default, and a torch.distributed process group of N ≥ 2 ranks, e.g.
+under ``torchrun``): rank r keeps only its contiguous shard of the Hessian sample's rows
+(:func:`gif_core.distributed.shard_rows`), ``n_samples`` stays the global count N_s = Σ_r |shard_r|, and every sum
+over rows is a partial sum per rank, all-reduced:
+
+    H v = Σ_r Σ_{i∈shard_r} w_i ∇²CE_i v + (λ + δ) v,   w_i = 1/N_s
+
+and likewise the gradient mean_i ∇ℓ_i over the rows given to :meth:`Curvature.gradient` (each rank takes its shard
+of them) and the diagonal Fisher. Every rank returns the single-process value up to the order of float additions,
+and all ranks return the same bits, so a solver run on every rank stays in lock-step. Every rank must therefore
+build and call the object identically, with the same data: the rows are checked by a digest across ranks. Per-sample
+gradients are sharded only when asked (``shard=True``): each rank then yields its own rows.
 
 The model is evaluated in eval mode on a private copy: BatchNorm uses its running statistics and dropout is off,
 so the Hessian is that of the deterministic network the user evaluates. The caller's model is never touched.
@@ -20,18 +37,27 @@ so the Hessian is that of the deterministic network the user evaluates. The call
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad, jvp, linearize, vjp, vmap
 from torch.nn import functional as F
 
+from gif_core import distributed
 from gif_core.params import ParamSpace, parameters_of, state_hash
 
 Batches = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+FORWARD_MODE = threading.Lock()
+"""Held around every forward-mode (``jvp``) computation here, the linearisation's trace included. torch keeps
+forward-mode AD levels per process, not per thread: two threads inside ``jvp`` at once fail ("Nested forward mode AD
+is not supported", or an internal assert), as two dashboard sessions — or a page and its background preparation —
+would. A traced product (:attr:`Curvature.linearizes`) runs plain tensor operations and needs no lock."""
 
 
 @dataclass(frozen=True)
@@ -39,13 +65,19 @@ class CurvatureConfig:
     """How H is evaluated: weight decay λ of the objective, extra damping δ, batch size, Gauss-Newton or not,
     and the precision of the products (``dtype``; None = the model's own). GIF's normal equations square the
     condition number of H_{:,T}, so float32 products stall Krylov solves around a 1e-2 relative residual on a
-    trained CNN where float64 products reach 1e-4 (see benchmarks/results/engine.md)."""
+    trained CNN where float64 products reach 1e-4 (see benchmarks/results/engine.md).
+
+    ``distributed``: shard the rows over torch.distributed's default process group when it has ≥ 2 ranks (see the
+    module docstring; no effect without one). Set it False for a :class:`Curvature` that only some ranks build.
+    """
 
     weight_decay: float = 0.0
     damping: float = 0.0
     batch_size: int = 512
     gauss_newton: bool = False
     dtype: torch.dtype | None = None
+    linearize: bool = False
+    distributed: bool = True
 
     def __post_init__(self) -> None:
         if self.weight_decay < 0 or self.damping < 0:
@@ -58,7 +90,8 @@ class Curvature:
     """Gradients and Hessian-vector products of L over one Hessian sample (see module docstring).
 
     ``sample`` is either a pair of tensors ``(inputs, labels)`` or a re-iterable of ``(inputs, labels)`` batches
-    such as a ``DataLoader``. Vectors are flat, in ``space``'s layout, on any device; results come back on the
+    such as a ``DataLoader`` (a re-iterable is never sharded: it raises under a process group unless
+    ``config.distributed`` is False). Vectors are flat, in ``space``'s layout, on any device; results come back on the
     model's device in the model's dtype.
     """
 
@@ -76,14 +109,41 @@ class Curvature:
         }
         first = next(iter(self._params.values()))
         self.device, self.dtype = first.device, first.dtype
-        self._sample = sample
-        self.n_samples = sum(len(y) for _, y in self._batches())
+        self._world = distributed.world() if self.config.distributed else None
+        self._tensor_sample = isinstance(sample, tuple) and len(sample) == 2 and torch.is_tensor(sample[0])
+        if self._world is not None and not self._tensor_sample:
+            raise ValueError(
+                "A sharded Curvature needs its sample as an (inputs, labels) pair of tensors; pass "
+                "CurvatureConfig(distributed=False) to evaluate a data loader whole on every rank."
+            )
+        self._sample = self._local_rows(*sample, "the Hessian sample") if self._tensor_sample else sample
+        self.n_samples = int(self._sum_over_ranks(torch.tensor(sum(len(y) for _, y in self._batches()))))
         if self.n_samples == 0:
             raise ValueError("The Hessian sample is empty: give at least one training sample.")
 
     # -- plumbing -------------------------------------------------------------------------------------------
+    def shard_of(self, n: int) -> slice:
+        """The rows of n given rows that this rank holds (all of them when not sharded)."""
+        if self._world is None:
+            return slice(0, n)
+        return distributed.shard_rows(n, self._world.rank, self._world.size)
+
+    def _local_rows(self, inputs: torch.Tensor, labels: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's shard of the given rows, after checking that every rank was given the same rows."""
+        if len(inputs) != len(labels):
+            raise ValueError(f"inputs ({len(inputs)}) and labels ({len(labels)}) differ in length")
+        if self._world is None:
+            return inputs, labels
+        distributed.check_replicated(what, inputs, labels)
+        rows = self.shard_of(len(labels))
+        return inputs[rows], labels[rows]
+
+    def _sum_over_ranks(self, local: torch.Tensor) -> torch.Tensor:
+        """The sum of ``local`` over the ranks, in place (``local`` itself when not sharded)."""
+        return distributed.all_reduce_sum(local) if self._world is not None else local
+
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(self._sample, tuple) and len(self._sample) == 2 and torch.is_tensor(self._sample[0]):
+        if self._tensor_sample:
             inputs, labels = self._sample
             yield from _chunks(inputs, labels, self.config.batch_size, self.device, self.dtype)
         else:
@@ -109,31 +169,60 @@ class Curvature:
     def theta(self) -> torch.Tensor:
         return self.space.flatten(self._params)
 
+    @property
+    def linearizes(self) -> bool:
+        """Whether products go through the cached linearisation (``config.linearize`` and a tensor sample)."""
+        return self.config.linearize and not self.config.gauss_newton and self._tensor_sample
+
+    @cached_property
+    def _linearized(self) -> list[tuple[Callable[[dict], dict], float]]:
+        """Per batch: v ↦ ∇²CE_batch·v traced once at θ (``torch.func.linearize``), and the batch's weight."""
+        out = []
+        with FORWARD_MODE, warnings.catch_warnings():  # torch's tracer warns about its internals (jit, const_fold)
+            warnings.filterwarnings("ignore", module=r"torch\.(jit|fx)\.")
+            for inputs, labels in self._batches():
+                _, tangent_map = linearize(partial(self._loss_grad, inputs=inputs, labels=labels), self._params)
+                out.append((tangent_map, len(labels) / self.n_samples))
+        return out
+
+    def warm(self) -> Curvature:
+        """Do the one-off work of later products now (the linearisation, when :attr:`linearizes`); returns self."""
+        if self.linearizes:
+            _ = self._linearized
+        return self
+
     # -- products -------------------------------------------------------------------------------------------
     def hvp(self, vector: torch.Tensor) -> torch.Tensor:
         """(∇²L(θ) + δI)·v over the Hessian sample (∇²L includes the weight decay λ; see module docstring)."""
         tangent = self._as_params(vector)
         total = torch.zeros(self.space.numel, device=self.device, dtype=self.dtype)
-        product = self._gauss_newton_batch if self.config.gauss_newton else self._hessian_batch
-        for inputs, labels in self._batches():
-            total += product(tangent, inputs, labels) * (len(labels) / self.n_samples)
+        if self.linearizes:
+            for tangent_map, weight in self._linearized:
+                total += self.space.flatten(tangent_map(tangent)).detach() * weight
+        else:
+            product = self._gauss_newton_batch if self.config.gauss_newton else self._hessian_batch
+            for inputs, labels in self._batches():
+                total += product(tangent, inputs, labels) * (len(labels) / self.n_samples)
+        self._sum_over_ranks(total)
         v = self.space.flatten(tangent)
         result = total + (self.config.weight_decay + self.config.damping) * v
         _check_finite(result, "Hessian-vector product")
         return result
 
-    def _hessian_batch(self, tangent: dict, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        def loss_grad(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return grad(self._mean_ce)(params, inputs, labels)
+    def _loss_grad(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor) -> dict:
+        return grad(self._mean_ce)(params, inputs, labels)
 
-        _, hv = jvp(loss_grad, (self._params,), (tangent,))
+    def _hessian_batch(self, tangent: dict, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with FORWARD_MODE:
+            _, hv = jvp(partial(self._loss_grad, inputs=inputs, labels=labels), (self._params,), (tangent,))
         return self.space.flatten(hv).detach()
 
     def _gauss_newton_batch(self, tangent: dict, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         def logits_of(params: dict[str, torch.Tensor]) -> torch.Tensor:
             return self._logits(params, inputs)
 
-        logits, jv = jvp(logits_of, (self._params,), (tangent,))
+        with FORWARD_MODE:
+            logits, jv = jvp(logits_of, (self._params,), (tangent,))
         probs = torch.softmax(logits, dim=-1)
         h_out_jv = probs * jv - probs * (probs * jv).sum(-1, keepdim=True)
         _, pullback = vjp(logits_of, self._params)
@@ -143,31 +232,43 @@ class Curvature:
     # -- gradients ------------------------------------------------------------------------------------------
     def gradient(self, inputs: torch.Tensor, labels: torch.Tensor, *, regulariser: bool = True) -> torch.Tensor:
         """mean_i ∇ℓ_i(θ) over the given samples (with the λθ term of the weight decay unless ``regulariser``
-        is False). Computed batch by batch; no graph is kept."""
+        is False). Computed batch by batch; no graph is kept. Sharded, each rank sums its shard of the rows with
+        weights 1/n (n = all given rows) and the partial sums are all-reduced."""
         if len(labels) == 0:
             raise ValueError("Cannot take the gradient of an empty set of samples.")
+        n = len(labels)
+        local_inputs, local_labels = self._local_rows(inputs, labels, "the samples of a gradient")
         total = torch.zeros(self.space.numel, device=self.device, dtype=self.dtype)
-        for x, y in _chunks(inputs, labels, self.config.batch_size, self.device, self.dtype):
+        for x, y in _chunks(local_inputs, local_labels, self.config.batch_size, self.device, self.dtype):
             g = grad(self._mean_ce)(self._params, x, y)
-            total += self.space.flatten(g).detach() * (len(y) / len(labels))
+            total += self.space.flatten(g).detach() * (len(y) / n)
+        self._sum_over_ranks(total)
         if regulariser:
             total += self.config.weight_decay * self.theta
         _check_finite(total, "gradient")
         return total
 
     def per_sample_gradients(
-        self, inputs: torch.Tensor, labels: torch.Tensor, *, regulariser: bool = True
+        self, inputs: torch.Tensor, labels: torch.Tensor, *, regulariser: bool = True, shard: bool = False
     ) -> Iterator[torch.Tensor]:
-        """Yield ∇ℓ_i(θ) for every given sample, as [batch, p] blocks (``torch.func.vmap`` over a batch)."""
+        """Yield ∇ℓ_i(θ) for every given sample, as [batch, p] blocks (``torch.func.vmap`` over a batch).
+
+        With ``shard=True`` on a sharded object, each rank yields only its rows, ``shard_of(len(labels))``, in order.
+        A consumer reduces them where it can (a sum: :func:`gif_core.distributed.all_reduce_sum`) or assembles
+        per-row results, e.g. scores, with ``distributed.assemble_rows(local, curvature.shard_of(n), n)``.
+        """
+        if shard:
+            inputs, labels = self._local_rows(inputs, labels, "the samples of per-sample gradients")
         batches = _chunks(inputs, labels, self.config.batch_size, self.device, self.dtype)
         return self._per_sample_blocks(batches, regulariser)
 
     def fisher_diagonal(self) -> torch.Tensor:
-        """Diagonal empirical Fisher over the Hessian sample: mean_i (∇CE_i)² (no regulariser)."""
+        """Diagonal empirical Fisher over the Hessian sample: mean_i (∇CE_i)² (no regulariser; sharded, the
+        ranks' sums over their rows are all-reduced before dividing by the global count)."""
         total = torch.zeros(self.space.numel, device=self.device, dtype=self.dtype)
         for block in self._per_sample_blocks(self._batches(), regulariser=False):
             total += block.square().sum(0)
-        return total / self.n_samples
+        return self._sum_over_ranks(total) / self.n_samples
 
     def _per_sample_blocks(
         self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], regulariser: bool

@@ -277,7 +277,11 @@ def prepare(
     num_classes: int,
     config: ProblemConfig | None = None,
 ) -> EditProblem:
-    """Validate ``request`` against the training set and build its :class:`EditProblem` (g and the Hessian)."""
+    """Validate ``request`` against the training set and build its :class:`EditProblem` (g and the Hessian).
+
+    Under a torch.distributed process group (e.g. ``torchrun``) every rank must call it with the same arguments: the
+    Hessian sample and the rows of g are then sharded over the ranks and their sums all-reduced
+    (:class:`~gif_core.curvature.Curvature`), so every rank gets the same problem."""
     config = config or ProblemConfig()
     labels = train.labels
     n = len(labels)

@@ -9,15 +9,56 @@ from gif_core.params import state_hash
 
 @pytest.mark.parametrize("fixture", ["mlp_data", "conv_data"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_hvp_matches_dense_hessian(request, fixture, weight_decay):
+@pytest.mark.parametrize("linearize", [False, True])
+def test_hvp_matches_dense_hessian(request, fixture, weight_decay, linearize):
     model, data = request.getfixturevalue(fixture)
     before = state_hash(model)
-    curvature = Curvature(model, (data.inputs, data.labels), CurvatureConfig(weight_decay, batch_size=7))
+    config = CurvatureConfig(weight_decay, batch_size=7, linearize=linearize)
+    curvature = Curvature(model, (data.inputs, data.labels), config)
+    assert curvature.linearizes == linearize
     H = dense_hessian(model, data.inputs, data.labels, weight_decay)
     for seed in range(3):
         v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
         assert rel_err(curvature.hvp(v), H @ v) < 1e-5
     assert state_hash(model) == before
+
+
+def test_linearized_products_equal_plain_ones_and_trace_once(conv_data):
+    model, data = conv_data
+    sample = (data.inputs, data.labels)
+    plain = Curvature(model, sample, CurvatureConfig(0.01, damping=0.1, batch_size=16))
+    traced = Curvature(model, sample, CurvatureConfig(0.01, damping=0.1, batch_size=16, linearize=True)).warm()
+    maps = traced._linearized
+    assert len(maps) == -(-len(data.labels) // 16)
+    for seed in range(3):
+        v = torch.randn(plain.space.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        assert rel_err(traced.hvp(v), plain.hvp(v)) < 1e-12
+    assert traced._linearized is maps  # traced once, reused by every product
+
+
+@pytest.mark.parametrize("linearize", [False, True])
+def test_products_in_two_threads_at_once_are_right(conv_data, linearize):
+    """torch's forward-mode AD levels are per process: unguarded jvps in two threads fail (a dashboard session and
+    its background preparation, or two sessions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, data = conv_data
+    config = CurvatureConfig(0.01, batch_size=8, linearize=linearize)
+    curvatures = [Curvature(model, (data.inputs, data.labels), config) for _ in range(2)]
+    v = torch.randn(curvatures[0].space.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = Curvature(model, (data.inputs, data.labels), CurvatureConfig(0.01, batch_size=8)).hvp(v)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda c: [c.hvp(v) for _ in range(10)], curvatures))
+    assert all(rel_err(r, expected) < 1e-10 for products in results for r in products)
+
+
+def test_linearize_is_ignored_where_it_cannot_apply(mlp_data):
+    model, data = mlp_data
+    loader = DataLoader(TensorDataset(data.inputs, data.labels), batch_size=8)
+    assert not Curvature(model, loader, CurvatureConfig(linearize=True)).linearizes
+    assert not Curvature(
+        model, (data.inputs, data.labels), CurvatureConfig(gauss_newton=True, linearize=True)
+    ).linearizes
 
 
 def test_damping_adds_multiple_of_identity(mlp_data):
