@@ -32,15 +32,26 @@ class ModelPredictions:
 
 def compare_predictions(models: dict[str, nn.Module], split: LabelledSet, num_classes: int) -> list[ModelPredictions]:
     """:class:`ModelPredictions` for every named model, in the given order."""
+    return predictions_of(
+        {name: predict_proba(model, split.inputs) for name, model in models.items()}, split, num_classes
+    )
+
+
+def predictions_of(
+    probabilities: dict[str, torch.Tensor], split: LabelledSet, num_classes: int
+) -> list[ModelPredictions]:
+    """:class:`ModelPredictions` from probabilities already computed on ``split`` (e.g. an edit report's test-split
+    probabilities), in the given order; no model is run."""
     out = []
-    for name, model in models.items():
-        probabilities = predict_proba(model, split.inputs)
+    for name, probs in probabilities.items():
+        if probs.shape != (len(split), num_classes):
+            raise ValueError(f"{name}: probabilities of shape {tuple(probs.shape)} do not cover this split")
         out.append(
             ModelPredictions(
                 name,
-                probabilities,
-                per_class_accuracy(probabilities, split.labels, num_classes),
-                confusion_matrix(probabilities, split.labels, num_classes),
+                probs,
+                per_class_accuracy(probs, split.labels, num_classes),
+                confusion_matrix(probs, split.labels, num_classes),
             )
         )
     return out

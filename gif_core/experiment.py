@@ -62,7 +62,7 @@ from gif_core.evaluate import (
 )
 from gif_core.influence import METHODS, SELECTIVE_METHODS, EstimatorConfig, InfluenceResult, estimate
 from gif_core.params import apply_delta, shifted_parameters
-from gif_core.requests import ClassRemoval, EditRequest, LabelChange, ProblemConfig, prepare
+from gif_core.requests import ClassRemoval, EditProblem, EditRequest, LabelChange, ProblemConfig, prepare
 from gif_core.selection import Selection, SelectionConfig, select
 from gif_core.solvers import SolverConfig
 from gif_core.steps import StepSearch, StepSearchConfig, search_step
@@ -81,6 +81,9 @@ class EditConfig:
     test split, reported: 50 undamped LSMR iterations left 4.6% of the removed class recognised on average, 3 left
     0.1%). With 3 iterations GIF costs 10 Hessian-vector products, and ``converged`` is usually False: the solve is
     stopped by design, not by failure.
+
+    ``linearize`` traces the Hessian's products once per question (:class:`gif_core.curvature.CurvatureConfig`):
+    the same numbers, each product then about one gradient's cost (benchmarks/results/hvp.md).
     """
 
     methods: tuple[str, ...] = ("gif",)
@@ -97,6 +100,7 @@ class EditConfig:
     maxiter: int = 3
     seed: int = 0
     track_residuals: bool = False
+    linearize: bool = True
     iterations: int = 1
     gif_ridge: float = 0.01
     step_search: StepSearchConfig = field(default_factory=StepSearchConfig)
@@ -131,6 +135,9 @@ class Scenario:
     step_forget: LabelledSet
     relabelled: LabelledSet | None = None
     backdoor: BackdoorSpec | None = None
+    forget_in_test: torch.Tensor | None = None
+    """For a class removal: the test rows that form ``forget`` (``retain`` is the rest), so one pass over the test
+    split scores all three."""
 
 
 def build_scenario(
@@ -152,6 +159,7 @@ def build_scenario(
             test=bundle.test,
             validation=bundle.val.subset(~val_in),
             step_forget=bundle.val.subset(val_in),
+            forget_in_test=test_in,
         )
     forget = train.subset(rows)
     relabelled = forget.with_labels(request.targets()) if isinstance(request, LabelChange) else None
@@ -179,7 +187,14 @@ def evaluate_model(model: nn.Module, scenario: Scenario) -> dict[str, float]:
 
 def _evaluate(model: nn.Module, scenario: Scenario) -> tuple[dict[str, float], torch.Tensor]:
     """The metrics, and the test-split probabilities they were computed from (reused against the retrained model)."""
-    probs = {name: predict_proba(model, getattr(scenario, name).inputs) for name in ("forget", "retain", "test")}
+    probs = {"test": predict_proba(model, scenario.test.inputs)}
+    if scenario.forget_in_test is not None:
+        probs["forget"], probs["retain"] = (
+            probs["test"][scenario.forget_in_test],
+            probs["test"][~scenario.forget_in_test],
+        )
+    else:
+        probs.update({name: predict_proba(model, getattr(scenario, name).inputs) for name in ("forget", "retain")})
     forget_acc = accuracy(probs["forget"], scenario.forget.labels)
     retain_acc = accuracy(probs["retain"], scenario.retain.labels)
     metrics = {
@@ -258,6 +273,8 @@ class MethodOutcome:
     vs_retrain: dict[str, float] | None = None
     later_steps: list[tuple[InfluenceResult, float]] = field(default_factory=list)
     """Re-linearised steps 2…k (their result and α); ``result``/``step`` are step 1's, ``model`` the final one."""
+    test_probs: torch.Tensor | None = field(default=None, repr=False)
+    """The edited model's probabilities on the test split (what the metrics were computed from)."""
 
     @property
     def step_curve(self) -> list[tuple[float, float]]:
@@ -301,6 +318,8 @@ class EditReport:
     retrain_seconds: float | None = None
     retrain_from_cache: bool | None = None
     extra: dict = field(default_factory=dict)
+    original_test_probs: torch.Tensor | None = field(default=None, repr=False)
+    retrained_test_probs: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         report = {
@@ -329,6 +348,153 @@ def _choose_step(
     return search.step, search
 
 
+PREPARATION_FIELDS = ("hessian_samples", "hessian_data", "damping", "seed", "selector", "ratio", "budget", "linearize")
+"""The :class:`EditConfig` fields that :func:`prepare_edit` depends on; every other field only affects :func:`answer`."""
+
+
+def preparation_key(config: EditConfig) -> tuple:
+    """What a :class:`PreparedEdit` must have been prepared with to serve ``config`` (see :data:`PREPARATION_FIELDS`)."""
+    return tuple(getattr(config, name) for name in PREPARATION_FIELDS)
+
+
+@dataclass(frozen=True)
+class PreparedEdit:
+    """The part of an answer that depends on the question and on :data:`PREPARATION_FIELDS` but not on the methods,
+    the solver or the step: the scenario, the problem (g and its Hessian, warmed), the selection, and the original's
+    (and, when given, the retrained model's) metrics and test-split probabilities. One of these serves every
+    :func:`answer` with a compatible config — the dashboard prepares it in the background before the click."""
+
+    key: tuple
+    model: nn.Module
+    card: ModelCard
+    bundle: DataBundle
+    scenario: Scenario
+    problem: EditProblem
+    problem_config: ProblemConfig
+    selection: Selection
+    original: dict[str, float]
+    original_test_probs: torch.Tensor
+    retrained_model: nn.Module | None = None
+    retrained: dict[str, float] | None = None
+    retrained_test_probs: torch.Tensor | None = None
+
+    def with_retrained(self, retrained_model: nn.Module) -> PreparedEdit:
+        """The same preparation with the retrained ground truth's metrics and probabilities added."""
+        metrics, probs = _evaluate(retrained_model, self.scenario)
+        return dataclasses.replace(self, retrained_model=retrained_model, retrained=metrics, retrained_test_probs=probs)
+
+
+def prepare_edit(
+    model: nn.Module,
+    card: ModelCard,
+    bundle: DataBundle,
+    request: EditRequest,
+    config: EditConfig | None = None,
+    *,
+    train: LabelledSet | None = None,
+    backdoor: BackdoorSpec | None = None,
+    retrained_model: nn.Module | None = None,
+    progress: Progress | None = None,
+) -> PreparedEdit:
+    """Validate ``request`` and do the work every method shares (see :class:`PreparedEdit`); ``model`` is never
+    modified. The Hessian includes the weight decay of the card's training recipe; with ``config.linearize`` its
+    products are traced here, so that the solves of :func:`answer` pay only the tangent passes."""
+    config = config or EditConfig()
+    report_progress = progress or (lambda _message, _fraction: None)
+    scenario = build_scenario(request, bundle, train, backdoor)
+    problem_config = ProblemConfig(
+        hessian_data=config.hessian_data,
+        hessian_samples=config.hessian_samples,
+        seed=config.seed,
+        curvature=CurvatureConfig(
+            weight_decay=float(card.recipe.get("weight_decay", 0.0)), damping=config.damping, linearize=config.linearize
+        ),
+    )
+    report_progress("Computing the gradient of the request", 0.0)
+    problem = prepare(model, scenario.train, request, bundle.num_classes, problem_config)
+    report_progress("Tracing the Hessian-vector product" if problem.hessian.linearizes else "Hessian ready", 0.3)
+    problem.hessian.warm()
+    report_progress(f"Selecting {config.ratio:.0%} of the parameters ({config.selector})", 0.6)
+    selection = select(problem, SelectionConfig(config.selector, config.ratio, config.budget, config.seed))
+    report_progress("Scoring the original model", 0.8)
+    original, original_probs = _evaluate(model, scenario)
+    prepared = PreparedEdit(
+        preparation_key(config), model, card, bundle, scenario, problem, problem_config, selection, original,
+        original_probs,
+    )  # fmt: skip
+    if retrained_model is not None:
+        report_progress("Scoring the retrained model", 0.9)
+        prepared = prepared.with_retrained(retrained_model)
+    report_progress("Prepared", 1.0)
+    return prepared
+
+
+def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None = None) -> EditReport:
+    """Answer the prepared question with every method of ``config`` (whose preparation fields must match).
+
+    Per method: solve for Δ, choose α (``step="auto"``: the validation search), apply θ + α·Δ to a copy, and score
+    it; ``progress(message, fraction)`` is called at each of these phases."""
+    if preparation_key(config) != prepared.key:
+        changed = [
+            f"{name} {old!r} → {new!r}"
+            for name, old, new in zip(PREPARATION_FIELDS, prepared.key, preparation_key(config), strict=True)
+            if old != new
+        ]
+        raise ValueError(f"This preparation does not serve the config ({', '.join(changed)}): prepare it again.")
+    report_progress = progress or (lambda _message, _fraction: None)
+    model, scenario, problem, request = prepared.model, prepared.scenario, prepared.problem, prepared.scenario.request
+    newton_config = dataclasses.replace(prepared.problem_config, gradient="newton")
+    selective = any(m in SELECTIVE_METHODS for m in config.methods)
+    estimator = EstimatorConfig(
+        symmetric_solver=config.symmetric_solver,
+        least_squares_solver=config.least_squares_solver,
+        gif_ridge=config.gif_ridge,
+        solver=SolverConfig(rtol=config.rtol, maxiter=config.maxiter, track_residuals=config.track_residuals),
+    )
+    outcomes = []
+    for i, method in enumerate(config.methods):
+        name, share = method.upper(), 1 / len(config.methods)
+        report_progress(f"{name}: solving for Δ", i * share)
+        start = time.perf_counter()
+        method_selection = prepared.selection if method in SELECTIVE_METHODS else None
+        result = estimate(method, problem, method_selection, estimator)
+        report_progress(f"{name}: choosing the step α", (i + 0.5) * share)
+        step, search = _choose_step(model, result, scenario, config)
+        edited = apply_delta(model, problem.space, result.delta, step)
+        later_steps = []
+        for j in range(config.iterations - 1):
+            report_progress(f"{name}: step {j + 2} of {config.iterations}", (i + 0.6) * share)
+            relinearised = prepare(edited, scenario.train, request, prepared.bundle.num_classes, newton_config)
+            later = estimate(method, relinearised, method_selection, estimator)
+            later_step, _ = _choose_step(edited, later, scenario, config)
+            edited = apply_delta(edited, relinearised.space, later.delta, later_step)
+            later_steps.append((later, later_step))
+        seconds = time.perf_counter() - start
+        report_progress(f"{name}: scoring the edited model", (i + 0.9) * share)
+        metrics, test_probs = _evaluate(edited, scenario)
+        outcome = MethodOutcome(
+            method, result, step, search, edited, metrics, seconds, later_steps=later_steps, test_probs=test_probs
+        )
+        if prepared.retrained is not None:
+            outcome.vs_retrain = {
+                **compare_to_retrained(test_probs, prepared.retrained_test_probs),
+                "avg_gap": avg_gap(metrics, prepared.retrained),
+            }
+        outcomes.append(outcome)
+    report_progress("Done", 1.0)
+    return EditReport(
+        request,
+        config,
+        prepared.original,
+        outcomes,
+        prepared.selection if selective else None,
+        prepared.retrained,
+        prepared.retrained_model,
+        original_test_probs=prepared.original_test_probs,
+        retrained_test_probs=prepared.retrained_test_probs,
+    )
+
+
 def run_edit(
     model: nn.Module,
     card: ModelCard,
@@ -341,61 +507,16 @@ def run_edit(
     retrained_model: nn.Module | None = None,
     progress: Progress | None = None,
 ) -> EditReport:
-    """Answer ``request`` with every method of ``config``; ``model`` is never modified. The Hessian includes the
-    weight decay of the card's training recipe.
+    """Answer ``request`` with every method of ``config``: :func:`prepare_edit`, then :func:`answer`; ``model`` is
+    never modified.
 
     ``retrained_model`` (optional) is the ground truth to compare against (see :mod:`gif_core.retrain`).
     ``progress(message, fraction)`` is called between stages.
     """
     config = config or EditConfig()
     report_progress = progress or (lambda _message, _fraction: None)
-    scenario = build_scenario(request, bundle, train, backdoor)
-    problem_config = ProblemConfig(
-        hessian_data=config.hessian_data,
-        hessian_samples=config.hessian_samples,
-        seed=config.seed,
-        curvature=CurvatureConfig(weight_decay=float(card.recipe.get("weight_decay", 0.0)), damping=config.damping),
-    )
-    newton_config = dataclasses.replace(problem_config, gradient="newton")
-    report_progress("Computing the gradient of the request", 0.05)
-    problem = prepare(model, scenario.train, request, bundle.num_classes, problem_config)
-    selection = None
-    if any(m in SELECTIVE_METHODS for m in config.methods):
-        report_progress(f"Selecting {config.ratio:.0%} of the parameters ({config.selector})", 0.1)
-        selection = select(problem, SelectionConfig(config.selector, config.ratio, config.budget, config.seed))
-    estimator = EstimatorConfig(
-        symmetric_solver=config.symmetric_solver,
-        least_squares_solver=config.least_squares_solver,
-        gif_ridge=config.gif_ridge,
-        solver=SolverConfig(rtol=config.rtol, maxiter=config.maxiter, track_residuals=config.track_residuals),
-    )
-    original = evaluate_model(model, scenario)
-    retrained_metrics, retrained_probs = (
-        _evaluate(retrained_model, scenario) if retrained_model is not None else (None, None)
-    )
-    outcomes = []
-    for i, method in enumerate(config.methods):
-        report_progress(f"Solving {method.upper()}", 0.15 + 0.8 * i / len(config.methods))
-        start = time.perf_counter()
-        method_selection = selection if method in SELECTIVE_METHODS else None
-        result = estimate(method, problem, method_selection, estimator)
-        step, search = _choose_step(model, result, scenario, config)
-        edited = apply_delta(model, problem.space, result.delta, step)
-        later_steps = []
-        for _ in range(config.iterations - 1):
-            relinearised = prepare(edited, scenario.train, request, bundle.num_classes, newton_config)
-            later = estimate(method, relinearised, method_selection, estimator)
-            later_step, _ = _choose_step(edited, later, scenario, config)
-            edited = apply_delta(edited, relinearised.space, later.delta, later_step)
-            later_steps.append((later, later_step))
-        seconds = time.perf_counter() - start
-        metrics, test_probs = _evaluate(edited, scenario)
-        outcome = MethodOutcome(method, result, step, search, edited, metrics, seconds, later_steps=later_steps)
-        if retrained_metrics is not None:
-            outcome.vs_retrain = {
-                **compare_to_retrained(test_probs, retrained_probs),
-                "avg_gap": avg_gap(metrics, retrained_metrics),
-            }
-        outcomes.append(outcome)
-    report_progress("Done", 1.0)
-    return EditReport(request, config, original, outcomes, selection, retrained_metrics, retrained_model)
+    prepared = prepare_edit(
+        model, card, bundle, request, config, train=train, backdoor=backdoor, retrained_model=retrained_model,
+        progress=lambda message, fraction: report_progress(message, 0.15 * fraction),
+    )  # fmt: skip
+    return answer(prepared, config, lambda message, fraction: report_progress(message, 0.15 + 0.85 * fraction))

@@ -62,6 +62,21 @@ class Retrained:
     seconds: float
 
 
+def _cache_path(card: ModelCard, request: EditRequest, base_id: str, cache_dir: Path | None) -> Path:
+    return (cache_dir or default_cache_dir()) / "retrained" / f"{retrain_key(base_id, request, card)}.safetensors"
+
+
+def cached_retrain(
+    card: ModelCard, request: EditRequest, base_id: str, *, cache_dir: Path | None = None
+) -> Retrained | None:
+    """The retrained model of :func:`retrain` if the cache holds it, else None (nothing is trained)."""
+    path = _cache_path(card, request, base_id, cache_dir)
+    if not path.is_file():
+        return None
+    model, cached_card = load_checkpoint(path)
+    return Retrained(model, cached_card, path, True, cached_card.train_seconds)
+
+
 def retrain(
     card: ModelCard,
     bundle: DataBundle,
@@ -80,11 +95,11 @@ def retrain(
     """
     if not card.recipe:
         raise ValueError("The model card has no training recipe: it cannot be retrained. Train it with `gif train`.")
-    folder = (cache_dir or default_cache_dir()) / "retrained"
-    path = folder / f"{retrain_key(base_id, request, card)}.safetensors"
-    if path.is_file():
-        model, cached_card = load_checkpoint(path)
-        return Retrained(model, cached_card, path, True, cached_card.train_seconds)
+    cached = cached_retrain(card, request, base_id, cache_dir=cache_dir)
+    if cached is not None:
+        return cached
+    path = _cache_path(card, request, base_id, cache_dir)
+    folder = path.parent
     edited = edited_training_set(train, request, card.num_classes)
     start = time.perf_counter()
     model, report = build_and_train(

@@ -238,3 +238,56 @@ def test_step_objective_per_request_kind(iris):
         assert step_objective(model, scenario) == pytest.approx(expected)
     scenario = build_scenario(SampleRemoval([0, 1, 2, 3]), data)
     assert accuracy_on(scenario.step_forget) > 50 and step_objective(model, scenario) > 50  # well fitted: a good score
+
+
+def test_one_preparation_serves_several_answers_with_the_numbers_of_run_edit(iris, monkeypatch):
+    import gif_core.experiment as experiment
+
+    model, card, data, _ = iris
+    request = ClassRemoval(2)
+    first = EditConfig(methods=("gif", "if"), step=1.0)
+    prepared = experiment.prepare_edit(model, card, data, request, first)
+    direct = run_edit(model, card, data, request, first)
+    from_prepared = experiment.answer(prepared, first)
+    for a, b in zip(direct.outcomes, from_prepared.outcomes, strict=True):
+        assert torch.allclose(a.result.delta, b.result.delta, rtol=1e-5, atol=1e-7)
+        assert a.metrics == pytest.approx(b.metrics)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("prepared again")
+
+    monkeypatch.setattr(experiment, "prepare", refuse)  # a second answer reuses g, H and the selection
+    other = experiment.answer(prepared, EditConfig(methods=("fif", "pif"), maxiter=5, step=2.0))
+    assert [o.method for o in other.outcomes] == ["fif", "pif"] and other.selection is prepared.selection
+    assert other.original == prepared.original
+
+
+def test_a_preparation_refuses_a_config_it_was_not_prepared_for(iris):
+    import gif_core.experiment as experiment
+
+    model, card, data, _ = iris
+    prepared = experiment.prepare_edit(model, card, data, ClassRemoval(0), EditConfig())
+    with pytest.raises(ValueError, match=r"ratio 0\.05 → 0\.1.*prepare it again"):
+        experiment.answer(prepared, EditConfig(ratio=0.1))
+
+
+def test_linearized_products_leave_the_edit_unchanged(iris):
+    model, card, data, _ = iris
+    plain, traced = (
+        run_edit(model, card, data, SampleRemoval([0, 5, 9]), EditConfig(methods=("gif", "if"), linearize=flag))
+        for flag in (False, True)
+    )
+    for a, b in zip(plain.outcomes, traced.outcomes, strict=True):
+        assert torch.allclose(a.result.delta, b.result.delta, rtol=1e-4, atol=1e-6)
+        assert a.step == pytest.approx(b.step) and a.metrics == pytest.approx(b.metrics)
+
+
+def test_class_removal_scores_forget_and_retain_from_one_pass_over_the_test_split(iris):
+    from gif_core.evaluate import accuracy, predict_proba
+    from gif_core.experiment import evaluate_model
+
+    model, _, data, _ = iris
+    scenario = build_scenario(ClassRemoval(1), data)
+    metrics = evaluate_model(model, scenario)
+    assert metrics["forget_acc"] == accuracy(predict_proba(model, scenario.forget.inputs), scenario.forget.labels)
+    assert metrics["retain_acc"] == accuracy(predict_proba(model, scenario.retain.inputs), scenario.retain.labels)
