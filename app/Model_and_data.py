@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, session
+from app import charts, session, warmup
 from app.gallery import show_grid
 from gif_core.comparison import compare_predictions
 from gif_core.workspace import open_workspace, open_workspace_path
@@ -50,6 +50,7 @@ with session.errors_shown():
     loaded = session.workspace()
     bundle = loaded.bundle
     st.markdown("Loaded: " + session.model_caption(loaded))
+    warmup.show(warmup.start_default(loaded), "the What-if page's first question (remove the first class)")
     left, right = st.columns([1, 2])
     with left:
         st.subheader("Model card")

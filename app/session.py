@@ -7,9 +7,11 @@ models every gif_core function copies before editing) and their data.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -68,6 +70,21 @@ def progress_bar(text: str) -> tuple[Callable[[str, float], None], Callable[[], 
     """A Streamlit progress bar as a gif_core ``progress(message, fraction)`` callback, and a function to clear it."""
     bar = st.progress(0.0, text=text)
     return (lambda message, fraction: bar.progress(min(1.0, max(0.0, fraction)), text=message)), bar.empty
+
+
+def phase_writer(status: Any) -> Callable[[str, float], None]:
+    """A gif_core ``progress(message, fraction)`` callback for an ``st.status``: the phase under way is its label,
+    and each finished phase is written as a line with its seconds."""
+    last: list = [None, time.perf_counter()]
+
+    def report(message: str, _fraction: float) -> None:
+        now = time.perf_counter()
+        if last[0] is not None:
+            status.write(f"{last[0]} — {now - last[1]:.2f} s")
+        last[:] = [message, now]
+        status.update(label=f"{message}…")
+
+    return report
 
 
 @contextmanager

@@ -228,6 +228,24 @@ def test_edit_page_class_removal_with_retraining_charts_and_downloads():
     assert again.session_state["edit"][1].retrain_from_cache  # the same question is never retrained twice
 
 
+def test_the_first_question_is_prepared_in_the_background_and_the_click_reuses_it():
+    from app.warmup import JOB
+
+    at = page("model")  # loading a model starts the What-if page's first question
+    job = at.session_state[JOB]
+    at.switch_page(str(PAGES["edit"])).run()
+    assert at.session_state[JOB] is job  # the page's untouched form asks the same question: no second job
+    warmed = job.future.result(timeout=600)
+    at.button(key="run_edit").click().run()
+    no_errors(at)
+    report = at.session_state["edit"][1]
+    assert report.selection is warmed.prepared.selection and report.original is warmed.prepared.original
+    assert report.original_test_probs is warmed.prepared.original_test_probs
+    at.selectbox(key="edit_cls").select(4).run()  # another question: a new job, the old one told to stop
+    assert at.session_state[JOB] is not job and at.session_state[JOB].key[1].cls == 4
+    assert job.phase.cancel.is_set()
+
+
 def test_edit_page_default_demo_shows_gif_forgetting():
     """The demo a newcomer sees, untouched: class 0 removed from the bundled CNN with every default. Before issue 12
     GIF kept 100% of the class here (the head got no rows at 5% and the step grid stopped at α = 32)."""

@@ -51,6 +51,7 @@ def test_class_removal_in_a_real_browser(tmp_path):
         charts.nth(7).wait_for(timeout=300_000)  # per-class, histogram, confusions, probabilities, step curve
         wait_idle(page)
         assert page.get_by_text("retrained (").count() >= 1
+        assert page.get_by_text("Edit done in").count() == 1  # the phases' status, closed when done
         assert page.get_by_role("button", name="JSON report (as gif remove --json)").count() == 1
         page.screenshot(path=str(shots / "4_what_if_edit.png"), full_page=True)
         assert (shots / "4_what_if_edit.png").stat().st_size > 50_000

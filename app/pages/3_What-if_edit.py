@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, session
+from app import charts, session, warmup
 from app.request_form import request_form
-from gif_core.comparison import compare_predictions
-from gif_core.experiment import EditConfig, run_edit
+from gif_core.comparison import predictions_of
+from gif_core.experiment import EditConfig, answer
 from gif_core.influence import METHODS
 from gif_core.requests import ClassRemoval
 from gif_core.retrain import retrain
@@ -54,7 +55,12 @@ with session.errors_shown():
         s1, s2, s3, s4, s5 = st.columns(5)
         n_train = len(loaded.train)
         hessian_samples = s1.number_input(
-            "Hessian samples", min(16, n_train), n_train, min(DEFAULTS.hessian_samples, n_train), step=16, key="hess_n"
+            "Hessian samples",
+            min(16, n_train),
+            n_train,
+            warmup.page_defaults(loaded).hessian_samples,
+            step=16,
+            key="hess_n",
         )
         maxiter = s2.number_input("Max iterations", 1, 1000, DEFAULTS.maxiter, step=5, key="maxiter")
         damping = s3.number_input(
@@ -70,49 +76,46 @@ with session.errors_shown():
         trace = st.checkbox(
             "Record the residual curve (CG-type solvers; costs extra Hessian-vector products)", False, key="trace"
         )
+    config = dataclasses.replace(
+        DEFAULTS,
+        methods=tuple(methods) or DEFAULTS.methods,
+        selector=selector,
+        ratio=ratio,
+        step="auto" if step_mode != "fixed" else float(step_value),
+        hessian_samples=int(hessian_samples),
+        damping=float(damping),
+        gif_ridge=float(ridge),
+        least_squares_solver=solver,
+        maxiter=int(maxiter),
+        track_residuals=trace,
+    )
+    job = warmup.start(loaded, request, config, with_retrain)
     run = st.button("Run the edit", type="primary", key="run_edit")
-    if run:
+    if not run:
+        warmup.show(job)
+    else:
         if not methods:
             raise ValueError("Choose at least one method.")
-        config = dataclasses.replace(
-            DEFAULTS,
-            methods=tuple(methods),
-            selector=selector,
-            ratio=ratio,
-            step="auto" if step_mode != "fixed" else float(step_value),
-            hessian_samples=int(hessian_samples),
-            damping=float(damping),
-            gif_ridge=float(ridge),
-            least_squares_solver=solver,
-            maxiter=int(maxiter),
-            track_residuals=trace,
-        )
-        retrained = None
-        if with_retrain:
-            bar = st.progress(0.0, text="Retraining without the data (cached after the first time)…")
-            retrained = retrain(
-                loaded.card,
-                bundle,
-                loaded.train,
-                request,
-                loaded.model_id,
-                progress=lambda done, total: bar.progress(done / total, text=f"Retraining: step {done}/{total}"),
-                show_bar=False,
-            )
-            bar.empty()
-        report_progress, clear = session.progress_bar("Starting…")
-        report = run_edit(
-            loaded.model,
-            loaded.card,
-            bundle,
-            request,
-            config,
-            train=loaded.train,
-            backdoor=loaded.backdoor if request is loaded.backdoor_request else None,
-            retrained_model=retrained.model if retrained else None,
-            progress=report_progress,
-        )
-        clear()
+        clicked = time.perf_counter()
+        with st.status("Running the edit…", expanded=True) as status:
+            warmed = warmup.wait(job, status.write)
+            prepared, retrained = warmed.prepared, warmed.retrained
+            if with_retrain and retrained is None:
+                status.write("Retraining without the data (cached after the first time)…")
+                bar = st.progress(0.0)
+                retrained = retrain(
+                    loaded.card,
+                    bundle,
+                    loaded.train,
+                    request,
+                    loaded.model_id,
+                    progress=lambda done, total: bar.progress(done / total, text=f"Retraining: step {done}/{total}"),
+                    show_bar=False,
+                )
+                bar.empty()
+                prepared = prepared.with_retrained(retrained.model)
+            report = answer(prepared, config, progress=session.phase_writer(status))
+            status.update(label=f"Edit done in {time.perf_counter() - clicked:.1f} s", state="complete", expanded=False)
         if retrained is not None:
             report.retrain_seconds, report.retrain_from_cache = retrained.seconds, retrained.from_cache
         report.extra["model"] = {"path": loaded.source, "id": loaded.model_id}
@@ -159,11 +162,11 @@ with session.errors_shown():
                 [{"layer": name, **counts} for name, counts in layers.items()], hide_index=True, key="edit_layers"
             )
     # ---- predictions of every model
-    models = {"original": loaded.model}
-    if report.retrained_model is not None:
-        models["retrained"] = report.retrained_model
-    models.update({METHOD_NAMES[o.method]: o.model for o in outcomes})
-    predictions = compare_predictions(models, bundle.test, bundle.num_classes)
+    probabilities = {"original": report.original_test_probs}
+    if report.retrained_test_probs is not None:
+        probabilities["retrained"] = report.retrained_test_probs
+    probabilities.update({METHOD_NAMES[o.method]: o.test_probs for o in outcomes})
+    predictions = predictions_of(probabilities, bundle.test, bundle.num_classes)
     st.plotly_chart(charts.per_class_accuracy(predictions, bundle.classes), key="edit_per_class")
     if isinstance(report.request, ClassRemoval):
         removed_rows = np.flatnonzero(bundle.test.labels.numpy() == report.request.cls)
