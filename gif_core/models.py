@@ -8,7 +8,6 @@ selections refer to the same tensors across runs. ``cnn`` is the default: small 
 from __future__ import annotations
 
 from torch import nn
-from torchvision import models as tv_models
 
 ARCHITECTURES: tuple[str, ...] = ("mlp", "logreg", "cnn", "lenet", "resnet18", "vgg11")
 IMAGE_ARCHITECTURES: tuple[str, ...] = ("cnn", "lenet", "resnet18", "vgg11")
@@ -108,6 +107,8 @@ def _lenet(shape: tuple[int, ...], num_classes: int) -> nn.Module:
 
 def _resnet18(in_channels: int, num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 for small images: 3x3 stride-1 stem, no stem max-pool."""
+    from torchvision import models as tv_models  # imported here: torchvision.models costs ~2 s to import
+
     model = tv_models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -120,6 +121,8 @@ def _vgg11(in_channels: int, num_classes: int) -> nn.Module:
     The first conv takes ``in_channels``; the five max-pools round up (``ceil_mode``) so a 28x28 input still
     reaches 1x1; the head is global average pooling and a 512-512-classes MLP instead of the 4096-wide one.
     """
+    from torchvision import models as tv_models  # imported here: torchvision.models costs ~2 s to import
+
     model = tv_models.vgg11(weights=None)
     model.features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
     for layer in model.features:
