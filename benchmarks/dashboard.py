@@ -1,10 +1,12 @@
 """Interactive speed of the dashboard in a real browser (chromium via Playwright), on the bundled default.
 
 Measured from the user's side: page load = navigation until the page's first chart (or its main button) is shown and
-Streamlit is idle; GIF class removal = click on *Run the edit* (GIF only, 5% of parameters, the page's default
-solver settings, no retraining, a fresh browser session each time) until the last chart is drawn; top-k = click on
-*Explain this prediction* for a new test image until the last helpful/harmful image is shown (after the model's one-off set-up, which is
-measured separately). Goals (issue: dashboard): page load ≤ 3 s, GIF removal ≤ 5 s, top-k ≤ 2 s.
+Streamlit is idle; default edit = the What-if page untouched (class 0 removed, GIF and IF at the default settings,
+compared with the retrained model, which is in the cache), in a fresh browser session each time: the page's
+background preparation is timed from navigation until it says "Prepared", then the click on *Run the edit* until
+the last chart is drawn; top-k = click on *Explain this prediction* for a new test image until the last
+helpful/harmful image is shown (after the model's one-off set-up, which is measured separately). Goals: page load
+≤ 3 s, the preparation ≤ 20 s and the edit ≤ 2 s click → last chart (median of 5 sessions; issue 13), top-k ≤ 2 s.
 
     python -m benchmarks.dashboard [--out DIR]
 """
@@ -12,12 +14,20 @@ measured separately). Goals (issue: dashboard): page load ≤ 3 s, GIF removal �
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from app.browser_driver import chromium_page, dashboard, wait_idle
 from benchmarks.common import RESULTS, markdown_table, write_results
+from gif_core.checkpoints import checkpoint_id, load_checkpoint
+from gif_core.data import load_data
+from gif_core.requests import ClassRemoval
+from gif_core.retrain import retrain
+from gif_core.zoo import default_model_path
+
+EDIT_SESSIONS = 5
 
 
 def timed(action, done) -> float:
@@ -32,9 +42,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        path = default_model_path()
+        _, card = load_checkpoint(path)
+        bundle = load_data(card.dataset, seed=card.split_seed)
+        truth = retrain(card, bundle, bundle.train, ClassRemoval(0), checkpoint_id(path), cache_dir=Path(cache),
+                        show_bar=False)  # fmt: skip
+        rows.append({"what": "retraining the default question (once, before the timings; then cached)",
+                     "seconds": truth.seconds})  # fmt: skip
+        measure(url_env={"GIF_CACHE_DIR": cache}, rows=rows)
+    body = f"""# Dashboard interactive timings (bundled default, real browser)
+
+{__doc__.split(chr(10) + chr(10))[1]}
+
+{markdown_table(rows, ["what", "seconds", "goal s"])}
+"""
+    write_results("dashboard", body, {"rows": rows}, args.out)
+    print(body)
+
+
+def measure(url_env: dict[str, str], rows: list[dict]) -> None:
     with (
-        tempfile.TemporaryDirectory() as cache,
-        dashboard(env={"GIF_CACHE_DIR": cache}) as url,
+        dashboard(env=url_env) as url,
         chromium_page() as page,
     ):
         page.goto(url)  # warm the server: imports, the bundled model and its data
@@ -64,28 +93,33 @@ def main() -> None:
                     }
                 )
 
-        for attempt in range(2):  # each in a fresh browser session, so no earlier result is on the page
+        edit_clicks = []
+        for attempt in range(EDIT_SESSIONS):  # each in a fresh browser session: its own warm-up, no earlier result
             fresh = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})  # a new context
             try:
-                fresh.goto(url + "/What-if_edit")
-                fresh.get_by_role("button", name="Run the edit").wait_for()
-                wait_idle(fresh)
-                fresh.get_by_text("Compare with the retrained model").click()
-                wait_idle(fresh)
-                fresh.locator('[data-testid="stMultiSelect"] input').first.click()
-                fresh.keyboard.press("Backspace")  # drop IF: GIF only
-                fresh.keyboard.press("Escape")
-                wait_idle(fresh)
+                warm_up = timed(
+                    lambda fresh=fresh: fresh.goto(url + "/What-if_edit"),
+                    lambda fresh=fresh: (
+                        fresh.get_by_text("Prepared this question").wait_for(timeout=300_000),
+                        wait_idle(fresh),
+                    ),
+                )
                 charts = fresh.locator(".js-plotly-plot")
                 seconds = timed(
                     lambda fresh=fresh: fresh.get_by_role("button", name="Run the edit").click(),
-                    # per-class, histogram, 2 confusion tabs, 3 probability charts, step curve: the 8th is the last
-                    lambda charts=charts: charts.nth(7).wait_for(timeout=600_000),
+                    # per-class, histogram, 4 confusion tabs, 3 probability charts, step curve: the 10th is the last
+                    lambda charts=charts: charts.nth(9).wait_for(timeout=600_000),
                 )
             finally:
                 fresh.close()
-            label = "GIF 5% class removal, click → last chart" + (" (first)" if attempt == 0 else "")
-            rows.append({"what": label, "seconds": seconds, "goal s": 5})
+            edit_clicks.append(seconds)
+            rows.append({"what": f"What-if page load → prepared (session {attempt + 1}, background)", "seconds":
+                         warm_up, "goal s": 20})  # fmt: skip
+            rows.append({"what": f"default edit, click → last chart (session {attempt + 1})", "seconds": seconds})
+        rows.append(
+            {"what": f"default edit, click → last chart, median of {EDIT_SESSIONS}", "seconds":
+             statistics.median(edit_clicks), "goal s": 2}
+        )  # fmt: skip
 
         page.goto(url + "/Influential_samples")
         page.get_by_role("button", name="Explain this prediction").wait_for()
@@ -112,14 +146,6 @@ def main() -> None:
                 wait_idle(page)
                 seconds = timed(lambda: explain.click(), lambda: last_image.wait_for(timeout=300_000))
                 rows.append({"what": f"top-k, new test point, {method}", "seconds": seconds, "goal s": 2})
-    body = f"""# Dashboard interactive timings (bundled default, real browser)
-
-{__doc__.split(chr(10) + chr(10))[1]}
-
-{markdown_table(rows, ["what", "seconds", "goal s"])}
-"""
-    write_results("dashboard", body, {"rows": rows}, args.out)
-    print(body)
 
 
 if __name__ == "__main__":

@@ -177,3 +177,149 @@ def test_defaults_benchmark_stages_run_on_the_tiny_profile(tmp_path, monkeypatch
     final = json.loads((tmp_path / "defaults_final_tiny.json").read_text())
     assert {r["method"] for r in final["table"]} == {"gif", "fif", "pif", "if"}
     assert all(math.isfinite(r["avg_gap"]) for r in final["table"])
+
+
+def test_scaling_benchmark_quick(tmp_path, monkeypatch):
+    """GIF vs retraining at two subset sizes and on the 10× augmented set: measured rows with finite positive
+    seconds and their ratio, the extrapolation rows marked as such, and an augmented set 10× its source."""
+    import pytest
+
+    from benchmarks import scaling
+
+    monkeypatch.setenv("GIF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["scaling.py", "--quick", "--out", str(tmp_path)])
+    scaling.main()
+    data = json.loads((tmp_path / "scaling.json").read_text())
+    rows = data["rows"]
+    assert [(r["train size"], r["augmented"]) for r in rows] == [(200, False), (400, False), (400, True)]
+    for row in rows:
+        assert row["extrapolated"] is False
+        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("GIF s", "retrain s", "solve s"))
+        assert row["GIF / retrain (%)"] == pytest.approx(100 * row["GIF s"] / row["retrain s"])
+        assert row["HVPs"] > 0 and row["step"] > 0
+        assert all(0 <= row[k] <= 100 for k in ("GIF forget", "retrained forget", "GIF retain", "retrained retain"))
+    extrapolated = data["extrapolation"]
+    assert {r["train size"] for r in extrapolated} == {60_000, 50_000}
+    assert all(r["extrapolated"] is True and r["assumption"] for r in extrapolated)
+    augmentation = data["augmentation"]
+    assert augmentation["samples"] == 10 * augmentation["source_images"] == 400
+    assert augmentation["first_copy_is_source"] and augmentation["added_copies_changed_pct"] > 50
+    assert set(data["crossover"]) == set(data["fits"]) == {"default CNN"}
+    assert (tmp_path / "scaling.png").stat().st_size > 1000
+    markdown = (tmp_path / "scaling.md").read_text()
+    assert "Produced by" in markdown and "NOT measured" in markdown
+
+
+def test_augmentation_is_seeded_per_image_keeps_shapes_and_starts_with_the_original():
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from benchmarks.scaling import affine_parameters, augment
+
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    keys = torch.tensor([3, 10, 11, 500])
+    copies = augment(images, keys, copies=10, seed=0)
+    assert copies.shape == (40, 1, 28, 28)
+    assert torch.equal(copies, augment(images, keys, copies=10, seed=0))
+    assert not torch.equal(copies, augment(images, keys, copies=10, seed=1))
+    assert torch.equal(copies[::10], images)  # the first copy of each image is the image itself
+    assert not any(torch.equal(copies[i], images[i // 10]) for i in range(40) if i % 10)
+    # keyed by image: an image gets the same copies in any set
+    assert torch.allclose(augment(images[2:3], keys[2:3], copies=10, seed=0), copies[20:30], atol=1e-6)
+    angles, shifts = affine_parameters(keys, 10, 0, max_shift=2, max_degrees=10.0)
+    assert (angles.abs() <= 10).all() and (shifts.abs() <= 2).all() and torch.equal(shifts, shifts.round())
+    # the batched resampling is torchvision's affine, with its angle and translation conventions
+    expected = TF.affine(
+        images[1],
+        angle=float(angles[1, 4]),
+        translate=[int(shifts[1, 4, 0]), int(shifts[1, 4, 1])],
+        scale=1.0,
+        shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+    )
+    assert torch.allclose(copies[14], expected, atol=1e-5)
+
+
+def test_memory_benchmark_quick(tmp_path, monkeypatch):
+    """Every process measured under /usr/bin/time -v with a positive peak RSS and wall time, the dense store's size
+    equal to n × p × 4 bytes on disk, and the projection agreement finite."""
+    from benchmarks import memory
+
+    monkeypatch.setattr(sys, "argv", ["memory.py", "--quick", "--out", str(tmp_path)])
+    memory.main()
+    data = json.loads((tmp_path / "memory.json").read_text())
+    processes = data["processes"]
+    assert [p["process"].split(" ")[0] for p in processes] == ["baseline:", "class", "baseline:", "self-influence"]
+    assert all(p["peak RSS MiB"] > 0 and p["wall s"] > 0 for p in processes)
+    measured = data["stores"][0]
+    assert (
+        measured["on disk GiB"] >= measured["dense store GiB"] == measured["n_train"] * measured["n_params"] * 4 / 2**30
+    )
+    assert len(data["stores"]) == 1 + len(memory.LARGER)
+    assert data["low_memory_needed"] == any(s["fits in memory"] == "no" for s in data["stores"])
+    if data["low_memory_needed"]:
+        assert [r["k"] for r in data["projection"]] == list(memory.QUICK.projection_dims)
+        assert all(-1 <= r["self-influence Spearman"] <= 1 for r in data["projection"])
+    assert "Produced by" in (tmp_path / "memory.md").read_text()
+
+
+def test_parse_time_report_reads_peak_memory_and_wall_clock():
+    from benchmarks.memory import parse_time_report
+
+    report = "\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.5\n\tMaximum resident set size (kbytes): 2048\n"
+    assert parse_time_report(report) == (2048 * 1024, 3723.5)
+    assert parse_time_report(report.replace("1:02:03.5", "0:07.25"))[1] == 7.25
+
+
+def test_distributed_benchmark_quick(tmp_path, monkeypatch):
+    """1×1, 1×2 and 2×1 (torchrun, gloo) measured with positive seconds; the same edit and products on each."""
+    from benchmarks import distributed as distributed_benchmark
+
+    monkeypatch.setattr(sys, "argv", ["distributed.py", "--quick", "--threads-total", "2", "--out", str(tmp_path)])
+    distributed_benchmark.main()
+    rows = json.loads((tmp_path / "distributed.json").read_text())["rows"]
+    assert [r["config"] for r in rows] == ["1×1", "1×2", "2×1"]
+    for row in rows:
+        assert all(row[k] > 0 for k in ("edit s", "HVP s", "HVP lin. s", "trace s", "edit speed-up vs 1×1"))
+        assert row["Δ rel. diff vs 1×1"] < 1e-4 and row["Hv rel. diff vs 1×1"] < 1e-5  # float32 rounding only
+        assert row["hvps"] == rows[0]["hvps"] and row["step"] > 0
+    assert rows[0]["Δ rel. diff vs 1×1"] == 0 and rows[0]["edit speed-up vs 1×1"] == 1
+    assert "Produced by" in (tmp_path / "distributed.md").read_text()
+
+
+def test_hvp_benchmark_quick(tmp_path, monkeypatch):
+    """Every variant is timed and checked against the float64 product; the traced product is the same numbers."""
+    from benchmarks import hvp
+
+    monkeypatch.setattr(sys, "argv", ["hvp.py", "--quick", "--out", str(tmp_path)])
+    hvp.main()
+    data = json.loads((tmp_path / "hvp.json").read_text())
+    by_variant = {(r["batch"], r["variant"]): r for r in data["rows"]}
+    for batch in (16, 32):
+        assert by_variant[(batch, "gradient")]["× gradient"] == 1
+        linearized = by_variant[(batch, "linearized")]
+        assert linearized["one-off setup s"] > 0 and linearized["median ms"] > 0
+        plain = by_variant[(batch, "jvp(grad)")]["rel. error vs float64"]
+        assert plain < 1e-2  # float32 rounding of a product with cancellations, not another product
+        assert abs(linearized["rel. error vs float64"] - plain) < 1e-6  # the traced product is the same numbers
+    assert [s["batch"] for s in data["summary"]] == [16, 32]
+
+
+def test_profile_edit_benchmark_names_every_phase(tmp_path, monkeypatch):
+    from benchmarks import profile_edit
+
+    monkeypatch.setenv("GIF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        sys, "argv", ["profile_edit.py", "--rounds", "1", "--model", "iris_mlp", "--out", str(tmp_path)]
+    )
+    profile_edit.main()
+    data = json.loads((tmp_path / "profile_edit.json").read_text())
+    click = {r["phase"]: r["seconds"] for r in data["click"]["phases"]}
+    assert set(click) == set(profile_edit.CLICK_PHASES)
+    assert click["solve (GIF and IF)"] > 0 and click["step search (both methods)"] > 0
+    assert 0 < click["  of which Hessian-vector products"] <= click["solve (GIF and IF)"]
+    preparation = {r["phase"]: r["seconds"] for r in data["preparation"]["phases"]}
+    assert preparation["trace of the Hessian-vector product"] > 0 and preparation["selection"] > 0
+    assert data["click"]["plain_seconds"] > 0 and set(data["run_edit_seconds"]) == {"linearized", "plain"}
+    assert [i["module"] for i in data["imports"]] == list(profile_edit.IMPORTS)
