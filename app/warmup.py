@@ -65,9 +65,11 @@ class WarmJob:
 
 def page_defaults(loaded: Workspace) -> EditConfig:
     """The What-if page's settings before the user touches them: the library's, with the Hessian sample capped at
-    the training set's size."""
+    the training set's size and its products traced (the trace runs in the background preparation)."""
     defaults = EditConfig()
-    return dataclasses.replace(defaults, hessian_samples=min(defaults.hessian_samples, len(loaded.train)))
+    return dataclasses.replace(
+        defaults, hessian_samples=min(defaults.hessian_samples, len(loaded.train)), linearize=True
+    )
 
 
 def start_default(loaded: Workspace) -> WarmJob:

@@ -16,6 +16,11 @@ The relative residual reported is ‖b − A x‖/‖b‖ for symmetric systems 
 ‖Aᵀ(b − A x) − δx‖/‖Aᵀb‖ for least squares (the least-squares residual ‖A x − b‖ does not vanish when k < p).
 It is computed explicitly after the solve, and its products are counted in ``hvps``. A solve that does not reach
 ``rtol`` reports ``converged=False``; a NaN or inf raises ``FloatingPointError``.
+
+The solvers run with numpy/scipy's OpenBLAS limited to one thread (``threadpoolctl``): their recurrences are
+vector operations too small to gain from threads, while OpenBLAS's idle threads keep spinning after each call and
+take the cores from torch's threads in the next Hessian-vector product — on the bundled CNN that doubled every
+second product of an LSMR solve (benchmarks/results/profile_edit.md).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from scipy.sparse import linalg as spla
+from threadpoolctl import threadpool_limits
 
 TorchMap = Callable[[torch.Tensor], torch.Tensor]
 SYMMETRIC_METHODS = ("minres", "cg")
@@ -107,6 +113,10 @@ def _norm(x: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(x.to(torch.float64)))
 
 
+_ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")
+
+
+@_ONE_BLAS_THREAD
 def solve_symmetric(
     matvec: TorchMap, b: torch.Tensor, method: str = "minres", config: SolverConfig | None = None
 ) -> tuple[torch.Tensor, SolveReport]:
@@ -157,6 +167,7 @@ def solve_symmetric(
     )
 
 
+@_ONE_BLAS_THREAD
 def solve_least_squares(
     matvec: TorchMap,
     rmatvec: TorchMap,

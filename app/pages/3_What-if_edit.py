@@ -77,7 +77,7 @@ with session.errors_shown():
             "Record the residual curve (CG-type solvers; costs extra Hessian-vector products)", False, key="trace"
         )
     config = dataclasses.replace(
-        DEFAULTS,
+        warmup.page_defaults(loaded),
         methods=tuple(methods) or DEFAULTS.methods,
         selector=selector,
         ratio=ratio,
