@@ -160,9 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     batches, rounds = ((16, 32), 3) if args.quick else ((128, 512), args.rounds)
     rows = [row for batch in batches for row in measure(batch, rounds, args.compile)]
-    goal = {
-        (r["batch"], r["variant"]): r["× gradient"] for r in rows if r["variant"] in ("jvp(grad)", "linearized")
-    }
+    goal = {(r["batch"], r["variant"]): r["× gradient"] for r in rows if r["variant"] in ("jvp(grad)", "linearized")}
     summary = [
         {
             "batch": b,
