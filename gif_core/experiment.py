@@ -61,11 +61,10 @@ from gif_core.evaluate import (
     predict_proba,
 )
 from gif_core.influence import METHODS, SELECTIVE_METHODS, EstimatorConfig, InfluenceResult, estimate
-from gif_core.params import apply_delta
+from gif_core.params import apply_delta, shifted_parameters
 from gif_core.requests import ClassRemoval, EditProblem, EditRequest, LabelChange, ProblemConfig, prepare
 from gif_core.selection import Selection, SelectionConfig, select
 from gif_core.solvers import SolverConfig
-from gif_core.step_scoring import StepScorer
 from gif_core.steps import StepSearch, StepSearchConfig, search_step
 
 Progress = Callable[[str, float], None]
@@ -243,19 +242,18 @@ def _objective(request: EditRequest, val_acc: float, target_acc: float) -> float
 def search_validation_step(
     model: nn.Module, result: InfluenceResult, scenario: Scenario, config: StepSearchConfig
 ) -> StepSearch:
-    """The open-ended search of :mod:`gif_core.steps` on the validation objective, one forward pass a candidate
-    (after the first layer, where :class:`gif_core.step_scoring.StepScorer` can reuse it)."""
+    """The open-ended search of :mod:`gif_core.steps` on the validation objective, one forward pass a candidate."""
     validation, target = scenario.validation, scenario.step_forget
     if not len(validation) or not len(target):
         raise ValueError(
             "step='auto' needs validation images of the kept and of the questioned data, and the validation split "
             f"has {len(validation)} kept and {len(target)} questioned: give a fixed step instead."
         )
-    scorer = StepScorer(model, result.problem.space, result.delta, torch.cat([validation.inputs, target.inputs]))
-    n_val = len(validation)
+    inputs = torch.cat([validation.inputs, target.inputs])
+    space, n_val = result.problem.space, len(validation)
 
     def objective(alpha: float) -> float:
-        probs = scorer.probabilities(alpha)
+        probs = predict_proba(model, inputs, parameters=shifted_parameters(model, space, result.delta, alpha))
         return _objective(
             scenario.request, accuracy(probs[:n_val], validation.labels), accuracy(probs[n_val:], target.labels)
         )

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gif_core.curvature import CurvatureConfig
+from gif_core.curvature import FORWARD_MODE, CurvatureConfig
 from gif_core.data import LabelledSet, load_data, seeded_subset
 from gif_core.influence import METHODS, EstimatorConfig, estimate
 from gif_core.params import ParamSpace, flat_parameters
@@ -118,7 +118,8 @@ def training_objective(
 def dense_hessian(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, weight_decay: float) -> torch.Tensor:
     """H = ∇²L(θ) at the model's θ as a dense p×p matrix (``torch.func.hessian``; for small models only)."""
     objective = training_objective(model, inputs, labels, weight_decay)
-    hessian = torch.func.hessian(objective)(flat_parameters(model))
+    with FORWARD_MODE:  # torch.func.hessian is forward-over-reverse: one thread at a time (see gif_core.curvature)
+        hessian = torch.func.hessian(objective)(flat_parameters(model))
     return 0.5 * (hessian + hessian.T)
 
 
