@@ -182,3 +182,21 @@ def test_explanations_cover_every_estimator():
         assert explanation.name and explanation.idea and explanation.formula and explanation.sign
         assert "g" in explanation.formula
     assert "θ + Δ" in teaching.SIGN_CONVENTION
+
+
+def test_dense_hessian_beside_a_thread_of_hessian_products(mlp_data):
+    """torch.func.hessian is forward-mode AD, whose levels torch keeps per process: beside the dashboard's background
+    preparation (jvps in another thread) it failed until both held gif_core.curvature.FORWARD_MODE."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gif_core.curvature import Curvature
+
+    model, data = mlp_data
+    curvature = Curvature(model, (data.inputs, data.labels))
+    v = torch.randn(curvature.space.numel, dtype=torch.float64)
+    expected = dense_hessian(model, data.inputs, data.labels, 0.0)
+    with ThreadPoolExecutor(1) as pool:
+        products = pool.submit(lambda: [curvature.hvp(v) for _ in range(40)])
+        hessians = [teaching.dense_hessian(model, data.inputs, data.labels, 0.0) for _ in range(5)]
+        products.result()
+    assert all(torch.allclose(h, expected, atol=1e-8) for h in hessians)
