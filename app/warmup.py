@@ -85,7 +85,7 @@ def start(loaded: Workspace, request: EditRequest, config: EditConfig, with_retr
     """This session's job for the question (started now unless it is already running or done)."""
     key = job_key(loaded, request, config, with_retrain)
     current: WarmJob | None = st.session_state.get(JOB)
-    if current is not None and current.key == key and not current.future.cancelled():
+    if current is not None and current.key == key:
         return current
     if current is not None:
         current.phase.cancel.set()

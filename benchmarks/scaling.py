@@ -492,8 +492,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="200/400 images, 1 epoch, 10× set from 40, no VGG-11")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    result = run(QUICK if args.quick else FULL, args.out)
-    print(report_body(QUICK if args.quick else FULL, result))
+    config = QUICK if args.quick else FULL
+    print(report_body(config, run(config, args.out)))
 
 
 if __name__ == "__main__":
