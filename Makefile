@@ -16,7 +16,7 @@ install-dev: install
 	$(BIN)/pip install -r requirements-dev.txt
 
 run: install
-	$(BIN)/streamlit run app/Model_and_data.py --browser.gatherUsageStats false
+	$(BIN)/streamlit run app/Model_and_data.py
 
 test: install-dev
 	$(BIN)/ruff check gif_core app tests benchmarks

@@ -25,6 +25,8 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
 ]
 ENTRY = Path(__file__).resolve().parent / "Model_and_data.py"
+REPOSITORY = ENTRY.parent.parent
+"""Streamlit is started here so that it reads the repository's ``.streamlit/config.toml``."""
 
 
 def free_port() -> int:
@@ -43,7 +45,7 @@ def dashboard(env: dict[str, str] | None = None, timeout: float = 120) -> Iterat
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
     ]  # fmt: skip
     process = subprocess.Popen(
-        command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command, cwd=REPOSITORY, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     url = f"http://127.0.0.1:{port}"
     try:
