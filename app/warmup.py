@@ -100,7 +100,7 @@ def start(loaded: Workspace, request: EditRequest, config: EditConfig, with_retr
 def _prepare(phase: Phase, loaded: Workspace, request: EditRequest, config: EditConfig, with_retrain: bool) -> Warmed:
     try:
         phase.report("Looking up the retrained model in the cache", 0.0)
-        retrained = cached_retrain(loaded.card, request, loaded.model_id) if with_retrain else None
+        retrained = cached_retrain(loaded.card, loaded.train, request, loaded.model_id) if with_retrain else None
         prepared = prepare_edit(
             loaded.model,
             loaded.card,

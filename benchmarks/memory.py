@@ -11,8 +11,9 @@ size" and its "Elapsed (wall clock) time":
   library's defaults; the report goes to a temporary folder);
 * **self-influence**: the dashboard's "most self-influential training samples" through the library (the CLI has no
   such command): ``InfluenceBrowser(...).suspicious()`` — the per-sample gradients G = [∇ℓ_z] of every training
-  sample computed into the gradient store (:mod:`gif_core.gradient_store`, a ``.npy`` file under a cold temporary
-  cache, then memory-mapped), H's top eigenpairs by Lanczos, and the low-rank IF scores Σ_j (v_jᵀ∇ℓ_z)²/λ_j/n.
+  sample computed into the gradient store (:mod:`gif_core.gradient_store`, a safetensors file under a cold
+  temporary cache, then read in row blocks), H's top eigenpairs by Lanczos, and the low-rank IF scores
+  Σ_j (v_jᵀ∇ℓ_z)²/λ_j/n.
 
 The dense store holds n_train × n_params float32 values (4 bytes each); its size is given for the measured model,
 with its actual bytes on disk, and computed (the same product, parameters counted on the built model) for the
@@ -205,7 +206,7 @@ def store_rows(measured_label: str, n_train: int, n_params: int, disk_bytes: int
 
 
 def gaussian_projection(matrix: np.ndarray, k: int, seed: int, block: int = 4096) -> torch.Tensor:
-    """``matrix`` [m, p] (an array or the memory-mapped store) times P [p, k] with i.i.d. N(0, 1/k) entries, float32.
+    """``matrix`` [m, p] (an array, e.g. a row block of the store) times P [p, k] of i.i.d. N(0, 1/k) entries, float32.
 
     P's rows are generated ``block`` at a time from generators seeded by (``seed``, block index) and never held
     whole, so every matrix meets the same P and the memory is m·block + block·k values."""
@@ -256,7 +257,8 @@ def projection_agreement(model_path: Path, config: MemoryConfig, folder: Path) -
     rows = []
     for k in config.projection_dims:
         start = time.perf_counter()
-        projected = gaussian_projection(store.matrix, k, config.seed)
+        # P depends only on (seed, column block), so projecting G row block by row block gives P G exactly
+        projected = torch.cat([gaussian_projection(block, k, config.seed) for _, block in store.blocks()])
         seconds = time.perf_counter() - start
         projected_vectors, projected_directions = gaussian_projection(small, k, config.seed).split(
             [len(eigenvalues), len(directions)]
@@ -304,9 +306,9 @@ def report_body(config: MemoryConfig, result: dict) -> str:
         "",
         f"## The dense per-sample gradient store (n_train × n_params × {BYTES_PER_VALUE} bytes, float32)",
         f"This machine: {limits['memory_bytes'] / GIB:.1f} GiB of memory, {limits['free_disk_bytes'] / GIB:.1f} GiB "
-        "free disk where the store is written. The store is read memory-mapped in 64 MB row blocks, so a process's "
-        "resident memory stays bounded; a store larger than memory cannot stay in the page cache (every product "
-        "reads it from disk again), and one larger than the free disk cannot be built.",
+        "free disk where the store is written. The store is read in 64 MB row blocks (plain file reads), so a "
+        "process's resident memory stays bounded; a store larger than memory cannot stay in the page cache (every "
+        "product reads it from disk again), and one larger than the free disk cannot be built.",
         "",
         markdown_table(
             result["stores"],

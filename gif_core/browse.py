@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from gif_core.cache_files import load_entry, read_or_miss, save_entry
 from gif_core.captum_baselines import CaptumConfig, captum_estimator
 from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import LabelledSet, seeded_subset
@@ -43,6 +42,8 @@ METHOD_LABELS = {
     "captum-naive": "Captum naive IF",
     "captum-arnoldi": "Captum Arnoldi IF",
 }
+EIGENPAIRS_KIND = "eigenpairs/1"
+"""The ``gif_cache`` kind of an eigenpair entry (see :mod:`gif_core.cache_files`)."""
 NAIVE_FULL_LIMIT = 5_000
 """Captum's naive IF materialises the Hessian of its parameters; above this many, it is restricted to the last
 Linear layer (and the result says so)."""
@@ -130,22 +131,30 @@ class InfluenceBrowser:
     @property
     def lowrank(self) -> LowRankInverse:
         """H's top ``lowrank_rank`` eigenpairs over the Hessian sample (Lanczos), found on first use and kept beside
-        the gradient cache (keyed by the gradients' key, the Hessian rows, the rank and the damping)."""
+        the gradient cache, keyed by the gradients' key (model, weight decay, training data), the Hessian rows, the
+        rank and the damping. The entry holds its key and a checksum (:mod:`gif_core.cache_files`); it is served
+        only if its key and checksum match and it holds float64 eigenvalues [rank] and eigenvectors [p, rank], all
+        finite. Otherwise (NaN, rescaled or truncated values, another question's file) a
+        :class:`~gif_core.cache_files.CacheWarning` names it and the eigenpairs are recomputed and the file
+        replaced atomically."""
         if self._lowrank is None:
             rank = min(self.config.lowrank_rank, self.curvature.space.numel - 1)
             key = hashlib.sha256(
-                f"{self.gradients.path.stem}|{self.hessian_rows.tolist()}|{rank}|{self.config.damping!r}".encode()
+                f"{self.gradients.key}|{self.hessian_rows.tolist()}|{rank}|{self.config.damping!r}".encode()
             ).hexdigest()[:24]
             path = self.gradients.path.parent / f"eigenpairs-{key}.safetensors"
-            if path.is_file():
-                self._lowrank = LowRankInverse(**load_file(path))
-            else:
+            p = self.curvature.space.numel
+            expect = {"eigenvalues": (torch.float64, (rank,)), "eigenvectors": (torch.float64, (p, rank))}
+
+            def read(entry: Path) -> LowRankInverse:
+                tensors, _ = load_entry(entry, EIGENPAIRS_KIND, key, expect, require_finite=True)
+                return LowRankInverse(**tensors)
+
+            self._lowrank = read_or_miss(path, read, "The eigenpair cache entry")
+            if self._lowrank is None:
                 self._lowrank = lowrank_inverse(self.curvature, rank)
-                partial = path.with_suffix(f".partial-{os.getpid()}")
-                save_file(
-                    {"eigenvalues": self._lowrank.eigenvalues, "eigenvectors": self._lowrank.eigenvectors}, partial
-                )
-                partial.replace(path)
+                tensors = {"eigenvalues": self._lowrank.eigenvalues, "eigenvectors": self._lowrank.eigenvectors}
+                save_entry(path, EIGENPAIRS_KIND, key, tensors)
         return self._lowrank
 
     def prepare(self, method: str) -> float:

@@ -1,8 +1,18 @@
 """Retraining ground truth: the same architecture, recipe and seed, trained on the edited training set.
 
-Results are cached on disk as ordinary checkpoints, keyed by a hash of (base checkpoint, request, architecture,
-data set, split seed, recipe), so the same question is never retrained twice. The cache folder is
-``$GIF_CACHE_DIR/retrained`` (default ``~/.cache/gif-explorer/retrained``).
+Results are cached on disk, one safetensors file per question under ``$GIF_CACHE_DIR/retrained`` (default
+``~/.cache/gif-explorer/retrained``), so the same question is never retrained twice. The key
+(:func:`retrain_key`) hashes everything the retrained weights depend on: the base checkpoint's id, the request,
+the architecture, the data set's name and split seed, the recipe, the card's backdoor spec, and a content
+fingerprint of the training set actually used (its inputs' and labels' bytes, dtypes and shapes), so the same
+checkpoint over another data root, or a clean and a backdoored card over the same weights, never share an entry.
+
+The entry's metadata holds its key, the model card and a SHA-256 of the weights (:mod:`gif_core.cache_files`);
+it is written to a temporary name and moved into place atomically, so two processes asking the same question at
+once both succeed. An entry that is truncated, unparsable, for another key (e.g. any checkpoint copied over it) or
+whose weights do not match their checksum is a miss: a :class:`~gif_core.cache_files.CacheWarning` names it, and
+the model is retrained and the entry replaced. (Entries of older versions, a ``.safetensors`` and ``.json``
+pair under another key, are simply never looked up.)
 """
 
 from __future__ import annotations
@@ -16,10 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import nn
 
-from gif_core.checkpoints import ModelCard, load_checkpoint, save_checkpoint
+from gif_core.cache_files import InvalidEntry, data_fingerprint, load_entry, read_or_miss, save_entry
+from gif_core.checkpoints import ModelCard, load_checkpoint_bytes
 from gif_core.data import DataBundle, LabelledSet
 from gif_core.requests import EditRequest, LabelChange
 from gif_core.train import Recipe, build_and_train
@@ -41,7 +53,14 @@ def edited_training_set(train: LabelledSet, request: EditRequest, num_classes: i
     return train.subset(keep)
 
 
-def retrain_key(base_id: str, request: EditRequest, card: ModelCard) -> str:
+ENTRY_KIND = "retrained/1"
+"""The ``gif_cache`` kind of a retrained-model entry (see :mod:`gif_core.cache_files`)."""
+
+
+def retrain_key(base_id: str, request: EditRequest, card: ModelCard, train: LabelledSet) -> str:
+    """The cache key of a retrain question: a hash of the base checkpoint id, the request, the card's
+    architecture, data set name, split seed, recipe and backdoor spec, and the fingerprint of ``train`` (the
+    training set the base model saw, before the edit)."""
     payload = {
         "base": base_id,
         "request": request.describe(),
@@ -49,12 +68,17 @@ def retrain_key(base_id: str, request: EditRequest, card: ModelCard) -> str:
         "dataset": card.dataset,
         "split_seed": card.split_seed,
         "recipe": card.recipe,
+        "backdoor": card.extra.get("backdoor"),
+        "train": data_fingerprint(train.inputs, train.labels),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
 class Retrained:
+    """A retrained model and its card; ``path`` is its cache entry, ``from_cache`` whether it was found there,
+    ``seconds`` the training time (as recorded in the entry for a cached model)."""
+
     model: nn.Module
     card: ModelCard
     path: Path
@@ -62,19 +86,30 @@ class Retrained:
     seconds: float
 
 
-def _cache_path(card: ModelCard, request: EditRequest, base_id: str, cache_dir: Path | None) -> Path:
-    return (cache_dir or default_cache_dir()) / "retrained" / f"{retrain_key(base_id, request, card)}.safetensors"
+def _cache_path(key: str, cache_dir: Path | None) -> Path:
+    return (cache_dir or default_cache_dir()) / "retrained" / f"{key}.safetensors"
+
+
+def _read_entry(path: Path, key: str) -> Retrained:
+    """The verified entry at ``path`` (see the module docstring); :class:`InvalidEntry` if it must not be served."""
+    tensors, metadata = load_entry(path, ENTRY_KIND, key)
+    try:
+        card_json = metadata["card"]
+        weights = safetensors.torch.save(tensors)
+        model, card = load_checkpoint_bytes(weights, card_json, path.name)
+    except (KeyError, ValueError) as error:
+        raise InvalidEntry(f"its model card or weights do not make a model ({error})") from error
+    return Retrained(model, card, path, True, card.train_seconds)
 
 
 def cached_retrain(
-    card: ModelCard, request: EditRequest, base_id: str, *, cache_dir: Path | None = None
+    card: ModelCard, train: LabelledSet, request: EditRequest, base_id: str, *, cache_dir: Path | None = None
 ) -> Retrained | None:
-    """The retrained model of :func:`retrain` if the cache holds it, else None (nothing is trained)."""
-    path = _cache_path(card, request, base_id, cache_dir)
-    if not path.is_file():
-        return None
-    model, cached_card = load_checkpoint(path)
-    return Retrained(model, cached_card, path, True, cached_card.train_seconds)
+    """The retrained model of :func:`retrain` if the cache holds a valid entry for it, else None (nothing is
+    trained). An invalid entry is a miss, with a :class:`~gif_core.cache_files.CacheWarning`."""
+    key = retrain_key(base_id, request, card, train)
+    path = _cache_path(key, cache_dir)
+    return read_or_miss(path, lambda entry: _read_entry(entry, key), "The retrained-model cache entry")
 
 
 def retrain(
@@ -91,15 +126,17 @@ def retrain(
     """The model retrained without U (or with U relabelled), from the cache when it was trained before.
 
     ``train`` is the training set the base model saw (the bundle's, or its poisoned version for a backdoor);
-    ``base_id`` identifies the base checkpoint (e.g. :func:`gif_core.checkpoints.checkpoint_id`).
+    ``base_id`` identifies the base checkpoint (e.g. :func:`gif_core.checkpoints.checkpoint_id`). Both are part
+    of the cache key. A missing or invalid entry is (re)written atomically: a concurrent run asking the same
+    question writes the same model, and whichever finishes last replaces the other's file.
     """
     if not card.recipe:
         raise ValueError("The model card has no training recipe: it cannot be retrained. Train it with `gif train`.")
-    cached = cached_retrain(card, request, base_id, cache_dir=cache_dir)
+    cached = cached_retrain(card, train, request, base_id, cache_dir=cache_dir)
     if cached is not None:
         return cached
-    path = _cache_path(card, request, base_id, cache_dir)
-    folder = path.parent
+    key = retrain_key(base_id, request, card, train)
+    path = _cache_path(key, cache_dir)
     edited = edited_training_set(train, request, card.num_classes)
     start = time.perf_counter()
     model, report = build_and_train(
@@ -117,6 +154,6 @@ def retrain(
         notes=f"Retrained ground truth for {request.describe()}",
         extra={**card.extra, "retrained_for": request.describe(), "base": base_id},
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, new_card, path)
+    tensors = {name: value.detach().to("cpu").clone().contiguous() for name, value in model.state_dict().items()}
+    save_entry(path, ENTRY_KIND, key, tensors, card=new_card.to_json())
     return Retrained(model, new_card, path, False, report.seconds)

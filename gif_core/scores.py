@@ -40,7 +40,7 @@ from gif_core.solvers import SolverConfig, SolveReport, solve_least_squares, sol
 SCORE_METHODS = ("if", "if-lowrank", "gif", "tracin")
 
 TrainGradients = torch.Tensor | GradientStore
-"""G [n_train, p]: in memory (:func:`training_gradients`) or memory-mapped from the cache (:mod:`gif_core.gradient_store`)."""
+"""G [n_train, p]: in memory (:func:`training_gradients`) or read block by block from the cache (:mod:`gif_core.gradient_store`)."""
 
 
 def _times(train_gradients: TrainGradients, right: torch.Tensor) -> torch.Tensor:
