@@ -7,7 +7,7 @@ import streamlit as st
 from app import charts, session, warmup
 from app.gallery import show_grid
 from gif_core.comparison import compare_predictions
-from gif_core.workspace import open_workspace, open_workspace_path
+from gif_core.workspace import open_workspace, open_workspace_path, resolve_local_checkpoint, resolve_local_folder
 from gif_core.zoo import list_bundled
 
 st.set_page_config(page_title="Model & data · GIF Explorer", layout="wide")
@@ -35,7 +35,9 @@ with session.errors_shown():
         if st.button("Load from path", key="load_path"):
             if not path.strip():
                 raise ValueError("Type the path of a checkpoint first.")
-            session.use_workspace(open_workspace_path(path.strip(), root.strip() or None))
+            weights = resolve_local_checkpoint(path.strip())  # only under the allowed folders; one message else
+            data_root = resolve_local_folder(root.strip()) if root.strip() else None
+            session.use_workspace(open_workspace_path(weights, data_root))
     else:
         weights = st.file_uploader("Weights (.safetensors, or a .pt state dict)", type=["safetensors", "pt", "pth"])
         card = st.file_uploader("Model card (.json)", type=["json"])

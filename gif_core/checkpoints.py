@@ -4,6 +4,21 @@
 classes, data set and split seed, training recipe, accuracy). Nothing is ever unpickled: ``.pt``/``.pth``
 state dicts are read with ``torch.load(weights_only=True)``, which refuses arbitrary Python objects.
 Saving never overwrites: an edited model is always a new file.
+
+Every input is checked before anything is built or read, and a bad one is a ``ValueError`` that says what is
+wrong and what to do:
+
+- the card is validated field by field (types, ranges, sizes; see :class:`ModelCard`) and is at most
+  :data:`MAX_CARD_BYTES`;
+- the model the card describes is counted on ``torch.device("meta")`` (which allocates nothing) and refused
+  above ``GIF_MAX_PARAMETERS`` numbers (parameters and buffers; default :data:`DEFAULT_MAX_PARAMETERS`, 50
+  million: resnet18 on 32x32 images has 11.2 million, vgg11 9.5 million);
+- the weights are refused above ``GIF_MAX_WEIGHT_BYTES`` bytes (default :data:`DEFAULT_MAX_WEIGHT_BYTES`, 256
+  MiB: 50 million float32 numbers fit), counting for a ``.pt``/``.pth`` zip archive the sizes its entries expand
+  to (a deflate-compressed archive of a few MB can expand to GBs), before ``torch.load`` reads it. A
+  safetensors file is never compressed: its data must lie inside the file, so its length is the bound.
+
+Raise the two limits by setting those environment variables to a larger whole number.
 """
 
 from __future__ import annotations
@@ -11,6 +26,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import numbers
+import os
+import zipfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,12 +40,36 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from gif_core.data import DATASETS
 from gif_core.models import ARCHITECTURES, build_model
-from gif_core.train import resolve_device
+from gif_core.outputs import write_new_files
+from gif_core.train import OPTIMIZERS, Recipe, resolve_device
 
 FORMAT_VERSION = 1
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth")
 _MAX_LISTED = 8
+
+MAX_PARAMETERS_ENV = "GIF_MAX_PARAMETERS"
+MAX_WEIGHT_BYTES_ENV = "GIF_MAX_WEIGHT_BYTES"
+DEFAULT_MAX_PARAMETERS = 50_000_000
+"""Numbers (parameters and buffers) a checkpoint's model may hold unless ``GIF_MAX_PARAMETERS`` says otherwise:
+4.5x resnet18 on CIFAR-size images, 200 MB of float32."""
+DEFAULT_MAX_WEIGHT_BYTES = 256 * 2**20
+"""Bytes a weights file may hold (expanded, for a compressed ``.pt``) unless ``GIF_MAX_WEIGHT_BYTES`` says
+otherwise: room for :data:`DEFAULT_MAX_PARAMETERS` float32 numbers."""
+MAX_CARD_BYTES = 4 * 2**20
+"""A model card is a few KB (an edited model's card records the edit too); more is not a card."""
+MAX_INPUT_DIMS = 3
+MAX_INPUT_ELEMENTS = 2**24
+"""Numbers in one input sample: 16.8 million (3x2048x2048 is 12.6 million)."""
+MAX_CLASSES = 100_000
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 1_000_000
+MAX_NESTING = 32
+"""How deeply the card's ``recipe`` and ``extra`` values may nest lists and objects."""
+_SPLIT_SEEDS = (0, 2**32 - 1)  # what scikit-learn's random_state accepts
+_TORCH_SEEDS = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
+_CARD_HINT = "fix the model card (the .json beside the weights) or re-save the model with gif_core"
 
 
 @dataclass(frozen=True)
@@ -46,19 +90,46 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
-        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"model card names unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
-        if self.format_version != FORMAT_VERSION:
+        """Validate every field (types, ranges, sizes) before anything is built from the card: a ValueError
+        names the field, what it holds and what it must be."""
+        if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
             raise ValueError(
-                f"model card format_version {self.format_version} is not supported (this version reads "
+                f"model card names unknown architecture {_show(self.arch)}; known: {', '.join(ARCHITECTURES)}"
+            )
+        if not _is_int(self.format_version) or self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"model card format_version {_show(self.format_version)} is not supported (this version reads "
                 f"{FORMAT_VERSION}); re-save the model with this version of gif_core"
             )
+        object.__setattr__(self, "input_shape", _check_input_shape(self.input_shape))
+        if not _is_int(self.num_classes) or not 2 <= self.num_classes <= MAX_CLASSES:
+            _field_error("num_classes", self.num_classes, f"a whole number from 2 to {MAX_CLASSES:,}")
+        object.__setattr__(self, "num_classes", int(self.num_classes))
+        if isinstance(self.classes, str | bytes) or not isinstance(self.classes, list | tuple):
+            _field_error("classes", self.classes, "a list of class names (strings)")
+        if not all(isinstance(c, str) for c in self.classes):
+            bad = next(c for c in self.classes if not isinstance(c, str))
+            _field_error("classes", bad, "a list of strings; this entry is not a string")
+        object.__setattr__(self, "classes", tuple(self.classes))
         if len(self.classes) != self.num_classes:
             raise ValueError(f"model card lists {len(self.classes)} classes but num_classes is {self.num_classes}")
-        if not self.input_shape or min(self.input_shape) < 1:
-            raise ValueError(f"model card input_shape must be positive sizes, got {self.input_shape}")
+        if not isinstance(self.dataset, str) or self.dataset not in DATASETS:
+            _field_error("dataset", self.dataset, f"one of {', '.join(DATASETS)}")
+        if not _is_int(self.split_seed) or not _SPLIT_SEEDS[0] <= self.split_seed <= _SPLIT_SEEDS[1]:
+            _field_error("split_seed", self.split_seed, f"a whole number from {_SPLIT_SEEDS[0]} to {_SPLIT_SEEDS[1]}")
+        _check_recipe(self.recipe)
+        if not isinstance(self.accuracy, Mapping) or not all(
+            isinstance(k, str) and _is_real(v) for k, v in self.accuracy.items()
+        ):
+            _field_error("accuracy", self.accuracy, 'an object of split names and numbers, e.g. {"test": 97.2}')
+        if not _is_finite(self.train_seconds) or self.train_seconds < 0:
+            _field_error("train_seconds", self.train_seconds, "a number of seconds >= 0")
+        if not isinstance(self.notes, str):
+            _field_error("notes", self.notes, "a string")
+        if not isinstance(self.extra, Mapping):
+            _field_error("extra", self.extra, "an object (a JSON {...})")
+        if _nesting(self.extra) > MAX_NESTING:
+            _field_error("extra", "{...}", f"nested at most {MAX_NESTING} lists/objects deep")
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -78,17 +149,205 @@ class ModelCard:
             raise ValueError(f"model card is incomplete or malformed: {error}") from error
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        """The card as strict JSON: a NaN or inf in it (e.g. an accuracy) raises ValueError."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ModelCard:
+        if len(text) > MAX_CARD_BYTES:
+            raise ValueError(
+                f"model card is {len(text):,} bytes, more than a card can be ({MAX_CARD_BYTES:,}); "
+                "pass the .json card saved with the weights"
+            )
         try:
             values = json.loads(text)
-        except json.JSONDecodeError as error:
+        except RecursionError as error:  # e.g. 100,000 nested '[': the decoder's recursion limit
+            raise ValueError(
+                "model card is not valid JSON: it nests lists/objects too deeply to read; "
+                "pass the .json card saved with the weights"
+            ) from error
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
             raise ValueError(f"model card is not valid JSON: {error}") from error
         if not isinstance(values, dict):
             raise ValueError("model card JSON must be an object of fields")
         return cls.from_dict(values)
+
+
+def _show(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    try:
+        return _is_real(value) and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _field_error(name: str, value: object, expected: str) -> None:
+    raise ValueError(f"model card field {name!r} must be {expected}, got {_show(value)}; {_CARD_HINT}")
+
+
+def _check_input_shape(shape: object) -> tuple[int, ...]:
+    expected = f"a list of 1 to {MAX_INPUT_DIMS} whole numbers >= 1, e.g. [1, 28, 28] or [4]"
+    if isinstance(shape, str | bytes) or not isinstance(shape, list | tuple):
+        _field_error("input_shape", shape, expected)
+    if not 1 <= len(shape) <= MAX_INPUT_DIMS or not all(_is_int(d) and d >= 1 for d in shape):
+        _field_error("input_shape", shape, expected)
+    dims = tuple(int(d) for d in shape)
+    if math.prod(dims) > MAX_INPUT_ELEMENTS:
+        _field_error(
+            "input_shape", list(dims), f"at most {MAX_INPUT_ELEMENTS:,} numbers per sample (it has {math.prod(dims):,})"
+        )
+    return dims
+
+
+_RECIPE_DEFAULTS = Recipe().to_dict()
+
+
+def _check_recipe(recipe: object) -> None:
+    """A card's recipe: empty (the model cannot be retrained), or the keys of :class:`gif_core.train.Recipe` with
+    values of the defaults' types in the ranges ``Recipe`` accepts."""
+    if not isinstance(recipe, Mapping):
+        _field_error("recipe", recipe, f"an object of training settings (keys {sorted(_RECIPE_DEFAULTS)})")
+    unknown = sorted(str(k) for k in set(recipe) - set(_RECIPE_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"model card recipe has unknown keys {unknown}; known keys are {sorted(_RECIPE_DEFAULTS)}; {_CARD_HINT}"
+        )
+    for key, value in recipe.items():
+        default = _RECIPE_DEFAULTS[key]
+        if isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        elif isinstance(default, int):
+            ok, kind = _is_int(value), "a whole number"
+        elif isinstance(default, float):
+            ok, kind = _is_finite(value), "a finite number"
+        else:  # a field of another kind: Recipe itself checks it below
+            ok, kind = True, ""
+        if not ok:
+            _field_error(f"recipe.{key}", value, kind)
+    if recipe.get("optimizer", "adam") not in OPTIMIZERS:
+        _field_error("recipe.optimizer", recipe["optimizer"], f"one of {', '.join(OPTIMIZERS)}")
+    for key, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE)):
+        if not 1 <= recipe.get(key, 1) <= high:
+            _field_error(f"recipe.{key}", recipe[key], f"a whole number from 1 to {high:,}")
+    if not _TORCH_SEEDS[0] <= recipe.get("seed", 0) <= _TORCH_SEEDS[1]:
+        _field_error("recipe.seed", recipe["seed"], "a seed torch.manual_seed accepts (from -2**63 to 2**64 - 1)")
+    try:  # the remaining ranges (lr > 0, weight_decay >= 0, 0 <= momentum < 1), as Recipe itself checks them
+        Recipe(**{**_RECIPE_DEFAULTS, **recipe})
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"model card recipe is out of range: {error}; {_CARD_HINT}") from error
+
+
+def _nesting(value: object) -> int:
+    """How deeply ``value`` nests lists and objects (iteratively: a deep value cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_NESTING:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _env_limit(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"environment variable {name}={text!r} must be a whole number >= 1 (or unset: {default:,})")
+    return value
+
+
+def max_parameters() -> int:
+    """The most numbers (parameters and buffers) a loaded model may hold: ``$GIF_MAX_PARAMETERS``, else
+    :data:`DEFAULT_MAX_PARAMETERS`."""
+    return _env_limit(MAX_PARAMETERS_ENV, DEFAULT_MAX_PARAMETERS)
+
+
+def max_weight_bytes() -> int:
+    """The most bytes a weights file may hold, expanded: ``$GIF_MAX_WEIGHT_BYTES``, else
+    :data:`DEFAULT_MAX_WEIGHT_BYTES`."""
+    return _env_limit(MAX_WEIGHT_BYTES_ENV, DEFAULT_MAX_WEIGHT_BYTES)
+
+
+def count_parameters(arch: str, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Numbers in the state dict (parameters and buffers) of ``build_model(arch, input_shape, num_classes)``,
+    counted on ``torch.device("meta")``: shapes only, nothing allocated or initialised."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = build_model(arch, input_shape, num_classes)
+    return sum(tensor.numel() for tensor in model.state_dict().values())
+
+
+def check_model_size(card: ModelCard) -> int:
+    """The number of parameters and buffers of ``card``'s model; ValueError above :func:`max_parameters`."""
+    count, limit = count_parameters(card.arch, card.input_shape, card.num_classes), max_parameters()
+    if count > limit:
+        raise ValueError(
+            f"the model card describes a {card.arch} with {count:,} parameters (input_shape {list(card.input_shape)}, "
+            f"{card.num_classes} classes), more than the limit of {limit:,}; check the card's input_shape and "
+            f"num_classes, or raise the limit with the environment variable {MAX_PARAMETERS_ENV}"
+        )
+    return count
+
+
+def _too_many_bytes(filename: str, size: int, limit: int, expanded: bool) -> ValueError:
+    what = "expands to" if expanded else "is"
+    return ValueError(
+        f"weights file {filename!r} {what} {size:,} bytes, more than the limit of {limit:,}; "
+        f"raise the limit with the environment variable {MAX_WEIGHT_BYTES_ENV} if this model is meant to be that big"
+    )
+
+
+def check_weights_size(content: bytes, filename: str) -> None:
+    """ValueError when ``content`` holds, or expands to, more than :func:`max_weight_bytes`; a ``.pt``/``.pth``
+    must be the zip archive ``torch.save`` writes, whose entries' sizes are added up before anything is
+    decompressed."""
+    limit = max_weight_bytes()
+    if len(content) > limit:
+        raise _too_many_bytes(filename, len(content), limit, expanded=False)
+    if Path(filename).suffix.lower() not in (".pt", ".pth"):
+        return  # safetensors: never compressed, every tensor lies inside the file
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            expanded = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as error:
+        raise ValueError(
+            f"refused to load {filename!r}: it is not the zip archive torch.save writes (PyTorch >= 1.6), so its "
+            "size cannot be checked before reading it. Save the weights with torch.save(model.state_dict(), path) "
+            "or as .safetensors."
+        ) from error
+    if expanded > limit:
+        raise _too_many_bytes(filename, expanded, limit, expanded=True)
+
+
+def _read_bounded(path: Path, limit: int, too_big: Any) -> bytes:
+    """The bytes of ``path``, refused (``too_big(size)``) before reading when it is larger than ``limit``."""
+    size = path.stat().st_size
+    if size > limit:
+        raise too_big(size)
+    return path.read_bytes()
 
 
 def card_path_for(weights_path: str | Path) -> Path:
@@ -107,19 +366,33 @@ def check_new_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
+def weights_bytes(model: nn.Module) -> bytes:
+    """``model``'s state dict as safetensors bytes (CPU, contiguous). A single metadata key: safetensors orders
+    metadata keys arbitrarily, and the file's hash must depend on the weights alone (:func:`checkpoint_id`)."""
+    tensors = {name: value.detach().to("cpu").clone().contiguous() for name, value in model.state_dict().items()}
+    return safetensors.torch.save(tensors, metadata={"format": "pt"})
+
+
+def checkpoint_files(model: nn.Module, card: ModelCard, path: str | Path) -> dict[Path, bytes]:
+    """The two files of a checkpoint at ``path`` (weights and card), as bytes, for :func:`gif_core.outputs.write_new_files`.
+    Non-finite weights are refused: a model with NaN or inf in it is never saved."""
+    path = check_new_checkpoint_path(path)
+    bad = _non_finite(model.state_dict())
+    if bad:
+        raise FloatingPointError(f"the model has non-finite weights (NaN or inf) in {bad}; it is not saved")
+    return {path: weights_bytes(model), card_path_for(path): card.to_json().encode()}
+
+
 def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path) -> Path:
     """Write ``model``'s weights to ``path`` (``.safetensors``) and ``card`` beside it; return ``path``.
 
-    Refuses to overwrite either file: edited models are always saved under a new name.
+    Both files or neither: they are written under temporary names and linked into place, and either name existing
+    (before, or made by someone else meanwhile) is an error; edited models are always saved under a new name.
     """
-    path = check_new_checkpoint_path(path)
-    tensors = {name: value.detach().to("cpu").clone().contiguous() for name, value in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A single metadata key: safetensors orders metadata keys arbitrarily, and the file's hash must depend on
-    # the weights alone (checkpoint_id).
-    safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
-    card_path_for(path).write_text(card.to_json(), encoding="utf-8")
-    return path
+    files = checkpoint_files(model, card, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_new_files(files)
+    return Path(path)
 
 
 def load_checkpoint(
@@ -128,18 +401,42 @@ def load_checkpoint(
     """Load weights (``.safetensors``, or a ``.pt``/``.pth`` state dict) and their model card.
 
     The card defaults to the ``.json`` file beside the weights. The model is rebuilt from the card and returned
-    in eval mode on ``device`` (``None``: the GPU when present).
+    in eval mode on ``device`` (``None``: the GPU when present). The card is read and checked first, then the
+    size of its model and of the weights file (see the module docstring), and only then the weights.
     """
     path = Path(path)
     card_path = card_path_for(path) if card_path is None else Path(card_path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found; check the path")
+    card = read_card(card_path)
+    check_model_size(card)
+    return _load_sized(card, read_weights_file(path), path.name, device)
+
+
+def read_weights_file(path: str | Path) -> bytes:
+    """The bytes of weights file ``path``, refused before reading when it is larger than :func:`max_weight_bytes`."""
+    path, limit = Path(path), max_weight_bytes()
+    return _read_bounded(path, limit, lambda size: _too_many_bytes(path.name, size, limit, expanded=False))
+
+
+def read_card(card_path: str | Path) -> ModelCard:
+    """The validated :class:`ModelCard` in the ``.json`` file ``card_path``."""
+    card_path = Path(card_path)
     if not card_path.is_file():
         raise FileNotFoundError(
             f"model card {card_path} not found; a checkpoint needs its JSON card (architecture, input shape, "
             "classes) beside the weights, or pass the card's path"
         )
-    return load_checkpoint_bytes(path.read_bytes(), card_path.read_bytes(), path.name, device=device)
+    return ModelCard.from_json(
+        _read_bounded(
+            card_path,
+            MAX_CARD_BYTES,
+            lambda size: ValueError(
+                f"model card {card_path} is {size:,} bytes, more than a card can be ({MAX_CARD_BYTES:,}); "
+                "pass the .json card saved with the weights"
+            ),
+        )
+    )
 
 
 def load_checkpoint_bytes(
@@ -149,12 +446,36 @@ def load_checkpoint_bytes(
     device: str | torch.device | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """:func:`load_checkpoint` for uploaded content: the format is chosen by ``filename``'s suffix."""
-    content = weights if isinstance(weights, bytes) else weights.read()
-    card = ModelCard.from_json(card_json)
+    return load_weights(ModelCard.from_json(card_json), weights, filename, device=device)
+
+
+def load_weights(
+    card: ModelCard, weights: bytes | BinaryIO, filename: str, device: str | torch.device | None = None
+) -> tuple[nn.Module, ModelCard]:
+    """The model ``card`` describes with ``weights`` loaded into it (the format chosen by ``filename``'s suffix),
+    in eval mode on ``device``. The model's size and the weights' size are checked before either is built or
+    read."""
+    check_model_size(card)
+    if isinstance(weights, bytes):
+        content = weights
+    else:  # read one byte past the limit: enough to know the file is too big, never the whole of it
+        limit = max_weight_bytes()
+        content = weights.read(limit + 1)
+        if len(content) > limit:
+            raise _too_many_bytes(filename, len(content), limit, expanded=False)
+    return _load_sized(card, content, filename, device)
+
+
+def _load_sized(
+    card: ModelCard, content: bytes, filename: str, device: str | torch.device | None
+) -> tuple[nn.Module, ModelCard]:
+    """:func:`load_weights` once the card's model is known to be within the parameter limit."""
+    check_weights_size(content, filename)
     state = _read_state_dict(content, filename)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG untouched
         model = build_model(card.arch, card.input_shape, card.num_classes)
     _check_compatible(model, state, card)
+    _check_finite(state, filename)
     model.load_state_dict(state)
     return model.to(resolve_device(device)).eval(), card
 
@@ -188,6 +509,22 @@ def _read_state_dict(content: bytes, filename: str) -> dict[str, torch.Tensor]:
             "save it with torch.save(model.state_dict(), path)"
         )
     return state
+
+
+def _non_finite(state: Mapping[str, torch.Tensor]) -> str:
+    """The names of the floating-point tensors of ``state`` holding NaN or ±inf, listed ('' when there are none)."""
+    bad = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    return ", ".join(bad[:_MAX_LISTED]) + (", ..." if len(bad) > _MAX_LISTED else "")
+
+
+def _check_finite(state: dict[str, torch.Tensor], filename: str) -> None:
+    """A ValueError naming the tensors of ``state`` that hold NaN or ±inf (such a model has no valid prediction)."""
+    bad = _non_finite(state)
+    if bad:
+        raise ValueError(
+            f"{filename!r} holds non-finite weights (NaN or inf) in {bad}: the model is unusable; load the "
+            "checkpoint it was trained or edited from"
+        )
 
 
 def _check_compatible(model: nn.Module, state: dict[str, torch.Tensor], card: ModelCard) -> None:

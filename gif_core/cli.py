@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,14 +28,15 @@ from gif_core.backdoor import BackdoorSpec, Trigger
 from gif_core.checkpoints import (
     card_path_for,
     check_new_checkpoint_path,
+    checkpoint_files,
     checkpoint_id,
     load_checkpoint,
-    save_checkpoint,
 )
 from gif_core.data import DATASETS
 from gif_core.experiment import EditConfig, EditReport, run_edit
 from gif_core.influence import METHODS
 from gif_core.models import ARCHITECTURES
+from gif_core.outputs import check_new_outputs, write_new_files
 from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, parse_label_change, parse_sample_removal
 from gif_core.retrain import retrain
 from gif_core.selection import METHODS as SELECTORS
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with group:
         try:
             return command(args)
-        except (UsageError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        except (UsageError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
             if distributed.is_lead():
                 print(f"gif: error: {exc}", file=sys.stderr)
             return 2
@@ -137,6 +137,10 @@ def _train(args: argparse.Namespace) -> int:
     backdoor = None
     if args.backdoor_target is not None:
         backdoor = BackdoorSpec(args.backdoor_target, args.backdoor_fraction, Trigger("checkerboard"), args.seed)
+    if not str(args.out).strip():
+        raise UsageError("--out needs a file name, got an empty one")
+    check_new_checkpoint_path(args.out)  # before any training: a bad output path fails now, not after it
+    check_new_outputs([(args.out, "--out"), (card_path_for(args.out), "the model card of --out")])
     path = train_and_save(args.arch, args.data, recipe, args.out, root=args.root, backdoor=backdoor)
     print(f"saved {path}")
     return _info(argparse.Namespace(path=str(path)))
@@ -168,7 +172,7 @@ def _config(args: argparse.Namespace) -> EditConfig:
             step = float(args.step)
         except ValueError as exc:
             raise UsageError(f"--step must be a positive number or 'auto', got {args.step!r}") from exc
-    if args.ratio <= 0 or args.ratio > 1:
+    if not 0 < args.ratio <= 1:
         raise UsageError(f"--ratio must lie in (0, 1], got {args.ratio}")
     return EditConfig(
         methods=methods,
@@ -197,13 +201,7 @@ def _remove(args: argparse.Namespace) -> int:
         )
     lead = world is None or world.lead
     config = _config(args)
-    for target in (args.save, args.json):
-        if target and Path(target).exists():
-            raise UsageError(f"{target} already exists; choose a new file name (nothing is overwritten)")
-    if args.save:
-        check_new_checkpoint_path(args.save)
-        if args.json and Path(args.json).resolve() == card_path_for(args.save).resolve():
-            raise UsageError(f"--json {args.json} is where --save writes the model card; choose another name")
+    outputs = _remove_outputs(args)
     model_path = (
         Path(args.model)
         if args.model
@@ -231,6 +229,8 @@ def _remove(args: argparse.Namespace) -> int:
         progress=None if args.quiet or not lead else lambda message, _f: print(f"… {message}", file=sys.stderr),
     )
     for outcome in report.outcomes:  # the replicated solves must have agreed to the bit
+        if outcome.diverged:
+            continue
         edited = parameters_to_vector(outcome.model.parameters())
         distributed.check_replicated(f"The {outcome.method.upper()} edit", outcome.result.delta, edited)
     if not lead:
@@ -239,15 +239,37 @@ def _remove(args: argparse.Namespace) -> int:
         report.retrain_seconds, report.retrain_from_cache = retrained.seconds, retrained.from_cache
     report.extra["model"] = {"path": str(model_path), "id": workspace.model_id}
     print(format_report(report))
-    if args.json:
-        with open(args.json, "x", encoding="utf-8") as handle:  # "x": never overwrite a file made meanwhile
-            handle.write(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
-        print(f"report written to {args.json}")
-    if args.save:
+    contents = {}  # every output serialised before the first is written: a failure leaves no file behind
+    if "--json" in outputs:
+        contents[outputs["--json"]] = (report.to_json() + "\n").encode()
+    if "--save" in outputs:
         first = report.outcomes[0]
-        save_checkpoint(first.model, edited_card(workspace, first, report.request.describe()), args.save)
-        print(f"edited model saved to {args.save}")
+        if first.diverged:
+            raise UsageError(
+                f"the {first.method.upper()} edit diverged ({first.diverged}); nothing was saved (no --save and "
+                "no --json file): try a smaller --step, more --damping, or step 'auto'"
+            )
+        card = edited_card(workspace, first, report.request.describe())
+        contents.update(checkpoint_files(first.model, card, outputs["--save"]))
+    write_new_files(contents)
+    for flag, what in (("--json", "report written to"), ("--save", "edited model saved to")):
+        if flag in outputs:
+            print(f"{what} {outputs[flag]}")
     return 0
+
+
+def _remove_outputs(args: argparse.Namespace) -> dict[str, Path]:
+    """The files ``gif remove`` will write, checked before any work (see :mod:`gif_core.outputs`)."""
+    named: list[tuple[str, str]] = []
+    if args.json is not None:
+        named.append((args.json, "--json"))
+    if args.save is not None:
+        if not str(args.save).strip():
+            raise UsageError("--save needs a file name, got an empty one")
+        check_new_checkpoint_path(args.save)
+        named += [(args.save, "--save"), (str(card_path_for(args.save)), "the model card of --save")]
+    paths = check_new_outputs(named)
+    return {flag: path for (_, flag), path in zip(named, paths, strict=True)}
 
 
 def format_report(report: EditReport) -> str:
@@ -272,6 +294,10 @@ def format_report(report: EditReport) -> str:
             ]
         )
     for o in report.outcomes:
+        if o.diverged:
+            row = [o.method.upper(), "diverged", *["-"] * (len(keys) + len(extra_keys) + 2), o.seconds]
+            rows.append(row + ["-"] * 3 if report.retrained is not None else row)
+            continue
         solver = o.result.solver_summary()
         name = o.method.upper() + (
             f" {o.result.selection.ratio_asked:.0%}" if o.method in ("gif", "fif", "pif") else ""
@@ -292,7 +318,9 @@ def format_report(report: EditReport) -> str:
     if report.selection is not None:
         notes.append(_selection_line(report.selection.describe()))
     for o in report.outcomes:
-        if o.step_search is not None:
+        if o.diverged:
+            notes.append(f"{o.method.upper()} diverged: {o.diverged}")
+        elif o.step_search is not None:
             notes += [f"{o.method.upper()}: {w}" for w in o.step_search.warnings]
     return "\n".join(notes + lines)
 

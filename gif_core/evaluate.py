@@ -9,6 +9,8 @@ Conventions
 * Arrays may be ``torch.Tensor`` or ``numpy.ndarray``; results are plain Python floats or numpy arrays.
 * Nothing here mutates a model: :func:`predict_proba` runs it in eval mode under ``torch.no_grad`` and
   restores every submodule's previous training flag afterwards.
+* A model whose logits are NaN or ±inf has no accuracy: :func:`predict_proba` raises :class:`NonFiniteOutput`
+  (the argmax of NaN is 0, which would score as a prediction of class 0).
 
 Data splits are duck-typed: any object with ``.inputs`` (float [N, C, H, W]) and ``.labels`` (int [N])
 works, and :func:`split_by_class` additionally needs ``.subset(rows)``.
@@ -28,6 +30,11 @@ from torch import nn
 from torch.func import functional_call
 
 ArrayLike = torch.Tensor | np.ndarray
+
+
+class NonFiniteOutput(FloatingPointError):
+    """A model's logits are NaN or ±inf: it has diverged, and no metric of it is a number."""
+
 
 AVG_GAP_KEYS: tuple[str, ...] = ("forget_acc", "retain_acc", "test_acc", "mia")
 
@@ -155,6 +162,12 @@ def predict_proba(
             logits = model(batch) if parameters is None else functional_call(model, dict(parameters), (batch,))
             if logits.ndim != 2:
                 raise ValueError(f"the model must return logits [B, K], got shape {tuple(logits.shape)}")
+            if not torch.isfinite(logits).all():
+                bad = int((~torch.isfinite(logits)).sum())
+                raise NonFiniteOutput(
+                    f"the model's outputs are not finite ({bad} of {logits.numel()} logits in a batch are NaN or "
+                    "±inf): its weights are, or it overflows on these inputs"
+                )
             chunks.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(chunks)
 

@@ -40,6 +40,8 @@ Newton's method on the edited objective, so on a strongly convex model it conver
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +70,11 @@ from gif_core.solvers import SolverConfig
 from gif_core.steps import StepSearch, StepSearchConfig, search_step
 
 Progress = Callable[[str, float], None]
+
+
+MAX_REGULARISER = 1e6
+"""The largest damping δ and ridge ρ accepted: beyond it H + δI is δI to float32 precision for any model here, and
+the squares the solvers form overflow long before δ = 1e308."""
 
 
 @dataclass(frozen=True)
@@ -116,10 +123,14 @@ class EditConfig:
         if isinstance(self.step, str):
             if self.step != "auto":
                 raise ValueError(f"step must be a positive number or 'auto', got {self.step!r}")
-        elif not self.step > 0:
+        elif not 0 < self.step < math.inf:
             raise ValueError(f"step must be a positive number or 'auto', got {self.step}")
-        if self.gif_ridge < 0:
-            raise ValueError(f"gif_ridge must be ≥ 0, got {self.gif_ridge}")
+        if not 0 <= self.gif_ridge <= MAX_REGULARISER:
+            raise ValueError(f"gif_ridge must be ≥ 0 and ≤ {MAX_REGULARISER:g} (a finite number), got {self.gif_ridge}")
+        if not 0 <= self.damping <= MAX_REGULARISER:
+            raise ValueError(f"damping must be ≥ 0 and ≤ {MAX_REGULARISER:g} (a finite number), got {self.damping}")
+        if self.hessian_samples is not None and self.hessian_samples < 1:
+            raise ValueError(f"hessian_samples must be ≥ 1 (or None: all), got {self.hessian_samples}")
         SelectionConfig(self.selector, self.ratio, self.budget, self.seed)  # validates selector, ratio, budget
         SolverConfig(rtol=self.rtol, maxiter=self.maxiter)  # validates the stopping rule before any work
 
@@ -263,13 +274,17 @@ def search_validation_step(
 
 @dataclass
 class MethodOutcome:
-    """One estimator's answer: the influence result, the chosen step, the edited model and its metrics."""
+    """One estimator's answer: the influence result, the chosen step, the edited model and its metrics.
+
+    A *diverged* outcome (``diverged`` holds why: Δ, the edited weights or its outputs were not finite) has no model,
+    no metrics and no step (NaN, never reported): it is shown as diverged and cannot be saved. ``result`` is None
+    when the solve itself produced the non-finite Δ."""
 
     method: str
-    result: InfluenceResult
+    result: InfluenceResult | None
     step: float
     step_search: StepSearch | None
-    model: nn.Module
+    model: nn.Module | None
     metrics: dict[str, float]
     seconds: float
     vs_retrain: dict[str, float] | None = None
@@ -277,6 +292,7 @@ class MethodOutcome:
     """Re-linearised steps 2…k (their result and α); ``result``/``step`` are step 1's, ``model`` the final one."""
     test_probs: torch.Tensor | None = field(default=None, repr=False)
     """The edited model's probabilities on the test split (what the metrics were computed from)."""
+    diverged: str | None = None
 
     @property
     def step_curve(self) -> list[tuple[float, float]]:
@@ -284,9 +300,15 @@ class MethodOutcome:
         return list(self.step_search.curve) if self.step_search is not None else []
 
     def to_dict(self) -> dict:
+        if self.diverged:
+            record = {"method": self.method, "diverged": True, "reason": self.diverged, "seconds": self.seconds}
+            if self.result is not None:
+                record["solver"] = self.result.solver_summary()
+            return record
         selection = self.result.selection
         record = {
             "method": self.method,
+            "diverged": False,
             "selector": selection.method,
             "ratio": selection.ratio_asked,
             "ratio_obtained": selection.ratio_obtained,
@@ -339,6 +361,14 @@ class EditReport:
             }
         report.update(self.extra)
         return report
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as strict JSON: a NaN or inf anywhere is a bug and raises ValueError here, never a
+        ``NaN`` token that JSON readers reject."""
+        try:
+            return json.dumps(self.to_dict(), indent=2, default=str, allow_nan=False)
+        except ValueError as error:
+            raise ValueError(f"the report holds a non-finite number and cannot be written as JSON: {error}") from error
 
 
 def _choose_step(
@@ -459,21 +489,30 @@ def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None
         report_progress(f"{name}: solving for Δ", i * share)
         start = time.perf_counter()
         method_selection = prepared.selection if method in SELECTIVE_METHODS else None
-        result = estimate(method, problem, method_selection, estimator)
-        report_progress(f"{name}: choosing the step α", (i + 0.5) * share)
-        step, search = _choose_step(model, result, scenario, config)
-        edited = apply_delta(model, problem.space, result.delta, step)
-        later_steps = []
-        for j in range(config.iterations - 1):
-            report_progress(f"{name}: step {j + 2} of {config.iterations}", (i + 0.6) * share)
-            relinearised = prepare(edited, scenario.train, request, prepared.bundle.num_classes, newton_config)
-            later = estimate(method, relinearised, method_selection, estimator)
-            later_step, _ = _choose_step(edited, later, scenario, config)
-            edited = apply_delta(edited, relinearised.space, later.delta, later_step)
-            later_steps.append((later, later_step))
+        result = None
+        try:
+            result = estimate(method, problem, method_selection, estimator)
+            report_progress(f"{name}: choosing the step α", (i + 0.5) * share)
+            step, search = _choose_step(model, result, scenario, config)
+            edited = apply_delta(model, problem.space, result.delta, step)
+            later_steps = []
+            for j in range(config.iterations - 1):
+                report_progress(f"{name}: step {j + 2} of {config.iterations}", (i + 0.6) * share)
+                relinearised = prepare(edited, scenario.train, request, prepared.bundle.num_classes, newton_config)
+                later = estimate(method, relinearised, method_selection, estimator)
+                later_step, _ = _choose_step(edited, later, scenario, config)
+                edited = apply_delta(edited, relinearised.space, later.delta, later_step)
+                later_steps.append((later, later_step))
+            report_progress(f"{name}: scoring the edited model", (i + 0.9) * share)
+            metrics, test_probs = _evaluate(edited, scenario)
+        except FloatingPointError as error:  # a non-finite Δ, weight or output: diverged, never an accuracy
+            outcomes.append(
+                MethodOutcome(
+                    method, result, math.nan, None, None, {}, time.perf_counter() - start, diverged=str(error)
+                )
+            )
+            continue
         seconds = time.perf_counter() - start
-        report_progress(f"{name}: scoring the edited model", (i + 0.9) * share)
-        metrics, test_probs = _evaluate(edited, scenario)
         outcome = MethodOutcome(
             method, result, step, search, edited, metrics, seconds, later_steps=later_steps, test_probs=test_probs
         )

@@ -180,8 +180,10 @@ def shifted_parameters(
 
 def apply_delta(model: nn.Module, space: ParamSpace, delta: torch.Tensor, step: float = 1.0) -> nn.Module:
     """Return a NEW model (deep copy) whose trainable parameters are θ + step·Δ (:func:`shifted_parameters`);
-    ``model`` is left untouched."""
+    ``model`` is left untouched. A non-finite θ + step·Δ raises FloatingPointError."""
     shifted = shifted_parameters(model, space, delta, step)
+    if not all(bool(torch.isfinite(value).all()) for value in shifted.values()):
+        raise FloatingPointError(f"θ + α·Δ is not finite at α = {step:g}: the edit overflows there")
     edited = copy.deepcopy(model)
     with torch.no_grad():
         for name, param in edited.named_parameters():

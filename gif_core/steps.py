@@ -75,6 +75,8 @@ class StepSearch:
     flat: bool
     tolerance: float
     seconds: float
+    diverged: tuple[float, ...] = ()
+    """The α tried where the edited model's outputs were not finite (falls, never chosen)."""
 
     @property
     def objective(self) -> float:
@@ -100,6 +102,10 @@ class StepSearch:
             )
         elif self.floor_hit:
             notes.append(f"α is the search's floor {self.floor:g}: the validation objective prefers (almost) no edit")
+        if self.diverged:
+            notes.append(
+                f"the edited model diverged (non-finite outputs) at α = {', '.join(f'{a:g}' for a in self.diverged)}"
+            )
         return notes
 
     def to_dict(self) -> dict:
@@ -114,6 +120,7 @@ class StepSearch:
             "flat": self.flat,
             "evaluations": self.evaluations,
             "seconds": self.seconds,
+            "diverged": list(self.diverged),
             "warnings": self.warnings,
         }
 
@@ -121,23 +128,37 @@ class StepSearch:
 def search_step(objective: Objective, config: StepSearchConfig | None = None) -> StepSearch:
     """Maximise ``objective`` over α > 0 by the bracket-and-refine search of the module docstring.
 
-    ``objective(α)`` must be finite: a NaN or inf is an error (the edit diverged there), never a candidate.
+    An α where ``objective`` raises FloatingPointError or returns NaN/inf is *diverged* (the edited model's outputs
+    are not finite there): it counts as a fall, is listed in ``diverged`` and is never chosen. If every α tried
+    diverged, FloatingPointError is raised.
     """
     config = config or StepSearchConfig()
     start_time = time.perf_counter()
     scores: dict[float, float] = {}
+    diverged: set[float] = set()
 
     def evaluate(alpha: float) -> float:
+        if alpha in diverged:
+            return -math.inf
         if alpha not in scores:
-            value = float(objective(alpha))
+            try:
+                value = float(objective(alpha))
+            except FloatingPointError:
+                value = math.nan
             if not math.isfinite(value):
-                raise FloatingPointError(f"The step objective is not finite at α = {alpha:g}: the edit diverged there.")
+                diverged.add(alpha)
+                return -math.inf
             scores[alpha] = value
         return scores[alpha]
 
     _walk(evaluate, config, up=True)
-    if _best(scores) == config.start and config.start > config.floor:
+    if not scores or (_best(scores) == config.start and config.start > config.floor):
         _walk(evaluate, config, up=False)
+    if not scores:
+        raise FloatingPointError(
+            f"The edit diverged at every step α tried ({', '.join(f'{a:g}' for a in sorted(diverged))}): the "
+            "edited model's outputs are not finite; the update Δ is unusable (try more damping)."
+        )
     best = _best(scores)
     for k in (*range(-config.refine, 0), *range(1, config.refine + 1)):
         alpha = best * config.factor ** (k / (config.refine + 1))
@@ -156,6 +177,7 @@ def search_step(objective: Objective, config: StepSearchConfig | None = None) ->
         flat=max(values) - min(values) <= config.tolerance,
         tolerance=config.tolerance,
         seconds=time.perf_counter() - start_time,
+        diverged=tuple(sorted(diverged)),
     )
 
 

@@ -7,6 +7,7 @@ engine relies on this: its Hessian and gradients are those of exactly this objec
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -43,6 +44,13 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        numbers = {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"recipe {name} must be a finite number, got {value!r}")
+        for name in ("epochs", "batch_size", "seed"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise ValueError(f"recipe {name} must be a whole number, got {getattr(self, name)!r}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
         if self.epochs < 1 or self.batch_size < 1:
@@ -78,6 +86,10 @@ class TrainReport:
         return self.epoch_losses[-1]
 
 
+class TrainingDiverged(FloatingPointError):
+    """The training loss (or a weight) became NaN or ±inf: the model is unusable and is never saved."""
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` as a ``torch.device``; ``None`` means the GPU when one is present, else the CPU."""
     if device is None:
@@ -102,6 +114,9 @@ def train_model(
     show_bar: bool = True,
 ) -> TrainReport:
     """Train ``model`` in place on ``data`` with ``recipe``; the model is left on ``device`` in eval mode.
+
+    The loss of every epoch (CE + λ/2·‖θ‖², which is non-finite as soon as a weight is) is checked: a NaN or inf
+    raises :class:`TrainingDiverged` at the end of that epoch.
 
     Mini-batches are shuffled by a ``torch.Generator`` seeded with ``recipe.seed``. ``progress(step, total)``
     is called after every optimisation step; ``show_bar`` shows a tqdm bar on the terminal.
@@ -136,6 +151,12 @@ def train_model(
                 if progress is not None:
                     progress(step, total)
             epoch_losses.append(float(loss_sum) / n + _l2_term(model, recipe.weight_decay))
+            if not math.isfinite(epoch_losses[-1]):
+                raise TrainingDiverged(
+                    f"training diverged in epoch {len(epoch_losses)} of {recipe.epochs}: the loss is "
+                    f"{epoch_losses[-1]} (learning rate {recipe.lr:g}, optimizer {recipe.optimizer}); nothing was "
+                    "saved: lower the learning rate"
+                )
     model.eval()
     return TrainReport(seconds=time.perf_counter() - start, epoch_losses=tuple(epoch_losses))
 

@@ -90,8 +90,10 @@ def test_model_page_loads_a_local_checkpoint_and_reports_bad_paths(tmp_path):
     assert any("iris_mlp.safetensors" in m.value for m in at.markdown)
 
 
-def test_model_page_refuses_a_pickled_checkpoint(tmp_path):
-    """A .pt file holding a pickled object (not a plain state dict) is refused, never unpickled."""
+def test_model_page_refuses_a_pickled_checkpoint(tmp_path, monkeypatch):
+    """A .pt file holding a pickled object (not a plain state dict) is refused, never unpickled (its folder is an
+    allowed local root, so it is the reader that refuses it, not the path rule)."""
+    monkeypatch.setenv("GIF_LOCAL_ROOTS", str(tmp_path))
 
     class Payload:
         def __reduce__(self):
@@ -105,6 +107,7 @@ def test_model_page_refuses_a_pickled_checkpoint(tmp_path):
     at.text_input(key="local_path").input(str(bad))
     at.button(key="load_path").click().run()
     assert at.error and not at.exception and not (tmp_path / "pwned").exists()
+    assert "weights_only" in at.error[0].value  # refused by the weights-only reader
 
 
 def test_model_page_upload_asks_for_both_files():

@@ -79,9 +79,23 @@ def test_small_drops_on_a_plateau_are_level_not_a_fall():
     assert strict.step < 4  # what the strict rule did: it never saw the forgetting
 
 
-def test_a_non_finite_objective_is_an_error():
-    with pytest.raises(FloatingPointError, match="not finite at α = 4"):
-        search_step(lambda alpha: float("nan") if alpha >= 4 else alpha)
+def test_a_non_finite_objective_is_a_diverged_fall_never_a_candidate():
+    def objective(alpha: float) -> float:
+        if alpha >= 8:
+            raise FloatingPointError("the model's outputs are not finite")
+        return float("nan") if alpha >= 4 else alpha
+
+    search = search_step(objective)
+    assert search.diverged == (4.0, 8.0)  # two falls in a row: the walk stops (patience 2)
+    assert search.step == pytest.approx(2 * 2 ** (2 / 3)) and search.step < 4
+    assert all(math.isfinite(o) for _, o in search.curve) and 4.0 not in dict(search.curve)
+    assert any("diverged" in w and "α = 4, 8" in w for w in search.warnings)
+    assert search.to_dict()["diverged"] == [4.0, 8.0]
+
+
+def test_an_objective_diverged_everywhere_is_an_error():
+    with pytest.raises(FloatingPointError, match="diverged at every step"):
+        search_step(lambda alpha: float("inf"), StepSearchConfig(start=1.0, floor=0.25))
 
 
 def test_invalid_search_config():

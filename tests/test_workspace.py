@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from gif_core.checkpoints import checkpoint_id, load_checkpoint_bytes
+from gif_core.checkpoints import checkpoint_id, load_checkpoint_bytes, weights_bytes
 from gif_core.experiment import EditConfig, run_edit
 from gif_core.params import state_hash
 from gif_core.requests import ClassRemoval
-from gif_core.workspace import checkpoint_bytes, edited_card, open_workspace, open_workspace_path
+from gif_core.workspace import edited_card, open_workspace, open_workspace_path
 from gif_core.zoo import bundled_model_path
 
 
@@ -39,7 +39,7 @@ def test_edited_checkpoint_bytes_round_trip_and_record_the_edit():
     report = run_edit(loaded.model, loaded.card, loaded.bundle, ClassRemoval(1), EditConfig(ratio=0.2, maxiter=10))
     outcome = report.outcomes[0]
     card = edited_card(loaded, outcome, report.request.describe())
-    model, reloaded_card = load_checkpoint_bytes(checkpoint_bytes(outcome.model), card.to_json(), "edited.safetensors")
+    model, reloaded_card = load_checkpoint_bytes(weights_bytes(outcome.model), card.to_json(), "edited.safetensors")
     assert state_hash(model) == state_hash(outcome.model) != before
     assert reloaded_card.extra["edited_from"] == loaded.model_id and reloaded_card.extra["edit"]["method"] == "gif"
     assert state_hash(loaded.model) == before  # the original is never modified

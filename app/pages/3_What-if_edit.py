@@ -4,7 +4,6 @@ side with the model really retrained without it."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ import streamlit as st
 
 from app import charts, session, warmup
 from app.request_form import request_form
+from gif_core.checkpoints import weights_bytes
 from gif_core.comparison import predictions_of
 from gif_core.experiment import EditConfig, answer
 from gif_core.influence import METHODS
@@ -20,7 +20,7 @@ from gif_core.requests import ClassRemoval
 from gif_core.retrain import retrain
 from gif_core.selection import METHODS as SELECTORS
 from gif_core.solvers import LEAST_SQUARES_METHODS
-from gif_core.workspace import checkpoint_bytes, edited_card
+from gif_core.workspace import edited_card
 
 st.set_page_config(page_title="What-if edit · GIF Explorer", layout="wide")
 st.title("What-if edit")
@@ -133,6 +133,9 @@ with session.errors_shown():
         source = "cache" if report.retrain_from_cache else f"{report.retrain_seconds:.1f} s"
         table.append({"model": f"retrained ({source})", **report.retrained})
     for o in outcomes:
+        if o.diverged:
+            table.append({"model": METHOD_NAMES[o.method], "diverged": o.diverged, "seconds": o.seconds})
+            continue
         solver = o.result.solver_summary()
         row = {"model": METHOD_NAMES[o.method], **o.metrics, "step α": o.step, "seconds": o.seconds}
         row.update({"HVPs": solver["hvps"], "residual": solver["rel_residual"], "converged": solver["converged"]})
@@ -145,10 +148,13 @@ with session.errors_shown():
         frame[[c for c in frame.columns if c == "model" or c not in METRICS or frame[c].notna().any()]], hide_index=True
     )
     for o in outcomes:
-        if o.step_search is not None:
+        if o.diverged:
+            st.error(f"{METHOD_NAMES[o.method]} diverged: {o.diverged}. It has no metrics and cannot be downloaded.")
+        elif o.step_search is not None:
             for warning in o.step_search.warnings:
                 st.warning(f"{METHOD_NAMES[o.method]}: {warning}")
-    if not all(o.result.converged for o in outcomes):
+    finished = [o for o in outcomes if not o.diverged]
+    if not all(o.result.converged for o in finished):
         st.caption(
             "Some solves stopped at *Max iterations* before the tolerance (see *converged*). At the defaults that is "
             f"by design: {DEFAULTS.maxiter} Krylov iterations, damping δ = {DEFAULTS.damping:g} and GIF's ridge "
@@ -165,7 +171,7 @@ with session.errors_shown():
     probabilities = {"original": report.original_test_probs}
     if report.retrained_test_probs is not None:
         probabilities["retrained"] = report.retrained_test_probs
-    probabilities.update({METHOD_NAMES[o.method]: o.test_probs for o in outcomes})
+    probabilities.update({METHOD_NAMES[o.method]: o.test_probs for o in finished})
     predictions = predictions_of(probabilities, bundle.test, bundle.num_classes)
     st.plotly_chart(charts.per_class_accuracy(predictions, bundle.classes), key="edit_per_class")
     if isinstance(report.request, ClassRemoval):
@@ -198,7 +204,7 @@ with session.errors_shown():
     # ---- solver and step
     curves = {
         f"{METHOD_NAMES[o.method]} ({r.name})": r.residual_history
-        for o in outcomes
+        for o in finished
         for r in o.result.reports
         if r.residual_history
     }
@@ -209,16 +215,18 @@ with session.errors_shown():
             "No residual curve: tick *Record the residual curve* under Solver settings (LSMR reports only its final "
             "residual; choose cgls for GIF's curve). The final residuals are in the table."
         )
-    steps = {METHOD_NAMES[o.method]: o.step_curve for o in outcomes if o.step_curve}
+    steps = {METHOD_NAMES[o.method]: o.step_curve for o in finished if o.step_curve}
     if steps:
         st.plotly_chart(charts.step_curves(steps), key="steps")
     # ---- downloads: new files only, the original is never touched
+    if not finished:
+        st.stop()
     st.subheader("Downloads")
-    first = outcomes[0]
+    first = finished[0]
     d1, d2, d3 = st.columns(3)
     d1.download_button(
         f"Edited model ({METHOD_NAMES[first.method]}) .safetensors",
-        checkpoint_bytes(first.model),
+        weights_bytes(first.model),
         file_name=f"edited_{first.method}.safetensors",
         key="download_weights",
     )
@@ -230,7 +238,7 @@ with session.errors_shown():
     )
     d3.download_button(
         "JSON report (as gif remove --json)",
-        json.dumps(report.to_dict(), indent=2, default=str),
+        report.to_json(),
         file_name="report.json",
         key="download_report",
     )
