@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
@@ -279,6 +280,25 @@ def test_edit_page_every_method_and_fixed_step_on_the_small_model():
     report = at.session_state["edit"][1]
     assert [o.method for o in report.outcomes] == ["gif", "fif", "pif", "if", "sif"]
     assert all(o.step == 0.5 for o in report.outcomes)
+
+
+def test_edit_page_shows_a_diverged_edit_as_such_never_as_an_accuracy():
+    """A fixed α = 1e37 overflows the iris MLP: the row says diverged, no metric, no chart, no download of it."""
+    at = page("model")
+    load_bundled(at, "iris_mlp")
+    at.switch_page(str(PAGES["edit"])).run()
+    at.multiselect(key="methods").set_value(["gif", "if"])
+    at.radio(key="step_mode").set_value("fixed").run()
+    at.number_input(key="step_value").set_value(1e37)
+    at.checkbox(key="with_retrain").uncheck()
+    at.button(key="run_edit").click().run()
+    assert not at.exception
+    report = at.session_state["edit"][1]
+    assert all(o.diverged for o in report.outcomes)
+    table = at.dataframe[0].value.set_index("model")
+    assert table.loc["GIF", "diverged"] and pd.isna(table.loc["GIF", "test_acc"])
+    assert sorted(e.value.split(":")[0] for e in at.error) == ["GIF diverged", "IF diverged"]
+    assert len(at.get("download_button")) == 0
 
 
 def test_edit_page_undoes_the_backdoor():
