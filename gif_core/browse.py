@@ -65,6 +65,24 @@ class BrowserConfig:
     cache_dir: Path | None = None
 
 
+TIE_TOLERANCE = 1e-6
+"""A score within ``TIE_TOLERANCE · max|score|`` of zero is a tie: neither helpful nor harmful (float32 products
+leave scores of ~1e-14 where the exact score is 0, e.g. TracIn on a sample the model fits perfectly)."""
+
+
+def helpful_and_harmful(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of the k largest scores above the tie band (helpful, most helpful first) and of the k smallest below
+    it (harmful, most harmful first); either may hold fewer than k rows, and a score in the band is in neither.
+    Equal scores keep their row order (a stable sort)."""
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+    tie = TIE_TOLERANCE * float(scores.abs().max()) if scores.numel() else 0.0
+    order = torch.argsort(scores, descending=True, stable=True)
+    helpful = order[scores[order] > tie][:k]
+    harmful = order.flip(0)[scores[order.flip(0)] < -tie][:k]
+    return helpful, harmful
+
+
 @dataclass(frozen=True)
 class InfluentialSample:
     """One training sample with its score (positive = helpful; for self-influence: larger = more suspicious)."""
@@ -78,8 +96,9 @@ class InfluentialSample:
 
 @dataclass(frozen=True)
 class Explanation:
-    """Why the model predicts what it does for one test input: its prediction and the top-k helpful and harmful
-    training samples under ``method``. ``scores`` holds every training sample's score; ``note`` says what was
+    """Why the model predicts what it does for one test input: its prediction and the top-k helpful (score > 0) and
+    harmful (score < 0) training samples under ``method`` (fewer when fewer lie outside the tie band of
+    :func:`helpful_and_harmful`). ``scores`` holds every training sample's score; ``note`` says what was
     approximated (e.g. Captum restricted to a layer); ``report`` is the solve's diagnostics (None without a solve)."""
 
     method: str
@@ -201,14 +220,14 @@ class InfluenceBrowser:
         if not torch.isfinite(scores).all():
             raise FloatingPointError(f"{METHOD_LABELS[method]} produced NaN or inf scores; add damping and retry.")
         probabilities = self.predict(inputs)[0]
-        order = torch.argsort(scores, descending=True, stable=True)
+        helpful, harmful = helpful_and_harmful(scores, k)
         return Explanation(
             method=method,
             label=label,
             predicted=int(probabilities.argmax()),
             probabilities=tuple(float(p) for p in probabilities),
-            helpful=self._records(order[:k], scores),
-            harmful=self._records(order.flip(0)[:k], scores),
+            helpful=self._records(helpful, scores),
+            harmful=self._records(harmful, scores),
             scores=scores,
             seconds=time.perf_counter() - start,
             report=report,

@@ -156,3 +156,29 @@ def test_browser_errors_say_what_to_do(tmp_path):
     no_decay = InfluenceBrowser(tiny_convnet().float(), _image_set(), 0.0, BrowserConfig(cache_dir=tmp_path))
     with pytest.raises(ValueError, match="hessian_reg > 0"):
         no_decay.explain(x, 0, "captum-naive")
+
+
+def test_helpful_means_positive_and_ties_at_zero_are_neither():
+    from gif_core.browse import helpful_and_harmful
+
+    scores = torch.tensor([3e-2, -4.04e-14, 1e-2, 0.0, -2e-2, 5e-15, -1e-3])
+    helpful, harmful = helpful_and_harmful(scores, k=8)
+    assert helpful.tolist() == [0, 2] and harmful.tolist() == [4, 6]  # rows 1, 3, 5 tie at zero
+    assert all(scores[helpful] > 0) and all(scores[harmful] < 0)
+    assert helpful_and_harmful(scores, k=1)[0].tolist() == [0]
+    nothing = helpful_and_harmful(torch.zeros(5), k=3)
+    assert nothing[0].numel() == 0 and nothing[1].numel() == 0
+
+
+def test_iris_tracin_helpful_list_holds_no_negative_score(tmp_path):
+    """The case of issue 18: Iris MLP, test #0, TracIn, 8 samples ended the helpful list with −4.04e−14."""
+    from gif_core.workspace import open_workspace_path
+    from gif_core.zoo import bundled_model_path
+
+    loaded = open_workspace_path(bundled_model_path("iris_mlp"))
+    browser = InfluenceBrowser(loaded.model, loaded.train, loaded.weight_decay, BrowserConfig(cache_dir=tmp_path))
+    test = loaded.bundle.test
+    explanation = browser.explain(test.inputs[:1], int(test.labels[0]), "tracin", k=8)
+    tie = 1e-6 * float(explanation.scores.abs().max())
+    assert all(r.score > tie for r in explanation.helpful) and all(r.score < -tie for r in explanation.harmful)
+    assert len(explanation.helpful) + len(explanation.harmful) >= 1

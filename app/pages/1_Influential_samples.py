@@ -86,10 +86,17 @@ with session.errors_shown():
                 charts.probabilities({"probability": explanation.probabilities}, bundle.classes, "Prediction"),
                 key="prediction",
             )
-            st.subheader("Most helpful training samples")
-            show_grid([r.image for r in explanation.helpful], captions(explanation.helpful, bundle.classes, "helpful"))
-            st.subheader("Most harmful training samples")
-            show_grid([r.image for r in explanation.harmful], captions(explanation.harmful, bundle.classes, "harmful"))
+            for kind, records, sign in (
+                ("helpful", explanation.helpful, "positive"),
+                ("harmful", explanation.harmful, "negative"),
+            ):
+                st.subheader(f"Most {kind} training samples")
+                if len(records) < k:
+                    st.caption(
+                        f"Only {len(records)} training samples have a {sign} score; the others tie at zero "
+                        "(within a millionth of the largest score) and are neither helpful nor harmful."
+                    )
+                show_grid([r.image for r in records], captions(records, bundle.classes, kind))
             if st.button("Remove these helpful samples on the What-if page", key="pick_helpful"):
                 st.session_state["picked_rows"] = [r.row for r in explanation.helpful]
                 st.success(f"Picked training rows {st.session_state['picked_rows']}: open What-if edit.")
