@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
 
 from gif_core.requests import ClassRemoval, EditRequest, parse_label_change, parse_sample_removal
@@ -10,8 +12,9 @@ from gif_core.workspace import Workspace
 KINDS = ("Remove a class", "Remove training samples", "Change labels", "Undo the backdoor")
 
 
-def request_form(loaded: Workspace, prefix: str) -> EditRequest:
-    """Widgets for one request (keys start with ``prefix``); raises ValueError with a hint on bad input."""
+def request_form(loaded: Workspace, prefix: str) -> EditRequest | None:
+    """Widgets for one request (keys start with ``prefix``). Bad or missing input is shown as an error right under
+    its field and gives None: the rest of the page (methods, settings, earlier results) stays."""
     kinds = KINDS if loaded.backdoor_request is not None else KINDS[:3]
     kind = st.radio("Question", kinds, key=f"{prefix}_kind", horizontal=True)
     classes = loaded.bundle.classes
@@ -28,10 +31,20 @@ def request_form(loaded: Workspace, prefix: str) -> EditRequest:
             key=f"{prefix}_samples",
         )
         if not text.strip():
-            raise ValueError("Type the training rows to remove, e.g. 10,42,77 (or pick them on Influential samples).")
-        return parse_sample_removal(text)
+            st.info("Type the training rows to remove, e.g. 10,42,77 (or pick them on Influential samples).")
+            return None
+        return _parsed(parse_sample_removal, text)
     if kind == KINDS[2]:
         text = st.text_input("Label changes ROW:NEW_LABEL, comma-separated", value="5:3,9:1", key=f"{prefix}_relabel")
-        return parse_label_change(text)
+        return _parsed(parse_label_change, text)
     st.caption(f"Relabel the {len(loaded.backdoor_request.indices)} poisoned training images to their true classes.")
     return loaded.backdoor_request
+
+
+def _parsed(parse: Callable[[str], EditRequest], text: str) -> EditRequest | None:
+    """``parse(text)``, or None with its error shown under the field."""
+    try:
+        return parse(text)
+    except ValueError as error:
+        st.error(str(error))
+        return None

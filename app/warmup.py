@@ -127,9 +127,12 @@ def wait(job: WarmJob, show: Callable[[str], None]) -> Warmed:
 def show(job: WarmJob, subject: str = "this question") -> None:
     """A line: the preparation's phase while it runs (polled), its seconds once done."""
     if job.future.done():
-        if job.future.exception() is None:
+        error = job.future.exception()
+        if error is None:
             seconds = job.phase.finished - job.phase.started
             st.caption(f"Prepared {subject} in {seconds:.1f} s: *Run the edit* only solves now.")
+        elif not isinstance(error, Cancelled):
+            st.error(f"This question cannot be answered: {error}")
         return
     _poll(job, subject)
 

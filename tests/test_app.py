@@ -190,7 +190,7 @@ def test_selection_page_shows_two_selectors_and_their_overlap():
 def test_selection_page_error_paths():
     at = page("selection")
     at.radio(key="select_kind").set_value("Remove training samples").run()
-    assert "Type the training rows" in at.error[0].value
+    assert "Type the training rows" in at.info[0].value and at.button(key="run_select").disabled
     at.text_input(key="select_samples").input("1,x").run()
     assert "comma-separated integers" in at.error[0].value
     at.text_input(key="select_samples").input("999999").run()
@@ -301,6 +301,27 @@ def test_edit_page_shows_a_diverged_edit_as_such_never_as_an_accuracy():
     assert len(at.get("download_button")) == 0
 
 
+@pytest.mark.parametrize("text", ["", "abc", "1;2", "0-10"])
+def test_edit_page_form_stays_on_empty_or_bad_rows_and_keeps_the_last_result(text):
+    """Issue 18, bug 2: the ValueError replaced Methods, Selector, *Run the edit* and the earlier result."""
+    at = page("model")
+    load_bundled(at, "iris_mlp")
+    at.switch_page(str(PAGES["edit"])).run()
+    at.checkbox(key="with_retrain").uncheck()
+    at.button(key="run_edit").click().run()
+    no_errors(at)
+    at.radio(key="edit_kind").set_value("Remove training samples").run()
+    at.text_input(key="edit_samples").input(text).run()
+    assert not at.exception
+    if text:
+        assert len(at.error) == 1 and "comma-separated integers" in at.error[0].value  # beside the field
+    else:
+        assert not at.error and "Type the training rows" in at.info[0].value
+    assert at.multiselect(key="methods").value == ["gif", "if"] and at.selectbox(key="selector")
+    assert at.button(key="run_edit").disabled
+    assert at.dataframe[0].value["model"].iloc[0] == "original"  # the earlier result is still shown
+
+
 def test_edit_page_undoes_the_backdoor():
     at = page("model")
     load_bundled(at, "mnist_cnn_backdoor")
@@ -317,13 +338,12 @@ def test_edit_page_undoes_the_backdoor():
 
 def test_edit_page_error_paths():
     at = page("edit")
-    at.multiselect(key="methods").set_value([])
-    at.button(key="run_edit").click().run()
-    assert "at least one method" in at.error[0].value
+    at.multiselect(key="methods").set_value([]).run()
+    assert "at least one method" in at.error[0].value and at.button(key="run_edit").disabled
     at.radio(key="edit_kind").set_value("Change labels").run()
     at.text_input(key="edit_relabel").input("0:99").run()
     at.multiselect(key="methods").set_value(["gif"])
-    at.checkbox(key="with_retrain").uncheck()
+    at.checkbox(key="with_retrain").uncheck().run()
     at.button(key="run_edit").click().run()
     assert at.error and "label" in at.error[0].value.lower() and not at.exception
     assert "Undo the backdoor" not in at.radio(key="edit_kind").options  # a clean model has no backdoor to undo

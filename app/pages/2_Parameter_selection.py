@@ -46,7 +46,7 @@ with session.errors_shown():
         "Share of parameters", RATIOS, value=DEFAULTS.ratio, format_func=lambda r: f"{r:.0%}", key="sel_ratio"
     )
     budget = c.radio("Budget", BUDGETS, index=BUDGETS.index(DEFAULTS.budget), horizontal=True, key="sel_budget")
-    if st.button("Select parameters", type="primary", key="run_select"):
+    if st.button("Select parameters", type="primary", key="run_select", disabled=request is None):
         with st.spinner("Scoring neurons on the questioned data…"):
             problem = prepare(  # the Hessian sample of the What-if page's default edit (the curvature selector's F)
                 loaded.model,

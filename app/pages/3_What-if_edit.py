@@ -89,13 +89,13 @@ with session.errors_shown():
         maxiter=int(maxiter),
         track_residuals=trace,
     )
-    job = warmup.start(loaded, request, config, with_retrain)
-    run = st.button("Run the edit", type="primary", key="run_edit")
-    if not run:
+    job = warmup.start(loaded, request, config, with_retrain) if request is not None else None
+    if not methods:
+        st.error("Choose at least one method.")
+    run = st.button("Run the edit", type="primary", key="run_edit", disabled=job is None or not methods)
+    if job is not None and not run:
         warmup.show(job)
-    else:
-        if not methods:
-            raise ValueError("Choose at least one method.")
+    elif run:
         clicked = time.perf_counter()
         with st.status("Running the edit…", expanded=True) as status:
             warmed = warmup.wait(job, status.write)
