@@ -10,6 +10,22 @@ import plotly.graph_objects as go
 from gif_core.comparison import ModelPredictions
 from gif_core.selection import Selection
 
+MODEL_COLOURS = {
+    "original": "#7f7f7f",
+    "retrained": "#222222",
+    "GIF": "#d62728",
+    "FIF": "#ff7f0e",
+    "PIF": "#9467bd",
+    "IF": "#1f77b4",
+    "SIF": "#17becf",
+}
+"""One colour per model on every chart (the original grey, the retrained ground truth near-black)."""
+
+
+def colour_of(name: str) -> str | None:
+    """The colour of the model a trace is named after: its first word (``"GIF (lsmr)"`` is GIF); None if unknown."""
+    return MODEL_COLOURS.get(name.split(" ")[0])
+
 
 def _layout(fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 360) -> go.Figure:
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin={"t": 50, "b": 40})
@@ -17,7 +33,12 @@ def _layout(fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 
 
 
 def per_class_accuracy(predictions: Sequence[ModelPredictions], classes: Sequence[str]) -> go.Figure:
-    fig = go.Figure([go.Bar(name=p.name, x=list(classes), y=p.per_class_accuracy) for p in predictions])
+    fig = go.Figure(
+        [
+            go.Bar(name=p.name, x=list(classes), y=p.per_class_accuracy, marker_color=colour_of(p.name))
+            for p in predictions
+        ]
+    )
     fig.update_layout(barmode="group", yaxis_range=[0, 100])
     fig.update_xaxes(type="category")
     return _layout(fig, "Test accuracy per class", "class", "accuracy (%)")
@@ -39,14 +60,16 @@ def confusion(prediction: ModelPredictions, classes: Sequence[str]) -> go.Figure
 
 
 def predicted_histogram(counts: dict[str, np.ndarray], classes: Sequence[str], removed: str) -> go.Figure:
-    fig = go.Figure([go.Bar(name=name, x=list(classes), y=c) for name, c in counts.items()])
+    fig = go.Figure(
+        [go.Bar(name=name, x=list(classes), y=c, marker_color=colour_of(name)) for name, c in counts.items()]
+    )
     fig.update_layout(barmode="group")
     fig.update_xaxes(type="category")
     return _layout(fig, f"What the test images of class {removed} are predicted as", "predicted class", "images")
 
 
 def probabilities(rows: dict[str, np.ndarray], classes: Sequence[str], title: str) -> go.Figure:
-    fig = go.Figure([go.Bar(name=name, x=list(classes), y=p) for name, p in rows.items()])
+    fig = go.Figure([go.Bar(name=name, x=list(classes), y=p, marker_color=colour_of(name)) for name, p in rows.items()])
     fig.update_layout(barmode="group", yaxis_range=[0, 1])
     fig.update_xaxes(type="category")
     return _layout(fig, title, "class", "probability", height=300)
@@ -54,7 +77,10 @@ def probabilities(rows: dict[str, np.ndarray], classes: Sequence[str], title: st
 
 def residual_curves(curves: dict[str, Sequence[float]]) -> go.Figure:
     fig = go.Figure(
-        [go.Scatter(name=name, x=list(range(1, len(c) + 1)), y=list(c), mode="lines") for name, c in curves.items()]
+        [
+            go.Scatter(name=name, x=list(range(1, len(c) + 1)), y=list(c), mode="lines", line_color=colour_of(name))
+            for name, c in curves.items()
+        ]
     )
     fig.update_yaxes(type="log")
     return _layout(fig, "Solver: relative residual per iteration", "iteration", "relative residual")
@@ -64,9 +90,16 @@ def step_curves(curves: dict[str, Sequence[tuple[float, float]]]) -> go.Figure:
     """Each method's validation objective against α, with the chosen (best) α marked."""
     fig = go.Figure()
     for name, curve in curves.items():
-        fig.add_trace(go.Scatter(name=name, x=[a for a, _ in curve], y=[o for _, o in curve], mode="lines+markers"))
+        colour = colour_of(name)
+        x, y = [a for a, _ in curve], [o for _, o in curve]
+        fig.add_trace(go.Scatter(name=name, x=x, y=y, mode="lines+markers", line_color=colour, marker_color=colour))
         best = max(curve, key=lambda point: point[1])
-        fig.add_trace(go.Scatter(x=[best[0]], y=[best[1]], mode="markers", marker_size=14, showlegend=False))
+        fig.add_trace(
+            go.Scatter(
+                name=f"{name} chosen α", x=[best[0]], y=[best[1]], mode="markers", marker_size=14,
+                marker_color=colour, showlegend=False,
+            )
+        )  # fmt: skip
     fig.update_xaxes(type="log")
     return _layout(fig, "Validation objective against the step scale α (auto step)", "α", "objective (%)")
 

@@ -360,3 +360,32 @@ def test_two_sessions_never_see_each_other():
     second.switch_page(str(PAGES["edit"])).run()
     assert "edit" in first.session_state and "edit" not in second.session_state
     assert any("Run the edit" in i.value for i in second.info)
+
+
+def test_each_model_has_one_colour_on_every_chart():
+    """Issue 18, bug 7: GIF was red in the bars and blue in the step chart."""
+    import numpy as np
+
+    from app import charts
+    from gif_core.comparison import predictions_of
+    from gif_core.data import LabelledSet
+
+    test = LabelledSet(torch.zeros(6, 2), torch.tensor([0, 1, 2, 0, 1, 2]), torch.arange(6))
+    names = ["original", "retrained", "GIF", "IF", "FIF"]
+    generator = torch.Generator().manual_seed(0)
+    probs = {n: torch.softmax(torch.randn(6, 3, generator=generator), 1) for n in names}
+    predictions = predictions_of(probs, test, 3)
+    figures = [
+        charts.per_class_accuracy(predictions, ["a", "b", "c"]),
+        charts.predicted_histogram({n: np.ones(3) for n in names}, ["a", "b", "c"], "a"),
+        charts.probabilities({n: np.ones(3) / 3 for n in names}, ["a", "b", "c"], "#0"),
+        charts.residual_curves({"GIF (lsmr)": [1.0, 0.1], "IF (minres)": [1.0, 0.5]}),
+        charts.step_curves({"GIF": [(1.0, 2.0), (2.0, 3.0)], "IF": [(1.0, 1.0), (2.0, 0.5)]}),
+    ]
+    seen: dict[str, set[str]] = {}
+    for figure in figures:
+        for trace in figure.data:
+            colour = trace.marker.color if trace.type == "bar" else trace.line.color or trace.marker.color
+            seen.setdefault(trace.name.split(" ")[0], set()).add(colour)
+    assert {name: len(colours) for name, colours in seen.items()} == {n: 1 for n in names}
+    assert len({next(iter(c)) for c in seen.values()}) == len(names)  # and the colours differ between models
