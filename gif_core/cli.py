@@ -320,8 +320,9 @@ def format_report(report: EditReport) -> str:
     for o in report.outcomes:
         if o.diverged:
             notes.append(f"{o.method.upper()} diverged: {o.diverged}")
-        elif o.step_search is not None:
-            notes += [f"{o.method.upper()}: {w}" for w in o.step_search.warnings]
+        else:
+            warnings = o.step_search.warnings if o.step_search is not None else []
+            notes += [f"{o.method.upper()}: {w}" for w in dict.fromkeys([*o.flags, *warnings])]
     return "\n".join(notes + lines)
 
 

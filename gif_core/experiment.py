@@ -293,6 +293,8 @@ class MethodOutcome:
     test_probs: torch.Tensor | None = field(default=None, repr=False)
     """The edited model's probabilities on the test split (what the metrics were computed from)."""
     diverged: str | None = None
+    flags: tuple[str, ...] = ()
+    """What a reader must know before trusting the row, in words (:func:`edit_flags`); empty when nothing is off."""
 
     @property
     def step_curve(self) -> list[tuple[float, float]]:
@@ -309,6 +311,7 @@ class MethodOutcome:
         record = {
             "method": self.method,
             "diverged": False,
+            "flags": list(self.flags),
             "selector": selection.method,
             "ratio": selection.ratio_asked,
             "ratio_obtained": selection.ratio_obtained,
@@ -369,6 +372,31 @@ class EditReport:
             return json.dumps(self.to_dict(), indent=2, default=str, allow_nan=False)
         except ValueError as error:
             raise ValueError(f"the report holds a non-finite number and cannot be written as JSON: {error}") from error
+
+
+WORSE_ON_RETAINED = 0.5
+"""Percentage points of retained accuracy an edit may lose against the original before it is flagged."""
+
+
+def edit_flags(
+    metrics: dict[str, float],
+    test_probs: torch.Tensor,
+    original: dict[str, float],
+    original_test_probs: torch.Tensor,
+    search: StepSearch | None,
+) -> tuple[str, ...]:
+    """Warnings about an edited model, in words: it changes no test prediction (a no-op: the step was too small to
+    matter), its α is at an end of the step search (the search's own warnings), or it scores more than
+    :data:`WORSE_ON_RETAINED` points below the original on the retained data."""
+    flags = []
+    if torch.equal(test_probs.argmax(1), original_test_probs.argmax(1)):
+        flags.append("changes no test prediction (a no-op edit: its metrics are the original's)")
+    if search is not None and (search.cap_hit or search.floor_hit):
+        flags.extend(search.warnings)
+    loss = original["retain_acc"] - metrics["retain_acc"]
+    if loss > WORSE_ON_RETAINED:
+        flags.append(f"worse than the original on the retained data ({loss:.1f} points lower)")
+    return tuple(flags)
 
 
 def _choose_step(
@@ -514,8 +542,9 @@ def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None
             continue
         seconds = time.perf_counter() - start
         outcome = MethodOutcome(
-            method, result, step, search, edited, metrics, seconds, later_steps=later_steps, test_probs=test_probs
-        )
+            method, result, step, search, edited, metrics, seconds, later_steps=later_steps, test_probs=test_probs,
+            flags=edit_flags(metrics, test_probs, prepared.original, prepared.original_test_probs, search),
+        )  # fmt: skip
         if prepared.retrained is not None:
             outcome.vs_retrain = {
                 **compare_to_retrained(test_probs, prepared.retrained_test_probs),

@@ -322,6 +322,23 @@ def test_edit_page_form_stays_on_empty_or_bad_rows_and_keeps_the_last_result(tex
     assert at.dataframe[0].value["model"].iloc[0] == "original"  # the earlier result is still shown
 
 
+def test_edit_page_flags_a_no_op_edit_on_its_row():
+    """Issue 18, bug 3: an edit whose metrics equal the original's looked like a result."""
+    at = page("model")
+    load_bundled(at, "iris_mlp")
+    at.switch_page(str(PAGES["edit"])).run()
+    at.radio(key="edit_kind").set_value("Remove training samples").run()
+    at.text_input(key="edit_samples").input("0,1,2,3,4,5,6,7")
+    at.radio(key="step_mode").set_value("fixed").run()
+    at.number_input(key="step_value").set_value(0.001)
+    at.checkbox(key="with_retrain").uncheck()
+    at.button(key="run_edit").click().run()
+    no_errors(at)
+    table = at.dataframe[0].value.set_index("model")
+    assert list(table.columns[:1]) == ["status"]  # beside the method's name, not off to the right
+    assert "changes no test prediction" in table.loc["GIF", "status"]
+
+
 def test_edit_page_undoes_the_backdoor():
     at = page("model")
     load_bundled(at, "mnist_cnn_backdoor")

@@ -291,3 +291,31 @@ def test_class_removal_scores_forget_and_retain_from_one_pass_over_the_test_spli
     metrics = evaluate_model(model, scenario)
     assert metrics["forget_acc"] == accuracy(predict_proba(model, scenario.forget.inputs), scenario.forget.labels)
     assert metrics["retain_acc"] == accuracy(predict_proba(model, scenario.retain.inputs), scenario.retain.labels)
+
+
+def test_a_no_op_edit_is_flagged_on_its_row():
+    """Issue 18, bug 3: GIF and IF chose α = 0.01 for 8 removed samples and matched the original; nothing warned."""
+    from gif_core.experiment import EditConfig, run_edit
+    from gif_core.requests import SampleRemoval
+    from gif_core.workspace import open_workspace_path
+    from gif_core.zoo import bundled_model_path
+
+    loaded = open_workspace_path(bundled_model_path("iris_mlp"))
+    config = EditConfig(methods=("gif", "if"), step=1e-6, hessian_samples=64)
+    report = run_edit(loaded.model, loaded.card, loaded.bundle, SampleRemoval((0, 1, 2, 3, 4, 5, 6, 7)), config)
+    for outcome in report.outcomes:
+        assert any("changes no test prediction" in f for f in outcome.flags), outcome.flags
+        assert outcome.to_dict()["flags"] == list(outcome.flags)
+
+
+def test_edit_flags_name_the_step_at_an_end_of_the_search():
+    from gif_core.experiment import edit_flags
+    from gif_core.steps import search_step
+
+    probs = torch.eye(3)
+    floor = search_step(lambda alpha: -alpha)  # the objective prefers no edit: the floor
+    flags = edit_flags({"retain_acc": 90.0}, probs, {"retain_acc": 90.0}, probs.flip(0), floor)
+    assert flags == tuple(floor.warnings) and "floor" in flags[0]
+    worse = edit_flags({"retain_acc": 80.0}, probs, {"retain_acc": 90.0}, probs.flip(0), None)
+    assert worse == ("worse than the original on the retained data (10.0 points lower)",)
+    assert edit_flags({"retain_acc": 89.6}, probs, {"retain_acc": 90.0}, probs.flip(0), None) == ()

@@ -128,16 +128,17 @@ with session.errors_shown():
     report = stored[1]
     outcomes = report.outcomes
     # ---- metrics table
-    table = [{"model": "original", **report.original}]
+    table = [{"model": "original", "status": "", **report.original}]
     if report.retrained is not None:
         source = "cache" if report.retrain_from_cache else f"{report.retrain_seconds:.1f} s"
-        table.append({"model": f"retrained ({source})", **report.retrained})
+        table.append({"model": f"retrained ({source})", "status": "ground truth", **report.retrained})
     for o in outcomes:
         if o.diverged:
             table.append({"model": METHOD_NAMES[o.method], "diverged": o.diverged, "seconds": o.seconds})
             continue
         solver = o.result.solver_summary()
-        row = {"model": METHOD_NAMES[o.method], **o.metrics, "step α": o.step, "seconds": o.seconds}
+        row = {"model": METHOD_NAMES[o.method], "status": "; ".join(o.flags) or "ok"}
+        row.update({**o.metrics, "step α": o.step, "seconds": o.seconds})
         row.update({"HVPs": solver["hvps"], "residual": solver["rel_residual"], "converged": solver["converged"]})
         if o.vs_retrain is not None:
             row.update({f"vs retrained: {k}": v for k, v in o.vs_retrain.items()})
