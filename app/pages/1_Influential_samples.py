@@ -80,6 +80,12 @@ with session.errors_shown():
                     else ""
                 )
             )
+            if explanation.report is not None and not explanation.report.converged:
+                st.warning(
+                    f"The solve did not converge: it stopped after {explanation.report.iterations} iterations with "
+                    f"relative residual {explanation.report.rel_residual:.1e}, so these scores are approximate. Low-rank IF "
+                    "or TracIn need no solve; more damping makes the solve converge faster."
+                )
             if explanation.note:
                 st.info(explanation.note)
             st.plotly_chart(
