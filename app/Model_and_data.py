@@ -28,7 +28,7 @@ with session.errors_shown():
         name = st.selectbox("Bundled model", names, index=default, key="bundled_name")
         st.caption(descriptions[name])
         if st.button("Load bundled model", key="load_bundled"):
-            session.use_workspace(session.bundled_workspace(name))
+            session.use_workspace(session.bundled_workspace(name), {"bundled": name})
     elif source == "Local path":
         path = st.text_input("Checkpoint path (.safetensors or .pt, with its .json card beside it)", key="local_path")
         root = st.text_input("Data folder (only for MNIST/CIFAR-10/SVHN/ImageFolder cards)", key="data_root")
@@ -37,7 +37,8 @@ with session.errors_shown():
                 raise ValueError("Type the path of a checkpoint first.")
             weights = resolve_local_checkpoint(path.strip())  # only under the allowed folders; one message else
             data_root = resolve_local_folder(root.strip()) if root.strip() else None
-            session.use_workspace(open_workspace_path(weights, data_root))
+            link = {"path": path.strip(), **({"data": root.strip()} if data_root else {})}
+            session.use_workspace(open_workspace_path(weights, data_root), link)
     else:
         weights = st.file_uploader("Weights (.safetensors, or a .pt state dict)", type=["safetensors", "pt", "pth"])
         card = st.file_uploader("Model card (.json)", type=["json"])

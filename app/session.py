@@ -16,10 +16,13 @@ from typing import Any
 import streamlit as st
 
 from gif_core.browse import BrowserConfig, InfluenceBrowser
-from gif_core.workspace import Workspace, open_workspace_path
+from gif_core.workspace import Workspace, open_workspace_path, resolve_local_checkpoint, resolve_local_folder
 from gif_core.zoo import DEFAULT_MODEL, bundled_model_path
 
 WORKSPACE = "workspace"
+LINK = "workspace_link"
+LINK_PARAMS = ("bundled", "path", "data")
+"""The URL query parameters that name the session's model: ``?bundled=NAME`` or ``?path=PATH[&data=FOLDER]``."""
 DERIVED = ("browser", "explanation", "suspicious", "picked_rows", "edit", "selection_view")
 BROWSE_DAMPING = 0.01
 """δ in H + δI for influence browsing: a trained network's H is indefinite and ill-conditioned (see
@@ -34,17 +37,41 @@ def bundled_workspace(name: str) -> Workspace:
 
 
 def workspace() -> Workspace:
-    """This session's model (the bundled default until the user loads another)."""
+    """This session's model: the one the URL names (a reload or a shared link restores it), else the bundled
+    default until the user loads another. The URL is kept pointing at the current model on every page."""
     if WORKSPACE not in st.session_state:
-        st.session_state[WORKSPACE] = bundled_workspace(DEFAULT_MODEL)
+        st.session_state[WORKSPACE], st.session_state[LINK] = _from_link(st.query_params.to_dict())
+    link = st.session_state[LINK]
+    for name in LINK_PARAMS:
+        if link.get(name) is None:
+            st.query_params.pop(name, None)
+        elif st.query_params.get(name) != link[name]:
+            st.query_params[name] = link[name]
     return st.session_state[WORKSPACE]
 
 
-def use_workspace(loaded: Workspace) -> None:
-    """Make ``loaded`` this session's model and forget everything computed for the previous one."""
+def use_workspace(loaded: Workspace, link: dict[str, str] | None = None) -> None:
+    """Make ``loaded`` this session's model and forget everything computed for the previous one. ``link`` is how
+    the URL names it (:data:`LINK_PARAMS`; None for an upload, which a URL cannot restore)."""
     st.session_state[WORKSPACE] = loaded
+    st.session_state[LINK] = link or {}
     for key in DERIVED:
         st.session_state.pop(key, None)
+
+
+def _from_link(params: dict[str, str]) -> tuple[Workspace, dict[str, str]]:
+    """The workspace the URL's parameters name, and those parameters; the default (with a warning) when they name
+    nothing loadable. Local paths obey the same allowed folders as the Local path source."""
+    try:
+        if "bundled" in params:
+            return bundled_workspace(params["bundled"]), {"bundled": params["bundled"]}
+        if "path" in params:
+            weights = resolve_local_checkpoint(params["path"])
+            root = resolve_local_folder(params["data"]) if params.get("data") else None
+            return open_workspace_path(weights, root), {k: params[k] for k in ("path", "data") if params.get(k)}
+    except USER_ERRORS as error:
+        st.warning(f"The link's model could not be loaded ({error}); showing the bundled default instead.")
+    return bundled_workspace(DEFAULT_MODEL), {"bundled": DEFAULT_MODEL}
 
 
 def browser(loaded: Workspace) -> InfluenceBrowser:

@@ -111,6 +111,27 @@ def test_model_page_refuses_a_pickled_checkpoint(tmp_path, monkeypatch):
     assert "weights_only" in at.error[0].value  # refused by the weights-only reader
 
 
+def test_a_reload_or_a_shared_link_keeps_the_model():
+    """Issue 18, bug 6: after a reload the page switched back to the default model."""
+    at = page("model")
+    load_bundled(at, "iris_mlp")
+    assert at.query_params == {"bundled": "iris_mlp"}  # the URL now names the loaded model
+    reloaded = AppTest.from_file(str(PAGES["model"]), default_timeout=600)
+    reloaded.query_params["bundled"] = "iris_mlp"  # a new session opened on the same URL
+    reloaded.run()
+    no_errors(reloaded)
+    assert reloaded.session_state["workspace"].source.endswith("iris_mlp.safetensors")
+    local = AppTest.from_file(str(PAGES["model"]), default_timeout=600)
+    local.query_params["path"] = "assets/iris_mlp.safetensors"
+    local.run()
+    assert local.session_state["workspace"].source.endswith("iris_mlp.safetensors") and not local.warning
+    outside = AppTest.from_file(str(PAGES["model"]), default_timeout=600)
+    outside.query_params["path"] = "/etc/passwd"
+    outside.run()
+    assert "could not be loaded" in outside.warning[0].value and not outside.exception
+    assert outside.session_state["workspace"].source.endswith("mnist_cnn.safetensors")
+
+
 def test_model_page_upload_asks_for_both_files():
     at = page("model")
     at.radio(key="source").set_value("Upload").run()
