@@ -49,11 +49,12 @@ from pathlib import Path
 import gif_core
 from benchmarks.common import RESULTS, markdown_table, provenance, write_results
 from benchmarks.paper_setup import CNN, PROFILES, ModelSetting, retrained_for, trained
+from gif_core.cache_files import default_cache_dir
 from gif_core.checkpoints import checkpoint_id, load_checkpoint
 from gif_core.data import load_data
 from gif_core.experiment import EditConfig, run_edit
 from gif_core.requests import ClassRemoval
-from gif_core.retrain import default_cache_dir, retrain
+from gif_core.retrain import retrain
 from gif_core.zoo import default_model_path
 
 COST_GOAL_HVPS = 30

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
+from gif_core.cache_files import default_cache_dir
 from gif_core.checkpoints import ModelCard, load_checkpoint
 from gif_core.data import DataBundle, LabelledSet, load_data
 from gif_core.experiment import EditConfig
 from gif_core.requests import EditRequest
-from gif_core.retrain import default_cache_dir, retrain
+from gif_core.retrain import retrain
 from gif_core.train import Recipe
 from gif_core.zoo import MNIST_CNN_RECIPE, train_and_save
 

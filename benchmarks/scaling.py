@@ -45,11 +45,12 @@ from torch.nn import functional as F
 
 from benchmarks.common import RESULTS, markdown_table, provenance, write_results
 from benchmarks.paper_setup import VGG, flatten_outcome
+from gif_core.cache_files import default_cache_dir
 from gif_core.checkpoints import ModelCard, load_checkpoint, save_checkpoint
 from gif_core.data import DataBundle, LabelledSet, load_data, seeded_subset
 from gif_core.experiment import EditConfig, build_scenario, evaluate_model, run_edit
 from gif_core.requests import ClassRemoval
-from gif_core.retrain import default_cache_dir, edited_training_set
+from gif_core.retrain import edited_training_set
 from gif_core.train import Recipe, build_and_train
 from gif_core.zoo import MNIST_CNN_RECIPE
 

@@ -41,6 +41,12 @@ MAX_HEADER_BYTES = 100 * 2**20
 """safetensors' own limit on the JSON header; a larger length field means the file is not a safetensors file."""
 
 
+def default_cache_dir() -> Path:
+    """The root of every cache: ``$GIF_CACHE_DIR``, default ``~/.cache/gif-explorer`` (retrained models under
+    ``retrained/``, per-sample gradients and eigenpairs under ``gradients/``, benchmark models under ``benchmarks/``)."""
+    return Path(os.environ.get("GIF_CACHE_DIR", Path.home() / ".cache" / "gif-explorer"))
+
+
 class InvalidEntry(ValueError):
     """A cache entry that must not be served (the message says which file and why)."""
 

@@ -47,6 +47,7 @@ from gif_core.cache_files import (
     check_finite,
     check_metadata,
     data_fingerprint,
+    default_cache_dir,
     read_header,
     read_or_miss,
 )
@@ -61,7 +62,7 @@ DEFAULT_BLOCK_BYTES = 64 * 2**20
 
 
 def default_gradient_dir() -> Path:
-    return Path(os.environ.get("GIF_CACHE_DIR", Path.home() / ".cache" / "gif-explorer")) / "gradients"
+    return default_cache_dir() / "gradients"
 
 
 def gradient_key(curvature: Curvature, inputs: torch.Tensor, labels: torch.Tensor) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,15 +29,18 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from gif_core.cache_files import InvalidEntry, data_fingerprint, load_entry, read_or_miss, save_entry
+from gif_core.cache_files import (
+    InvalidEntry,
+    data_fingerprint,
+    default_cache_dir,
+    load_entry,
+    read_or_miss,
+    save_entry,
+)
 from gif_core.checkpoints import ModelCard, load_checkpoint_bytes
 from gif_core.data import DataBundle, LabelledSet
 from gif_core.requests import EditRequest, LabelChange
 from gif_core.train import Recipe, build_and_train
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("GIF_CACHE_DIR", Path.home() / ".cache" / "gif-explorer"))
 
 
 def edited_training_set(train: LabelledSet, request: EditRequest, num_classes: int) -> LabelledSet:
