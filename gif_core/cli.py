@@ -137,10 +137,7 @@ def _train(args: argparse.Namespace) -> int:
     backdoor = None
     if args.backdoor_target is not None:
         backdoor = BackdoorSpec(args.backdoor_target, args.backdoor_fraction, Trigger("checkerboard"), args.seed)
-    if not str(args.out).strip():
-        raise UsageError("--out needs a file name, got an empty one")
-    check_new_checkpoint_path(args.out)  # before any training: a bad output path fails now, not after it
-    check_new_outputs([(args.out, "--out"), (card_path_for(args.out), "the model card of --out")])
+    check_new_outputs(_checkpoint_outputs(args.out, "--out"))  # before any training, not after it
     path = train_and_save(args.arch, args.data, recipe, args.out, root=args.root, backdoor=backdoor)
     print(f"saved {path}")
     return _info(argparse.Namespace(path=str(path)))
@@ -264,12 +261,17 @@ def _remove_outputs(args: argparse.Namespace) -> dict[str, Path]:
     if args.json is not None:
         named.append((args.json, "--json"))
     if args.save is not None:
-        if not str(args.save).strip():
-            raise UsageError("--save needs a file name, got an empty one")
-        check_new_checkpoint_path(args.save)
-        named += [(args.save, "--save"), (str(card_path_for(args.save)), "the model card of --save")]
+        named += _checkpoint_outputs(args.save, "--save")
     paths = check_new_outputs(named)
     return {flag: path for (_, flag), path in zip(named, paths, strict=True)}
+
+
+def _checkpoint_outputs(path: str, flag: str) -> list[tuple[str, str]]:
+    """The two files a checkpoint named by ``flag`` is saved as (weights, card), for :func:`check_new_outputs`."""
+    if not path.strip():
+        raise UsageError(f"{flag} needs a file name, got an empty one")
+    check_new_checkpoint_path(path)
+    return [(path, flag), (str(card_path_for(path)), f"the model card of {flag}")]
 
 
 def format_report(report: EditReport) -> str:

@@ -293,18 +293,23 @@ def test_write_pt_makes_what_torch_load_reads(tmp_path):
     assert list(state) == ["weight"] and torch.equal(state["weight"], torch.zeros(1000))
 
 
+def refused_by_every_loader(path: Path, filename: str, expected: str) -> None:
+    """The file is refused with ``expected`` from disk, from its bytes (as an upload) and as a workspace."""
+    with pytest.raises(ValueError, match=expected):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match=expected):
+        load_checkpoint_bytes(path.read_bytes(), path.with_suffix(".json").read_bytes(), filename)
+    with pytest.raises(ValueError, match=expected):
+        open_workspace_path(path)
+
+
 def test_decompression_bomb_is_refused_before_reading(bomb, capsys, spies):
     assert bomb.stat().st_size < 8 * 2**20
     expected = (
         r"weights file 'bomb\.pt' expands to 1,073,74\d,\d{3} bytes, more than the limit of 268,435,456; "
         "raise the limit with the environment variable GIF_MAX_WEIGHT_BYTES"
     )
-    with pytest.raises(ValueError, match=expected):
-        load_checkpoint(bomb)
-    with pytest.raises(ValueError, match=expected):
-        load_checkpoint_bytes(bomb.read_bytes(), bomb.with_suffix(".json").read_text(), "bomb.pt")
-    with pytest.raises(ValueError, match=expected):
-        open_workspace_path(bomb)
+    refused_by_every_loader(bomb, "bomb.pt", expected)
     assert spies["torch.load"] == [] and spies["build"] == []
     assert "GIF_MAX_WEIGHT_BYTES" in cli_error(capsys, "info", str(bomb))
 
@@ -315,12 +320,7 @@ def test_huge_card_is_refused_before_building_or_reading(huge_card, capsys, spie
         r"more than the limit of 50,000,000; check the card's input_shape and num_classes, or raise the limit "
         "with the environment variable GIF_MAX_PARAMETERS"
     )
-    with pytest.raises(ValueError, match=expected):
-        load_checkpoint(huge_card)
-    with pytest.raises(ValueError, match=expected):
-        load_checkpoint_bytes(huge_card.read_bytes(), huge_card.with_suffix(".json").read_bytes(), "h.safetensors")
-    with pytest.raises(ValueError, match=expected):
-        open_workspace_path(huge_card)
+    refused_by_every_loader(huge_card, "h.safetensors", expected)
     assert spies == {"build": [], "torch.load": [], "safetensors": []}
     assert "GIF_MAX_PARAMETERS" in cli_error(capsys, "remove", "--model", str(huge_card), "--class", "0", "--quiet")
 
