@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from app import charts, session, warmup
 from app.gallery import show_grid
 from gif_core.comparison import compare_predictions
+from gif_core.data import BUNDLED_DATASETS, class_mix
+from gif_core.model_card import CardForm, card_from_form
+from gif_core.models import ARCHITECTURES
+from gif_core.train import OPTIMIZERS, Recipe
 from gif_core.workspace import open_workspace, open_workspace_path, resolve_local_checkpoint, resolve_local_folder
 from gif_core.zoo import list_bundled
 
@@ -17,6 +23,56 @@ st.caption(
     "samples, see which parameters an edit would move, and run what-if edits against classic influence functions "
     "and real retraining (pages on the left)."
 )
+
+GALLERY_SIZE = 24
+RECIPE = Recipe()
+
+
+def written_card(download_name: str) -> str | None:
+    """The form that writes a model card for weights that came without one: architecture, data set, split seed and
+    training recipe in; the card (validated in gif_core) shown as JSON and offered as a download. Its JSON, or None
+    while the form describes no valid card (the reason is shown in its place)."""
+    st.markdown("**Write the model card**: what the uploaded weights are, so the model can be rebuilt around them.")
+    left, middle, right = st.columns(3)
+    arch = left.selectbox("Architecture", ARCHITECTURES, index=ARCHITECTURES.index("cnn"), key="card_arch")
+    dataset = middle.selectbox("Trained on", BUNDLED_DATASETS, key="card_dataset")
+    split_seed = right.number_input(
+        "Split seed",
+        min_value=0,
+        max_value=2**32 - 1,
+        value=0,
+        help="The seed that split the data set",
+        key="card_seed",
+    )
+    recipe_known = st.checkbox(
+        "I know how it was trained (needed to retrain it without the questioned data)", value=True, key="card_recipe"
+    )
+    with session.errors_shown():
+        recipe = recipe_fields() if recipe_known else None
+        notes = st.text_input("Notes (optional)", key="card_notes")
+        text = card_from_form(CardForm(arch, dataset, int(split_seed), recipe, notes)).to_json()
+        st.json(text, expanded=False)
+        st.download_button(
+            "Download the card (.json)", text, file_name=download_name, mime="application/json", key="card_download"
+        )
+        return text
+    return None
+
+
+def recipe_fields() -> Recipe:
+    """The training recipe's fields, defaulting to gif_core's :class:`Recipe` defaults."""
+    columns = st.columns(7)
+    optimizer = columns[0].selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(RECIPE.optimizer), key="card_opt")
+    lr = columns[1].number_input("Learning rate", value=RECIPE.lr, format="%g", key="card_lr")
+    momentum = columns[2].number_input("Momentum (SGD)", value=RECIPE.momentum, format="%g", key="card_momentum")
+    weight_decay = columns[3].number_input(
+        "Weight decay", value=RECIPE.weight_decay, format="%g", help="The L2 term used in training", key="card_wd"
+    )
+    epochs = columns[4].number_input("Epochs", min_value=1, value=RECIPE.epochs, key="card_epochs")
+    batch_size = columns[5].number_input("Batch size", min_value=1, value=RECIPE.batch_size, key="card_batch")
+    seed = columns[6].number_input("Training seed", value=RECIPE.seed, key="card_train_seed")
+    return Recipe(optimizer, float(lr), float(momentum), float(weight_decay), int(epochs), int(batch_size), int(seed))
+
 
 with session.errors_shown():
     source = st.radio("Model source", ["Bundled", "Local path", "Upload"], horizontal=True, key="source")
@@ -40,14 +96,21 @@ with session.errors_shown():
             link = {"path": path.strip(), **({"data": root.strip()} if data_root else {})}
             session.use_workspace(open_workspace_path(weights, data_root), link)
     else:
-        weights = st.file_uploader("Weights (.safetensors, or a .pt state dict)", type=["safetensors", "pt", "pth"])
+        weights = st.file_uploader(
+            "Weights (.safetensors, or a .pt state dict, also as {'state_dict': ...})",
+            type=["safetensors", "pt", "pth"],
+        )
         card = st.file_uploader("Model card (.json)", type=["json"])
+        write = card is None and st.checkbox("No model card? Write one here", key="write_card")
+        card_json = card.getvalue() if card is not None else None
+        if write:
+            card_json = written_card(f"{Path(weights.name).stem}.json" if weights is not None else "model_card.json")
         if st.button("Load upload", key="load_upload"):
-            if weights is None or card is None:
-                raise ValueError("Upload both the weights and the model card (.json) first.")
-            session.use_workspace(
-                open_workspace(weights.getvalue(), card.getvalue(), weights.name, f"upload:{weights.name}")
-            )
+            if weights is None or card_json is None:
+                raise ValueError(
+                    "Upload both the weights and the model card (.json) first, or write the card with the form."
+                )
+            session.use_workspace(open_workspace(weights.getvalue(), card_json, weights.name, f"upload:{weights.name}"))
 
 with session.errors_shown():
     loaded = session.workspace()
@@ -68,11 +131,11 @@ with session.errors_shown():
         (predictions,) = compare_predictions({"this model": loaded.model}, bundle.test, bundle.num_classes)
         st.plotly_chart(charts.per_class_accuracy([predictions], bundle.classes), key="per_class")
     st.subheader("Samples")
-    shown_class = st.selectbox("Show class", ["all", *bundle.classes], key="gallery_class")
-    rows = range(len(loaded.train))
-    if shown_class != "all":
+    shown_class = st.selectbox("Show class", ["all (a mix of classes)", *bundle.classes], key="gallery_class")
+    if shown_class in bundle.classes:
         wanted = bundle.classes.index(shown_class)
-        rows = [r for r in rows if int(loaded.train.labels[r]) == wanted]
-    rows = list(rows)[:24]
+        rows = [r for r in range(len(loaded.train)) if int(loaded.train.labels[r]) == wanted][:GALLERY_SIZE]
+    else:
+        rows = class_mix(loaded.train.labels, GALLERY_SIZE)
     images = [loaded.train.images[r].numpy() if loaded.train.images is not None else None for r in rows]
     show_grid(images, [f"#{r} · {bundle.classes[int(loaded.train.labels[r])]}" for r in rows])

@@ -2,7 +2,8 @@
 
 ``X.safetensors`` holds the state dict; ``X.json`` holds the :class:`ModelCard` (architecture, input shape,
 classes, data set and split seed, training recipe, accuracy). Nothing is ever unpickled: ``.pt``/``.pth``
-state dicts are read with ``torch.load(weights_only=True)``, which refuses arbitrary Python objects.
+state dicts are read with ``torch.load(weights_only=True)``, which refuses arbitrary Python objects; a training
+checkpoint's ``{"state_dict": ...}`` or ``{"model_state_dict": ...}`` wrapper is unwrapped (:func:`unwrap_state_dict`).
 Saving never overwrites: an edited model is always a new file.
 
 Every input is checked before anything is built or read, and a bad one is a ``ValueError`` that says what is
@@ -288,14 +289,50 @@ def _read_state_dict(content: bytes, filename: str) -> dict[str, torch.Tensor]:
             f"reader said: {reason}). Save the weights with torch.save(model.state_dict(), path) or as "
             ".safetensors."
         ) from error
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
+    return unwrap_state_dict(state, filename)
+
+
+STATE_DICT_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict")
+"""The keys under which a training checkpoint saved with ``torch.save({...})`` keeps the model's state dict."""
+
+
+def unwrap_state_dict(loaded: object, filename: str) -> dict[str, torch.Tensor]:
+    """The state dict in what ``torch.load(weights_only=True)`` read from ``filename``: the plain mapping of names
+    to tensors that ``torch.save(model.state_dict(), path)`` writes, or a training checkpoint's wrapper
+    ``{"state_dict": ...}`` / ``{"model_state_dict": ...}`` (its other entries, e.g. an epoch or the optimizer's
+    state, are ignored). Anything else is a ValueError saying what the file holds and how to save it."""
+    if _is_state_dict(loaded):
+        return loaded
+    wrapped = [key for key in STATE_DICT_KEYS if isinstance(loaded, dict) and key in loaded]
+    if len(wrapped) > 1:
         raise ValueError(
-            f"{filename!r} does not hold a state dict (a mapping of parameter names to tensors); "
-            "save it with torch.save(model.state_dict(), path)"
+            f"{filename!r} holds both {wrapped[0]!r} and {wrapped[1]!r}, so which weights to load is ambiguous; "
+            "save only the model's weights with torch.save(model.state_dict(), path)"
         )
-    return state
+    inner = loaded[wrapped[0]] if wrapped else loaded
+    if wrapped and _is_state_dict(inner):
+        return inner
+    where = f"its {wrapped[0]!r} entry" if wrapped else "it"
+    keys = " or ".join(repr(k) for k in STATE_DICT_KEYS)
+    raise ValueError(
+        f"{filename!r} does not hold a state dict (a mapping of parameter names to tensors, or one under a {keys} "
+        f"key): {where} {_not_a_state_dict(inner)}; save it with torch.save(model.state_dict(), path)"
+    )
+
+
+def _is_state_dict(value: object) -> bool:
+    """Whether ``value`` is a mapping of parameter names (strings) to tensors."""
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _not_a_state_dict(value: object) -> str:
+    """What makes ``value`` not a state dict, for the error message: its type, or its first bad entry."""
+    if not isinstance(value, dict):
+        return f"is a {type(value).__name__}"
+    key, entry = next((k, v) for k, v in value.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+    if not isinstance(key, str):
+        return f"has the key {repr(key)[:80]} of type {type(key).__name__}, not a parameter name"
+    return f"maps {repr(key)[:80]} to a {type(entry).__name__}, not a tensor"
 
 
 def _non_finite(state: Mapping[str, torch.Tensor]) -> str:

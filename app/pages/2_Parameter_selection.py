@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import streamlit as st
+from torch import nn
 
 from app import charts, session
 from app.request_form import request_form
 from gif_core.curvature import CurvatureConfig
 from gif_core.experiment import EditConfig
 from gif_core.requests import ProblemConfig, prepare
-from gif_core.selection import BUDGETS, METHODS, SelectionConfig, select
+from gif_core.selection import (
+    BUDGETS,
+    METHODS,
+    Selection,
+    SelectionConfig,
+    layer_architecture,
+    layer_titles,
+    layers_without_units,
+    select,
+)
 
 st.set_page_config(page_title="Parameter selection · GIF Explorer", layout="wide")
 st.title("Parameter selection")
@@ -21,18 +31,39 @@ RATIOS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 DEFAULTS = EditConfig()
 
 
-def selection_counts(selections: list) -> list[dict]:
-    """One row per layer: units and parameters selectors A and B picked (from Selection.describe)."""
-    described = [s.describe() for s in selections]
+def selection_counts(model: nn.Module, selections: dict[str, Selection]) -> list[dict]:
+    """One row per layer, with its architecture: units and parameters each selector (keyed by its letter, A or B)
+    picked, headed by the selector's letter and method (from Selection.describe)."""
+    described = {letter: s.describe() for letter, s in selections.items()}
+    modules = dict(model.named_modules())
     rows = []
-    for module, first in described[0]["layers"].items():
-        row = {"layer": module, "kind": first["kind"], "units": first["units"], "parameters": first["params"]}
-        for name, s, d in zip("AB", selections, described, strict=False):
-            layer = d["layers"][module]
-            row[f"{name} ({s.method}): units"] = layer["units_selected"]
-            row[f"{name} ({s.method}): parameters"] = layer["selected"]
+    for module, first in next(iter(described.values()))["layers"].items():
+        row = {
+            "layer": module,
+            "architecture": layer_architecture(modules[module]),
+            "units": first["units"],
+            "parameters": first["params"],
+        }
+        for letter, s in selections.items():
+            layer = described[letter]["layers"][module]
+            row[f"{letter} ({s.method}): units"] = layer["units_selected"]
+            row[f"{letter} ({s.method}): parameters"] = layer["selected"]
         rows.append(row)
     return rows
+
+
+def zero_unit_notes(selections: dict[str, Selection], titles: dict[str, str]) -> list[str]:
+    """One sentence per selector and layer that holds no whole unit (see layers_without_units)."""
+    notes = []
+    for label, s in selections.items():
+        for layer in layers_without_units(s):
+            spread = (
+                f"{layer.n_selected:,} of its {layer.n_params:,} parameters, spread over its units"
+                if layer.n_selected
+                else "none of its parameters"
+            )
+            notes.append(f"{label} gives {titles[layer.module]} **0 units**: {spread}.")
+    return notes
 
 
 with session.errors_shown():
@@ -67,21 +98,27 @@ with session.errors_shown():
         st.caption(
             f"Question: {asked.kind}, {len(asked.forget_rows(loaded.train.labels, loaded.bundle.num_classes))} training samples questioned"
         )
-        m1, m2, m3 = st.columns(3)
-        m1.metric(f"Selected by {sel_a.method}", f"{sel_a.n_selected:,}", f"{sel_a.ratio_obtained:.2%} of all")
-        m2.metric(f"Selected by {sel_b.method}", f"{sel_b.n_selected:,}", f"{sel_b.ratio_obtained:.2%} of all")
-        m3.metric("Overlap (Jaccard |A∩B| / |A∪B|)", f"{sel_a.overlap(sel_b):.2f}")
-        st.plotly_chart(charts.layer_fractions([sel_a, sel_b]), key="layer_fractions")
+        by_letter = {"A": sel_a, "B": sel_b}
+        labelled = {f"{letter}: {s.method}": s for letter, s in by_letter.items()}  # "A: gradient", "B: output"
+        titles = layer_titles(loaded.model)
+        columns = st.columns(3)
+        for column, (label, s) in zip(columns, labelled.items(), strict=False):  # no delta: no arrow, no colour
+            column.metric(f"{label}: parameters selected", f"{s.n_selected:,} ({s.ratio_obtained:.2%} of all)")
+        columns[2].metric("Overlap of A and B (Jaccard |A∩B| / |A∪B|)", f"{sel_a.overlap(sel_b):.2f}")
+        st.plotly_chart(charts.layer_fractions(labelled, titles), key="layer_fractions")
         st.caption(
-            "Per layer: whole units (neurons / channels) and parameters selected. Every layer gets at least one unit "
-            "— a share rounded to zero units would leave, e.g., the classifier head (where a class lives) out."
+            "Per layer: whole units (neurons / channels) and parameters selected by A and by B. The neuron selectors "
+            "give every layer at least one unit — a share rounded to zero units would leave, e.g., the classifier "
+            "head (where a class lives) out; param-gradient picks single parameters, so a layer may get no whole unit."
         )
-        st.dataframe(selection_counts([sel_a, sel_b]), hide_index=True, key="layer_counts")
-        conv_layers = [l.module for l in sel_a.layers if l.kind == "conv"] or [l.module for l in sel_a.layers]
+        for note in zero_unit_notes(labelled, titles):
+            st.info(note)
+        st.dataframe(selection_counts(loaded.model, by_letter), hide_index=True, key="layer_counts")
         st.subheader("Per-channel view")
-        for module in conv_layers:
-            left, right = st.columns(2)
-            left.plotly_chart(charts.channel_map(sel_a, module), key=f"map_a_{module}")
-            right.plotly_chart(charts.channel_map(sel_b, module), key=f"map_b_{module}")
+        st.caption("Every Linear/Conv layer: channels of a Conv layer, neurons of a Linear layer; A left, B right.")
+        for layer in sel_a.layers:
+            for column, (letter, s) in zip(st.columns(2), by_letter.items(), strict=True):
+                figure = charts.channel_map(s, layer.module, f"{letter}: {s.method}", titles[layer.module])
+                column.plotly_chart(figure, key=f"map_{letter.lower()}_{layer.module}")
     else:
         st.info("Choose a question and selectors, then press *Select parameters*.")
