@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,9 +36,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Dashboard:
+    """A running ``streamlit run``: its base URL and its process."""
+
+    url: str
+    process: subprocess.Popen
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server has used so far, all its threads together."""
+        return process_cpu_seconds(self.process.pid)
+
+
+def process_cpu_seconds(pid: int | str) -> float:
+    """User + system CPU seconds so far of process ``pid``, all its threads together (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in clock ticks
+
+
 @contextmanager
 def dashboard(env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[str]:
     """A running dashboard; yields its base URL and stops it afterwards."""
+    with running_dashboard(env, timeout) as server:
+        yield server.url
+
+
+@contextmanager
+def running_dashboard(env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[Dashboard]:
+    """A running dashboard (:class:`Dashboard`), stopped afterwards."""
     port = free_port()
     command = [
         sys.executable, "-m", "streamlit", "run", str(ENTRY),
@@ -61,7 +87,7 @@ def dashboard(env: dict[str, str] | None = None, timeout: float = 120) -> Iterat
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the dashboard did not answer on {url} within {timeout} s") from None
                 time.sleep(0.5)
-        yield url
+        yield Dashboard(url, process)
     finally:
         process.terminate()
         try:

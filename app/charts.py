@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -104,31 +104,75 @@ def step_curves(curves: dict[str, Sequence[tuple[float, float]]]) -> go.Figure:
     return _layout(fig, "Validation objective against the step scale α (auto step)", "α", "objective (%)")
 
 
-def layer_fractions(selections: Sequence[Selection]) -> go.Figure:
+def layer_fractions(selections: Mapping[str, Selection], titles: Mapping[str, str]) -> go.Figure:
+    """Grouped bars of each selector's selected share per layer; the legend names each selector by its key
+    (e.g. ``"A: gradient"``), the x axis each layer by its architecture title (``titles[module]``)."""
     fig = go.Figure(
         [
-            go.Bar(name=s.method, x=[l.module for l in s.layers], y=[100 * l.fraction for l in s.layers])
-            for s in selections
+            go.Bar(name=label, x=[titles[l.module] for l in s.layers], y=[100 * l.fraction for l in s.layers])
+            for label, s in selections.items()
         ]
     )
-    fig.update_layout(barmode="group")
-    fig.update_xaxes(type="category")  # module names such as "0", "3" are names, not positions
+    fig.update_layout(barmode="group", legend_title_text="selector")
+    fig.update_xaxes(type="category")  # titles such as "0 (Conv2d 1→16, 5×5)" are names, not positions
     return _layout(fig, "Selected share of each layer", "layer", "selected (%)")
 
 
-def channel_map(selection: Selection, module: str) -> go.Figure:
-    """One row per selector-score (or selected flag) over the layer's channels/neurons."""
+def channel_map(selection: Selection, module: str, label: str, title: str) -> go.Figure:
+    """One row per selector-score (or selected flag) over the layer's units: channels of a Conv layer, neurons of
+    a Linear one. The title names the selector (``label``, e.g. ``"A: gradient"``) and the layer (``title``)."""
     layer = next(l for l in selection.layers if l.module == module)
     chosen = layer.selected_neurons.numpy().astype(float)
     z = [chosen] if layer.scores is None else [layer.scores.numpy() / max(float(layer.scores.max()), 1e-30), chosen]
     y = ["selected"] if layer.scores is None else ["score (scaled)", "selected"]
     fig = go.Figure(go.Heatmap(z=z, y=y, x=list(range(layer.n_neurons)), colorscale="Viridis", zmin=0, zmax=1))
-    return _layout(
-        fig, f"{module} ({layer.kind}): {int(chosen.sum())} of {layer.n_neurons} selected", "channel", "", 220
-    )
+    unit = "channel" if layer.kind == "conv" else "neuron"
+    heading = f"{label} · {title}: {int(chosen.sum())} of {layer.n_neurons} {unit}s selected"
+    return _layout(fig, heading, unit, "", 220)
 
 
 def score_bars(values: Sequence[float], labels: Sequence[str], title: str) -> go.Figure:
     colours = ["#2a9d8f" if v >= 0 else "#e76f51" for v in values]
     fig = go.Figure(go.Bar(x=list(labels), y=list(values), marker_color=colours))
     return _layout(fig, title, "training sample", "score (+ helpful / − harmful)", height=300)
+
+
+KIND_COLOURS = {"helpful": "#2a9d8f", "tie": "#bbbbbb", "harmful": "#e76f51"}
+"""Helpful (positive) green, harmful (negative) orange-red, ties at zero grey, on every influence chart."""
+
+
+def _shade(fig: go.Figure, x0: float, x1: float, kind: str) -> None:
+    """Shade [x0, x1] in ``kind``'s colour, named above the plot."""
+    fig.add_vrect(x0=x0, x1=x1, fillcolor=KIND_COLOURS[kind], opacity=0.08, line_width=0)
+    fig.add_annotation(x=(x0 + x1) / 2, y=1, yref="paper", text=kind, showarrow=False, yanchor="bottom")
+
+
+def score_histogram(scores: Sequence[float], kinds: Sequence[str], tie: float, title: str) -> go.Figure:
+    """Every training sample's score, one bar colour per kind (helpful / tie / harmful, shared bins), with the
+    helpful and harmful sides shaded, zero marked and the tie band ±``tie`` named."""
+    values, labels = np.asarray(scores, dtype=float), np.asarray(kinds)
+    fig = go.Figure(
+        [
+            go.Histogram(
+                x=values[labels == kind],
+                name=f"{kind} ({int((labels == kind).sum())})",
+                bingroup=1,
+                marker_color=colour,
+                nbinsx=60,
+            )
+            for kind, colour in KIND_COLOURS.items()
+        ]
+    )
+    _shade(fig, float(values.min(initial=0.0)), 0.0, "harmful")
+    _shade(fig, 0.0, float(values.max(initial=0.0)), "helpful")
+    fig.add_vline(x=0.0, line_dash="dot", annotation_text=f"tie band ±{tie:.1e}", annotation_position="bottom")
+    fig.update_layout(barmode="stack")
+    return _layout(fig, title, "score (+ helpful / − harmful)", "training samples", height=320)
+
+
+def probability_panel(rows: dict[str, np.ndarray], classes: Sequence[str], title: str) -> go.Figure:
+    """:func:`probabilities` for one cell of a grid of charts: the legend in a row under the class axis instead of
+    a column beside the bars, so that a chart a third of the page wide keeps its width for the bars."""
+    fig = probabilities(rows, classes, title)
+    fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.3}, height=340, margin={"t": 50, "b": 90})
+    return fig

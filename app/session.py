@@ -1,8 +1,9 @@
 """Per-user state of the dashboard and the few read-only shared resources.
 
 Everything a user loads or computes lives in ``st.session_state`` (one per browser session), so two sessions never
-see each other's models or edits. ``st.cache_resource`` holds only read-only objects: the bundled workspaces (whose
-models every gif_core function copies before editing) and their data.
+see each other's models or edits. ``st.cache_resource`` holds only objects no session changes: the bundled
+workspaces (whose models every gif_core function copies before editing) and their data, and the influence browsers
+(keyed by model and data content; they cache their own set-up and serialise their computations).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Any
 
 import streamlit as st
 
+from app import jobs
 from gif_core.browse import BrowserConfig, InfluenceBrowser
+from gif_core.cache_files import data_fingerprint
+from gif_core.gradient_store import default_gradient_dir
 from gif_core.workspace import Workspace, open_workspace_path, resolve_local_checkpoint, resolve_local_folder
 from gif_core.zoo import DEFAULT_MODEL, bundled_model_path
 
@@ -23,7 +27,9 @@ WORKSPACE = "workspace"
 LINK = "workspace_link"
 LINK_PARAMS = ("bundled", "path", "data")
 """The URL query parameters that name the session's model: ``?bundled=NAME`` or ``?path=PATH[&data=FOLDER]``."""
-DERIVED = ("browser", "explanation", "suspicious", "picked_rows", "edit", "selection_view")
+DERIVED = ("explanation", "explanations", "suspicious", "picked_rows", "edit", "selection_view", jobs.JOBS)
+"""What is computed for the session's model, forgotten when another is loaded (the edit history is kept: it is
+per model id)."""
 BROWSE_DAMPING = 0.01
 """δ in H + δI for influence browsing: a trained network's H is indefinite and ill-conditioned (see
 benchmarks/results/browse_speed.md); the page states it."""
@@ -39,6 +45,7 @@ def bundled_workspace(name: str) -> Workspace:
 def workspace() -> Workspace:
     """This session's model: the one the URL names (a reload or a shared link restores it), else the bundled
     default until the user loads another. The URL is kept pointing at the current model on every page."""
+    jobs.leave_other_pages()
     if WORKSPACE not in st.session_state:
         st.session_state[WORKSPACE], st.session_state[LINK] = _from_link(st.query_params.to_dict())
     link = st.session_state[LINK]
@@ -55,6 +62,8 @@ def use_workspace(loaded: Workspace, link: dict[str, str] | None = None) -> None
     the URL names it (:data:`LINK_PARAMS`; None for an upload, which a URL cannot restore)."""
     st.session_state[WORKSPACE] = loaded
     st.session_state[LINK] = link or {}
+    for job in st.session_state.get(jobs.JOBS, {}).values():
+        job.state.stop("another model was loaded")
     for key in DERIVED:
         st.session_state.pop(key, None)
 
@@ -74,23 +83,19 @@ def _from_link(params: dict[str, str]) -> tuple[Workspace, dict[str, str]]:
     return bundled_workspace(DEFAULT_MODEL), {"bundled": DEFAULT_MODEL}
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _shared_browser(key: tuple[str, ...], _loaded: Workspace, _config: BrowserConfig) -> InfluenceBrowser:
+    return InfluenceBrowser(_loaded.model, _loaded.train, _loaded.weight_decay, _config)
+
+
 def browser(loaded: Workspace) -> InfluenceBrowser:
-    """This session's influence browser for ``loaded`` (per-sample gradients come from the disk cache after the
-    first time; the first time shows a progress bar)."""
-    current = st.session_state.get("browser")
-    if current is not None and current[0] == loaded.model_id:
-        return current[1]
-    bar = st.progress(0.0, text="Per-sample gradients of the training set (once per model, then cached)…")
-    made = InfluenceBrowser(
-        loaded.model,
-        loaded.train,
-        loaded.weight_decay,
-        BrowserConfig(damping=BROWSE_DAMPING),
-        progress=lambda done, total: bar.progress(done / total),
-    )
-    bar.empty()
-    st.session_state["browser"] = (loaded.model_id, made)
-    return made
+    """The influence browser for ``loaded``, shared by every session on the same model, training data, settings and
+    cache folder: its set-up (per-sample gradients, eigenpairs, Captum's estimators) is done once per server, not
+    once per session, and it runs one computation at a time. Making it is cheap; the set-up runs in the first job
+    that needs it (:mod:`app.jobs`)."""
+    config = BrowserConfig(damping=BROWSE_DAMPING)
+    data_key = data_fingerprint(loaded.train.inputs, loaded.train.labels)
+    return _shared_browser((loaded.model_id, data_key, repr(config), str(default_gradient_dir())), loaded, config)
 
 
 def progress_bar(text: str) -> tuple[Callable[[str, float], None], Callable[[], None]]:

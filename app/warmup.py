@@ -20,16 +20,13 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 from gif_core.experiment import EditConfig, PreparedEdit, preparation_key, prepare_edit
+from gif_core.interrupt import Cancelled
 from gif_core.requests import ClassRemoval, EditRequest
 from gif_core.retrain import Retrained, cached_retrain
 from gif_core.workspace import Workspace
 
 EXECUTOR = "warmup_executor"
 JOB = "warmup_job"
-
-
-class Cancelled(Exception):
-    """The question changed before its preparation finished."""
 
 
 @dataclass
@@ -52,7 +49,7 @@ class Phase:
 
     def report(self, message: str, fraction: float) -> None:
         if self.cancel.is_set():
-            raise Cancelled(message)
+            raise Cancelled(f"the question changed during: {message}")
         self.now = (message, fraction)
 
 

@@ -11,9 +11,14 @@ and data; each is set up once per browser and reused.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import json
+import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +26,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from gif_core.cache_files import load_entry, read_or_miss, save_entry
+from gif_core.cache_files import InvalidEntry, load_entry, read_or_miss, save_entry, tensors_sha256
 from gif_core.captum_baselines import CaptumConfig, captum_estimator
 from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import LabelledSet, seeded_subset
-from gif_core.gradient_store import GradientStore, gradient_store
-from gif_core.scores import LowRankInverse, SelfInfluence, influence_scores, lowrank_inverse, self_influence
+from gif_core.gradient_store import DTYPE, GradientStore, default_gradient_dir, gradient_key, gradient_store
+from gif_core.interrupt import StopCheck, check, watched_forward
+from gif_core.scores import (
+    LowRankInverse,
+    SelfInfluence,
+    influence_of_gradient,
+    influence_scores,
+    lowrank_inverse,
+    self_influence,
+)
 from gif_core.selection import Selection, SelectionConfig, select_on_data
 from gif_core.solvers import SolverConfig, SolveReport
 
@@ -42,6 +55,10 @@ METHOD_LABELS = {
     "captum-naive": "Captum naive IF",
     "captum-arnoldi": "Captum Arnoldi IF",
 }
+CACHED_SCORE_METHODS = ("if", "gif", *CAPTUM_METHODS)
+"""Methods whose scores for one test point are kept on disk (:data:`SCORES_KIND`): each costs a solve or Captum's
+work per point, so asking again, in any session, is served from the cache. The others are a product with G."""
+SCORES_KIND = "browse-scores/1"
 EIGENPAIRS_KIND = "eigenpairs/1"
 """The ``gif_cache`` kind of an eigenpair entry (see :mod:`gif_core.cache_files`)."""
 NAIVE_FULL_LIMIT = 5_000
@@ -65,9 +82,58 @@ class BrowserConfig:
     cache_dir: Path | None = None
 
 
+Progress = Callable[[str, float], None]
+"""``progress(message, fraction)``: the phase under way and the fraction of it done (0 when unknown)."""
+LANCZOS_PRODUCTS_PER_RANK = 10
+"""Lanczos (scipy's ``eigsh``, ``ncv = 2·rank + 1``) took 4.1 Hessian-vector products per eigenpair for rank 50 on the
+bundled CNN (206 products) and 9.7 on the Iris MLP (483): the estimate allows 10 per eigenpair, an upper bound."""
+ARNOLDI_MAX_WORK = 200 * 46_730
+"""Captum's Arnoldi IF is offered only while training samples × parameters stay at most this. On the bundled CNN
+(46,730 parameters, one thread, a busy machine) its set-up took 16 s for 100 training samples, 34 s for 200 and
+176 s for 400 (faster than linear growth), and at 3,500 it did not finish in 25 minutes (issue 18)."""
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What one method will cost on this browser before it runs. ``phases`` are (what, seconds) for the work still
+    to do, timed from one Hessian-vector product and one per-sample gradient block on this machine (upper bounds:
+    a solve that converges early stops sooner); ``seconds`` is their sum, None where it cannot be estimated
+    (Captum's own loops). ``disk_bytes`` is what it adds to the cache. ``feasible`` False: it cannot finish here,
+    ``note`` says why."""
+
+    method: str
+    phases: tuple[tuple[str, float], ...]
+    seconds: float | None
+    disk_bytes: int
+    feasible: bool = True
+    note: str = ""
+
+    def describe(self) -> str:
+        """One line for a person: the time, the disk, and why it cannot run if it cannot."""
+        if not self.feasible:
+            return self.note
+        if self.seconds is None:
+            time_part = "time not estimated (Captum's own loops)"
+        elif self.seconds < 1:
+            time_part = "under a second"
+        else:
+            time_part = f"about {_duration(self.seconds)} at most"
+        disk = f", writes {self.disk_bytes / 2**20:,.0f} MB to the cache (once per model)" if self.disk_bytes else ""
+        return time_part + disk + (f". {self.note}" if self.note else "")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 TIE_TOLERANCE = 1e-6
 """A score within ``TIE_TOLERANCE · max|score|`` of zero is a tie: neither helpful nor harmful (float32 products
 leave scores of ~1e-14 where the exact score is 0, e.g. TracIn on a sample the model fits perfectly)."""
+
+
+def tie_band(scores: torch.Tensor) -> float:
+    """The half-width ``TIE_TOLERANCE · max|score|`` of the band around zero whose scores are ties (0 when empty)."""
+    return TIE_TOLERANCE * float(scores.abs().max()) if scores.numel() else 0.0
 
 
 def helpful_and_harmful(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +142,7 @@ def helpful_and_harmful(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     Equal scores keep their row order (a stable sort)."""
     if k < 1:
         raise ValueError(f"k must be ≥ 1, got {k}")
-    tie = TIE_TOLERANCE * float(scores.abs().max()) if scores.numel() else 0.0
+    tie = tie_band(scores)
     order = torch.argsort(scores, descending=True, stable=True)
     helpful = order[scores[order] > tie][:k]
     harmful = order.flip(0)[scores[order.flip(0)] < -tie][:k]
@@ -112,14 +178,20 @@ class Explanation:
     report: SolveReport | None = None
     selection: Selection | None = None
     note: str = ""
+    from_cache: bool = False
 
 
 class InfluenceBrowser:
     """Influence scores of every training sample of ``train`` for test inputs of ``model`` (see module docstring).
 
     ``weight_decay`` is the model's training λ (from its card): the objective is mean CE + λ/2·|θ|². The model is
-    copied; nothing here modifies it. ``progress(done, total)`` reports the per-sample gradient pass (first use
-    of a model only; later browsers find G in the cache).
+    copied; nothing here modifies it. Construction is cheap: the per-sample gradients G are read from the cache or
+    computed on first use (:meth:`ensure_gradients`); ``progress(done, total)`` reports that pass.
+
+    Long work is interruptible: :meth:`explain`, :meth:`suspicious`, :meth:`prepare` and :meth:`ensure_gradients`
+    take ``stop`` (see :mod:`gif_core.interrupt`: checked at every forward pass of the model, ours and Captum's)
+    and ``progress(message, fraction)``. One browser may serve several threads (dashboard sessions on one model):
+    its computations run one at a time, and a waiting caller can still be stopped.
     """
 
     def __init__(
@@ -140,15 +212,94 @@ class InfluenceBrowser:
         )
         self._model = copy.deepcopy(model).eval()
         self.num_classes = int(self.predict(train.inputs[:1]).shape[1])
-        self.gradients: GradientStore = gradient_store(
-            self.curvature, train.inputs, train.labels, self.config.cache_dir, progress
-        )
+        self.gradient_key = gradient_key(self.curvature, train.inputs, train.labels)
+        self.cache_dir = self.config.cache_dir or default_gradient_dir()
+        self._gradient_progress = progress
+        self._gradients: GradientStore | None = None
+        self._lock = threading.RLock()
         self._captum: dict[str, object] = {}
         self._self_influence: dict[str, SelfInfluence] = {}
         self._lowrank: LowRankInverse | None = None
+        self._timings: dict[str, float] = {}
+
+    # -- interruptible work ------------------------------------------------------------------------------------
+    @contextmanager
+    def _working(self, stop: StopCheck | None, progress: Progress | None) -> Iterator[None]:
+        """This browser's lock (waiting while another thread computes, stoppable) with the stop check on every
+        forward pass of both copies of the model."""
+        while not self._lock.acquire(timeout=0.25):
+            check(stop)
+            if progress is not None:
+                progress("Waiting for another computation on this model to finish", 0.0)
+        try:
+            with watched_forward((self._model, self.curvature.module), stop):
+                yield
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def _phase(self, progress: Progress | None, message: str, expected_passes: int | None) -> Iterator[None]:
+        """Report ``message`` now and, with ``expected_passes``, the fraction of them done at every forward pass
+        (capped below 1: an estimate, not a promise)."""
+        if progress is None:
+            yield
+            return
+        progress(message, 0.0)
+        if not expected_passes:
+            yield
+            return
+        with watched_forward(
+            (self._model, self.curvature.module),
+            on_pass=lambda passes: progress(message, min(0.99, passes / expected_passes)),
+        ):
+            yield
+
+    @property
+    def gradients(self) -> GradientStore:
+        """G = [∇ℓ_z] of every training sample, from the cache or computed now (:meth:`ensure_gradients`)."""
+        return self.ensure_gradients()
+
+    def ensure_gradients(self, stop: StopCheck | None = None, progress: Progress | None = None) -> GradientStore:
+        """G from the verified cache entry, or computed now (once per model and training set) and cached."""
+        with self._working(stop, progress):
+            if self._gradients is None:
+                if progress is not None:
+                    cached = self.gradients_cached()
+                    progress(
+                        "Reading and verifying the cached per-sample gradients"
+                        if cached
+                        else "Per-sample gradients of the training set (once per model, then cached)",
+                        0.0,
+                    )
+
+                def report(done: int, total: int) -> None:
+                    if self._gradient_progress is not None:
+                        self._gradient_progress(done, total)
+                    if progress is not None:
+                        progress(f"Per-sample gradients of the training set: {done:,} of {total:,}", done / total)
+
+                self._gradients = gradient_store(
+                    self.curvature, self.train.inputs, self.train.labels, self.cache_dir, report
+                )
+            return self._gradients
+
+    def gradients_cached(self) -> bool:
+        """Whether G is loaded or a cache file for it exists (its contents are verified when it is opened)."""
+        return self._gradients is not None or (self.cache_dir / f"{self.gradient_key}.safetensors").exists()
 
     @property
     def lowrank(self) -> LowRankInverse:
+        """H's top ``lowrank_rank`` eigenpairs over the Hessian sample (Lanczos); see :meth:`ensure_lowrank`."""
+        return self.ensure_lowrank()
+
+    def _eigenpairs_path(self) -> tuple[Path, str, int]:
+        rank = min(self.config.lowrank_rank, self.curvature.space.numel - 1)
+        key = hashlib.sha256(
+            f"{self.gradient_key}|{self.hessian_rows.tolist()}|{rank}|{self.config.damping!r}".encode()
+        ).hexdigest()[:24]
+        return self.cache_dir / f"eigenpairs-{key}.safetensors", key, rank
+
+    def ensure_lowrank(self, stop: StopCheck | None = None, progress: Progress | None = None) -> LowRankInverse:
         """H's top ``lowrank_rank`` eigenpairs over the Hessian sample (Lanczos), found on first use and kept beside
         the gradient cache, keyed by the gradients' key (model, weight decay, training data), the Hessian rows, the
         rank and the damping. The entry holds its key and a checksum (:mod:`gif_core.cache_files`); it is served
@@ -156,45 +307,118 @@ class InfluenceBrowser:
         finite. Otherwise (NaN, rescaled or truncated values, another question's file) a
         :class:`~gif_core.cache_files.CacheWarning` names it and the eigenpairs are recomputed and the file
         replaced atomically."""
-        if self._lowrank is None:
-            rank = min(self.config.lowrank_rank, self.curvature.space.numel - 1)
-            key = hashlib.sha256(
-                f"{self.gradients.key}|{self.hessian_rows.tolist()}|{rank}|{self.config.damping!r}".encode()
-            ).hexdigest()[:24]
-            path = self.gradients.path.parent / f"eigenpairs-{key}.safetensors"
-            p = self.curvature.space.numel
-            expect = {"eigenvalues": (torch.float64, (rank,)), "eigenvectors": (torch.float64, (p, rank))}
-
-            def read(entry: Path) -> LowRankInverse:
-                tensors, _ = load_entry(entry, EIGENPAIRS_KIND, key, expect, require_finite=True)
-                return LowRankInverse(**tensors)
-
-            self._lowrank = read_or_miss(path, read, "The eigenpair cache entry")
+        with self._working(stop, progress):
             if self._lowrank is None:
-                self._lowrank = lowrank_inverse(self.curvature, rank)
-                tensors = {"eigenvalues": self._lowrank.eigenvalues, "eigenvectors": self._lowrank.eigenvectors}
-                save_entry(path, EIGENPAIRS_KIND, key, tensors)
-        return self._lowrank
+                path, key, rank = self._eigenpairs_path()
+                p = self.curvature.space.numel
+                expect = {"eigenvalues": (torch.float64, (rank,)), "eigenvectors": (torch.float64, (p, rank))}
 
-    def prepare(self, method: str) -> float:
-        """Do ``method``'s one-off set-up now (eigenpairs for low-rank IF, Captum's estimator); returns seconds."""
+                def read(entry: Path) -> LowRankInverse:
+                    tensors, _ = load_entry(entry, EIGENPAIRS_KIND, key, expect, require_finite=True)
+                    return LowRankInverse(**tensors)
+
+                self._lowrank = read_or_miss(path, read, "The eigenpair cache entry")
+                if self._lowrank is None:
+                    message = f"Top {rank} eigenpairs of H by Lanczos (once per model)"
+                    with self._phase(progress, message, LANCZOS_PRODUCTS_PER_RANK * rank * self._passes_per_product):
+                        self._lowrank = lowrank_inverse(self.curvature, rank)
+                    tensors = {"eigenvalues": self._lowrank.eigenvalues, "eigenvectors": self._lowrank.eigenvectors}
+                    save_entry(path, EIGENPAIRS_KIND, key, tensors)
+            return self._lowrank
+
+    def prepare(self, method: str, *, stop: StopCheck | None = None, progress: Progress | None = None) -> float:
+        """Do ``method``'s one-off set-up now (G for our methods, eigenpairs for low-rank IF, Captum's estimator);
+        returns seconds."""
         start = time.perf_counter()
-        if method == "if-lowrank":
-            _ = self.lowrank
+        if method in OUR_METHODS:
+            self.ensure_gradients(stop, progress)
+            if method == "if-lowrank":
+                self.ensure_lowrank(stop, progress)
         elif method in CAPTUM_METHODS:
-            self._captum_estimator(method)
-        elif method not in OUR_METHODS:
+            with self._working(stop, progress):
+                self._captum_estimator(method, progress)
+        else:
             raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
         return time.perf_counter() - start
 
+    # -- costs -------------------------------------------------------------------------------------------------
+    @property
+    def _passes_per_product(self) -> int:
+        """Forward passes of one Hessian-vector product: one per batch of the Hessian sample."""
+        return math.ceil(self.curvature.n_samples / self.curvature.config.batch_size)
+
+    def _timed(self, what: str) -> float:
+        """Seconds of one Hessian-vector product (``"product"``) or one per-sample gradient block of the training
+        set (``"block"``), timed once per browser on this machine (the product after one warm-up product)."""
+        if what not in self._timings:  # no browser lock: the curvature is thread-safe, and a page must not wait
+            if what == "product":
+                vector = torch.randn(self.curvature.space.numel, generator=torch.Generator().manual_seed(0))
+                self.curvature.hvp(vector.to(self.curvature.dtype))
+                start = time.perf_counter()
+                self.curvature.hvp(vector.to(self.curvature.dtype))
+            else:
+                size = self.curvature.config.batch_size
+                start = time.perf_counter()
+                next(self.curvature.per_sample_gradients(self.train.inputs[:size], self.train.labels[:size]))
+            self._timings[what] = time.perf_counter() - start
+        return self._timings[what]
+
+    def estimate(self, method: str) -> CostEstimate:
+        """What ``method`` will cost for one test point now (see :class:`CostEstimate`): the set-up still missing
+        (G: n·p float32 on disk; eigenpairs: p·rank float64) and the per-point work (the exact solve's
+        ``maxiter`` products; GIF's least-squares solve, two products per iteration). Scores already cached are
+        free; Captum's work is not estimated, and its Arnoldi IF is refused beyond :data:`ARNOLDI_MAX_WORK`."""
+        if method not in BROWSE_METHODS:
+            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
+        n, p = len(self.train), self.curvature.space.numel
+        if method in CAPTUM_METHODS:
+            if method == "captum-arnoldi" and n * p > ARNOLDI_MAX_WORK:
+                return CostEstimate(
+                    method,
+                    (),
+                    None,
+                    0,
+                    False,
+                    f"Captum Arnoldi IF cannot finish here: {n:,} training samples × {p:,} parameters is beyond "
+                    f"{ARNOLDI_MAX_WORK:,} (its set-up took 34 s at 200 × 46,730, 176 s at 400 × 46,730, and did not "
+                    "finish in 25 minutes at 3,500 × 46,730). Use low-rank IF: the same idea on our cached gradients.",
+                )
+            return CostEstimate(method, (), None, 0)
+        phases: list[tuple[str, float]] = []
+        disk = 0
+        if not self.gradients_cached():
+            blocks = math.ceil(n / self.curvature.config.batch_size)
+            phases.append(("per-sample gradients of the training set", blocks * self._timed("block")))
+            disk += n * p * DTYPE.itemsize
+        if method == "if-lowrank" and self._lowrank is None and not self._eigenpairs_path()[0].exists():
+            rank = self._eigenpairs_path()[2]
+            phases.append(("eigenpairs by Lanczos", LANCZOS_PRODUCTS_PER_RANK * rank * self._timed("product")))
+            disk += p * rank * 8 + rank * 8
+        products = {"if": self.config.solver.maxiter + 2, "gif": 2 * self.config.solver.maxiter + 3}.get(method, 0)
+        if products:
+            phases.append((f"the solve: at most {products} Hessian-vector products", products * self._timed("product")))
+        return CostEstimate(method, tuple(phases), sum(seconds for _, seconds in phases), disk)
+
+    # -- scores ------------------------------------------------------------------------------------------------
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Class probabilities [B, classes] of the (private copy of the) model."""
         param = next(self._model.parameters())
         with torch.no_grad():
             return torch.softmax(self._model(inputs.to(param.device, param.dtype)), dim=1).cpu()
 
-    def explain(self, inputs: torch.Tensor, label: int, method: str = "if", k: int = 8) -> Explanation:
-        """Top-k helpful and harmful training samples for one test input (``inputs`` of shape [1, ...])."""
+    def explain(
+        self,
+        inputs: torch.Tensor,
+        label: int,
+        method: str = "if",
+        k: int = 8,
+        *,
+        stop: StopCheck | None = None,
+        progress: Progress | None = None,
+    ) -> Explanation:
+        """Top-k helpful and harmful training samples for one test input (``inputs`` of shape [1, ...]). Scores of
+        the :data:`CACHED_SCORE_METHODS` are kept on disk, keyed by the model, its training data, this browser's
+        settings, the test input and its label, and served (verified) when asked again."""
         if method not in BROWSE_METHODS:
             raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
         if inputs.shape[0] != 1:
@@ -203,22 +427,16 @@ class InfluenceBrowser:
             raise ValueError(f"label must be a class index 0 … {self.num_classes - 1}, got {label}")
         start = time.perf_counter()
         labels = torch.tensor([label])
-        report, selection, note = None, None, ""
-        if method in OUR_METHODS:
-            if method == "gif":
-                selection = select_on_data(self._model, inputs, labels, self.config.selection)
-            lowrank = self.lowrank if method == "if-lowrank" else None
-            result = influence_scores(
-                self.curvature, self.gradients, inputs, labels, method, selection, self.config.solver, lowrank
-            )
-            scores = result.scores[0]
-            report = result.reports[0] if result.reports else None
+        selection = None
+        if method == "gif":
+            selection = select_on_data(self._model, inputs, labels, self.config.selection)
+        cached = self._cached_scores(method, inputs, label) if method in CACHED_SCORE_METHODS else None
+        if cached is not None:
+            scores, report, note = cached
         else:
-            estimator, note = self._captum_estimator(method)
-            param = next(self._model.parameters())
-            scores = estimator.influence((inputs.to(param.dtype), labels))[0].detach().cpu()
-        if not torch.isfinite(scores).all():
-            raise FloatingPointError(f"{METHOD_LABELS[method]} produced NaN or inf scores; add damping and retry.")
+            scores, report, note = self._scores(inputs, labels, method, selection, stop, progress)
+            if method in CACHED_SCORE_METHODS:
+                self._save_scores(method, inputs, label, scores, report, note)
         probabilities = self.predict(inputs)[0]
         helpful, harmful = helpful_and_harmful(scores, k)
         return Explanation(
@@ -233,15 +451,182 @@ class InfluenceBrowser:
             report=report,
             selection=selection,
             note=note,
+            from_cache=cached is not None,
         )
 
-    def suspicious(self, k: int = 16, method: str = "if-lowrank") -> tuple[InfluentialSample, ...]:
+    def _scores(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        method: str,
+        selection: Selection | None,
+        stop: StopCheck | None,
+        progress: Progress | None,
+    ) -> tuple[torch.Tensor, SolveReport | None, str]:
+        """Every training sample's score for one test point, its solve report and a note, computed now."""
+        report, note = None, ""
+        if method in OUR_METHODS:
+            gradients = self.ensure_gradients(stop, progress)
+            lowrank = self.ensure_lowrank(stop, progress) if method == "if-lowrank" else None
+            with self._working(stop, progress):
+                products = {"if": self.config.solver.maxiter + 2, "gif": 2 * self.config.solver.maxiter + 3}
+                expected = products.get(method, 0) * self._passes_per_product + 1
+                with self._phase(progress, f"{METHOD_LABELS[method]}: scoring {len(self.train):,} samples", expected):
+                    result = influence_scores(
+                        self.curvature, gradients, inputs, labels, method, selection, self.config.solver, lowrank
+                    )
+            scores = result.scores[0]
+            report = result.reports[0] if result.reports else None
+        else:
+            rows, note = self._captum_rows(inputs, labels, method, stop, progress)
+            scores = rows[0]
+        if not torch.isfinite(scores).all():
+            raise FloatingPointError(f"{METHOD_LABELS[method]} produced NaN or inf scores; add damping and retry.")
+        return scores, report, note
+
+    def _scores_key(self, method: str, inputs: torch.Tensor, label: int) -> str:
+        settings = repr(dataclasses.replace(self.config, cache_dir=None))
+        point = tensors_sha256({"inputs": inputs.contiguous()})
+        return hashlib.sha256(f"{self.gradient_key}|{method}|{settings}|{point}|{label}".encode()).hexdigest()[:24]
+
+    def _cached_scores(
+        self, method: str, inputs: torch.Tensor, label: int
+    ) -> tuple[torch.Tensor, SolveReport | None, str] | None:
+        """The verified cache entry's (scores, report, note) for this question, or None (a miss, or an entry that
+        fails its checks: then a :class:`~gif_core.cache_files.CacheWarning` and a recompute)."""
+        key = self._scores_key(method, inputs, label)
+
+        def read(entry: Path) -> tuple[torch.Tensor, SolveReport | None, str]:
+            expect = {"scores": (torch.float32, (len(self.train),))}
+            tensors, metadata = load_entry(entry, SCORES_KIND, key, expect, require_finite=True)
+            try:
+                fields = json.loads(metadata.get("report", "null"))
+                report = (
+                    SolveReport(**{**fields, "residual_history": tuple(fields["residual_history"])}) if fields else None
+                )
+            except (TypeError, KeyError, json.JSONDecodeError) as error:
+                raise InvalidEntry(f"its solve report is unreadable ({error})") from error
+            return tensors["scores"], report, metadata.get("note", "")
+
+        return read_or_miss(self.cache_dir / f"scores-{key}.safetensors", read, "The influence-score cache entry")
+
+    def _save_scores(
+        self, method: str, inputs: torch.Tensor, label: int, scores: torch.Tensor, report: SolveReport | None, note: str
+    ) -> None:
+        key = self._scores_key(method, inputs, label)
+        fields = {"report": json.dumps(report.to_dict() if report else None), "note": note}
+        path = self.cache_dir / f"scores-{key}.safetensors"
+        save_entry(path, SCORES_KIND, key, {"scores": scores.float()}, **fields)
+
+    def suspicious(
+        self,
+        k: int = 16,
+        method: str = "if-lowrank",
+        *,
+        stop: StopCheck | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[InfluentialSample, ...]:
         """The k most self-influential training samples (the first to inspect for mislabels), computed once."""
         if method not in self._self_influence:
-            lowrank = self.lowrank if method == "if-lowrank" else None
-            self._self_influence[method] = self_influence(self.gradients, method, self.curvature, lowrank=lowrank)
+            gradients = self.ensure_gradients(stop, progress)
+            lowrank = self.ensure_lowrank(stop, progress) if method == "if-lowrank" else None
+            with self._working(stop, progress), self._phase(progress, "Self-influence of every sample", None):
+                self._self_influence[method] = self_influence(gradients, method, self.curvature, lowrank=lowrank)
         result = self._self_influence[method]
         return self._records(result.ranking()[:k], result.values)
+
+    def explain_set(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        method: str = "if",
+        k: int = 8,
+        *,
+        stop: StopCheck | None = None,
+        progress: Progress | None = None,
+    ) -> SetExplanation:
+        """Top-k helpful and harmful training samples for a set of B test points (``inputs`` [B, ...], ``labels``
+        [B]): the influence on their MEAN test loss. Influence is linear in the test gradient, so
+
+            I(z, set) = (1/B) Σ_i I(z, test_i) = ∇ℓ̄ᵀ H⁻¹ ∇ℓ_z / n,   ∇ℓ̄ = (1/B) Σ_i ∇ℓ_test_i,
+
+        positive = removing z would raise the set's mean loss (helpful). Our methods need one solve on ∇ℓ̄ instead
+        of B (:meth:`_mean_gradient_scores`); GIF-restricted selects its parameters on the whole set (so it is not
+        the mean of per-point GIF scores, whose selections differ); Captum's estimators average their per-point
+        rows. At most :data:`SET_LIMIT` points; ``stop`` and ``progress`` as in :meth:`explain`."""
+        if method not in BROWSE_METHODS:
+            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
+        if not 1 <= inputs.shape[0] <= SET_LIMIT or labels.shape != (inputs.shape[0],):
+            raise ValueError(
+                f"Explain a set of 1 … {SET_LIMIT} test inputs with one label each "
+                f"(got {inputs.shape[0]} inputs, labels of shape {tuple(labels.shape)})."
+            )
+        labels = labels.long()
+        if not bool(((labels >= 0) & (labels < self.num_classes)).all()):
+            raise ValueError(f"labels must be class indices 0 … {self.num_classes - 1}, got {labels.tolist()}")
+        start = time.perf_counter()
+        report, selection, note = None, None, ""
+        if method in OUR_METHODS:
+            scores, report, selection = self._mean_gradient_scores(inputs, labels, method, stop, progress)
+        else:
+            rows, note = self._captum_rows(inputs, labels, method, stop, progress)
+            scores = rows.mean(0)
+        if not torch.isfinite(scores).all():
+            raise FloatingPointError(f"{METHOD_LABELS[method]} produced NaN or inf scores; add damping and retry.")
+        predicted = self.predict(inputs).argmax(1)
+        helpful, harmful = helpful_and_harmful(scores, k)
+        return SetExplanation(
+            method=method,
+            labels=tuple(int(y) for y in labels),
+            accuracy=100.0 * float((predicted == labels).float().mean()),
+            helpful=self._records(helpful, scores),
+            harmful=self._records(harmful, scores),
+            scores=scores,
+            seconds=time.perf_counter() - start,
+            report=report,
+            selection=selection,
+            note=note,
+        )
+
+    def _mean_gradient_scores(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        method: str,
+        stop: StopCheck | None,
+        progress: Progress | None,
+    ) -> tuple[torch.Tensor, SolveReport | None, Selection | None]:
+        """Scores G s / n for the set's mean test gradient ∇ℓ̄ with the direction s of
+        :func:`~gif_core.scores.influence_scores`: s = H⁻¹∇ℓ̄ (``if``, MINRES), V Λ⁻¹ Vᵀ∇ℓ̄ (``if-lowrank``),
+        A(AᵀA)⁻¹(∇ℓ̄)_T (``gif``, LSMR, T selected on the set), or s = ∇ℓ̄ without the 1/n (``tracin``)."""
+        gradients = self.ensure_gradients(stop, progress)
+        lowrank = self.ensure_lowrank(stop, progress) if method == "if-lowrank" else None
+        selection = None
+        if method == "gif":
+            selection = select_on_data(self._model, inputs, labels, self.config.selection)
+            if selection.n_selected == 0:
+                raise ValueError("GIF-restricted scores need a non-empty parameter selection for this set.")
+        with self._working(stop, progress), self._phase(progress, f"{METHOD_LABELS[method]}: one solve", None):
+            gradient = self.curvature.gradient(inputs, labels, regulariser=False)
+            scores, report = influence_of_gradient(
+                self.curvature, gradients, gradient, method, selection, self.config.solver, lowrank
+            )
+        return scores, report, selection
+
+    def _captum_rows(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        method: str,
+        stop: StopCheck | None,
+        progress: Progress | None,
+    ) -> tuple[torch.Tensor, str]:
+        """Captum's scores [B, n_train] for B test points, and its note on any restriction."""
+        with self._working(stop, progress):
+            estimator, note = self._captum_estimator(method, progress)
+            param = next(self._model.parameters())
+            with self._phase(progress, f"{METHOD_LABELS[method]}: scoring {len(self.train):,} samples", None):
+                return estimator.influence((inputs.to(param.dtype), labels)).detach().cpu(), note
 
     def _records(self, rows: torch.Tensor, scores: torch.Tensor) -> tuple[InfluentialSample, ...]:
         images = self.train.images
@@ -256,7 +641,7 @@ class InfluenceBrowser:
             for r in rows
         )
 
-    def _captum_estimator(self, method: str) -> tuple[object, str]:
+    def _captum_estimator(self, method: str, progress: Progress | None = None) -> tuple[object, str]:
         """Captum's estimator for ``method`` (built once), on the model's own dtype, with a note on any restriction."""
         name = method.removeprefix("captum-")
         layers, note = None, ""
@@ -277,7 +662,94 @@ class InfluenceBrowser:
                 hessian_samples=samples,
             )
             param = next(self._model.parameters())
-            self._captum[method] = captum_estimator(
-                name, self._model, self.train.inputs.to(param.dtype), self.train.labels, config
-            )
+            with self._phase(progress, f"{METHOD_LABELS[method]}: Captum's set-up (once per model)", None):
+                self._captum[method] = captum_estimator(
+                    name, self._model, self.train.inputs.to(param.dtype), self.train.labels, config
+                )
         return self._captum[method], note
+
+
+SET_LIMIT = 64
+"""The most test points :meth:`InfluenceBrowser.explain_set` takes at once (a whole class is sampled down to it)."""
+
+SCORE_UNITS = {
+    **dict.fromkeys(
+        ("if", "if-lowrank", "gif"),
+        "the predicted change of the test cross-entropy loss, in nats, if the training sample were removed",
+    ),
+    **dict.fromkeys(
+        ("tracin", "captum-tracincp"),
+        "∇ℓ_testᵀ∇ℓ_z: the first-order drop of the test loss (nats) for one gradient step of size 1 on the sample; "
+        "no Hessian, no 1/n, so compare its ranking with IF's, not its values",
+    ),
+    **dict.fromkeys(
+        ("captum-naive", "captum-arnoldi"),
+        "Captum's scale (its Hessian is of the loss summed over its Hessian sample, and its gradients leave out the "
+        "weight decay), so compare its ranking with IF's, not its values",
+    ),
+}
+"""What one unit of each method's score means (positive = helpful)."""
+
+
+@dataclass(frozen=True)
+class SetExplanation:
+    """The training samples that most help and harm a set of test points' mean loss under ``method``
+    (:meth:`InfluenceBrowser.explain_set`): ``labels`` of the B points, ``accuracy`` (%) of the model on them,
+    ``scores`` = the mean of the points' per-sample scores (positive = helpful), the solve's ``report`` (None
+    without a solve), GIF's ``selection`` and a ``note`` on what was approximated."""
+
+    method: str
+    labels: tuple[int, ...]
+    accuracy: float
+    helpful: tuple[InfluentialSample, ...]
+    harmful: tuple[InfluentialSample, ...]
+    scores: torch.Tensor
+    seconds: float
+    report: SolveReport | None = None
+    selection: Selection | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RankingRow:
+    """One training sample in a full ranking: ``rank`` 1 = most helpful, its ``row`` in the training set and index
+    in the source data, its class name, its ``score``, the score relative to the largest |score| (in [−1, 1]) and
+    whether it is ``helpful`` (> tie band), ``harmful`` (< −tie band) or a ``tie`` (:func:`helpful_and_harmful`)."""
+
+    rank: int
+    row: int
+    source_index: int
+    label: str
+    score: float
+    relative_score: float
+    kind: str
+
+
+def relative_scores(scores: torch.Tensor) -> torch.Tensor:
+    """score / max|score| in [−1, 1] (all zeros when every score is 0): the scale-free reading of a score."""
+    largest = float(scores.abs().max()) if scores.numel() else 0.0
+    return scores / largest if largest > 0 else torch.zeros_like(scores)
+
+
+def score_kinds(scores: torch.Tensor) -> list[str]:
+    """``helpful`` / ``harmful`` / ``tie`` for every score, by the tie band of :func:`helpful_and_harmful`."""
+    helpful, harmful = helpful_and_harmful(scores, max(1, len(scores)))
+    kinds = ["tie"] * len(scores)
+    for rows, kind in ((helpful, "helpful"), (harmful, "harmful")):
+        for r in rows.tolist():
+            kinds[r] = kind
+    return kinds
+
+
+def ranking_table(scores: torch.Tensor, train: LabelledSet, classes: Sequence[str]) -> tuple[RankingRow, ...]:
+    """Every training sample of ``train`` ranked by ``scores`` (one per row of ``train``), most helpful first;
+    equal scores keep their row order."""
+    if scores.shape != (len(train),):
+        raise ValueError(f"Expected one score per training sample ({len(train)}), got shape {tuple(scores.shape)}")
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    values, relative, kinds = scores.tolist(), relative_scores(scores).tolist(), score_kinds(scores)
+    sources, labels = train.source_index.tolist(), train.labels.tolist()
+    return tuple(
+        RankingRow(rank, r, sources[r], classes[labels[r]], values[r], relative[r], kinds[r])
+        for rank, r in enumerate(order, start=1)
+    )

@@ -166,6 +166,12 @@ class Curvature:
         return state_hash(self._model)
 
     @property
+    def module(self) -> nn.Module:
+        """The private copy of the model whose ``forward`` every gradient and product here runs (a forward hook on
+        it sees each batch pass: :mod:`gif_core.interrupt`). Read-only: changing it changes every result."""
+        return self._model
+
+    @property
     def theta(self) -> torch.Tensor:
         return self.space.flatten(self._params)
 

@@ -96,23 +96,41 @@ def influence_scores(
         raise ValueError("GIF-restricted scores need a non-empty parameter selection (gif_core.selection.select).")
     if method == "if-lowrank" and lowrank is None:
         raise ValueError("Low-rank IF scores need the eigenpairs of H: pass lowrank=lowrank_inverse(curvature, rank).")
-    n = len(train_gradients)
     rows, reports = [], []
     for i in range(len(test_labels)):
         test_gradient = curvature.gradient(test_inputs[i : i + 1], test_labels[i : i + 1], regulariser=False)
-        if method == "tracin":
-            rows.append(_times(train_gradients, test_gradient.float()))
-            continue
-        if method == "if-lowrank":
-            rows.append(_times(train_gradients, lowrank.apply(test_gradient)).float() / n)
-            continue
-        if method == "if":
-            s, report = solve_symmetric(curvature.hvp, test_gradient, "minres", solver)
-        else:
-            s, report = _restricted_direction(curvature, test_gradient, selection, solver)
-        rows.append(_times(train_gradients, s.float()) / n)
-        reports.append(report)
+        row, report = influence_of_gradient(
+            curvature, train_gradients, test_gradient, method, selection, solver, lowrank
+        )
+        rows.append(row)
+        if report is not None:
+            reports.append(report)
     return InfluenceScores(method, torch.stack(rows), tuple(reports))
+
+
+def influence_of_gradient(
+    curvature: Curvature,
+    train_gradients: TrainGradients,
+    test_gradient: torch.Tensor,
+    method: str,
+    selection: Selection | None = None,
+    solver: SolverConfig | None = None,
+    lowrank: LowRankInverse | None = None,
+) -> tuple[torch.Tensor, SolveReport | None]:
+    """Every training sample's score G s / n for one test-loss gradient ∇ℓ_test [p] (a point's, or a set's mean:
+    scores are linear in it), with the direction s = H⁻¹∇ℓ_test (``if``, MINRES), V Λ⁻¹ Vᵀ∇ℓ_test
+    (``if-lowrank``), A(AᵀA)⁻¹(∇ℓ_test)_T (``gif``, LSMR), or G ∇ℓ_test without the 1/n (``tracin``); and the
+    solve's report (None without a solve). Positive = helpful. Arguments are checked by :func:`influence_scores`."""
+    n = len(train_gradients)
+    if method == "tracin":
+        return _times(train_gradients, test_gradient.float()), None
+    if method == "if-lowrank":
+        return _times(train_gradients, lowrank.apply(test_gradient)).float() / n, None
+    if method == "if":
+        s, report = solve_symmetric(curvature.hvp, test_gradient, "minres", solver)
+    else:
+        s, report = _restricted_direction(curvature, test_gradient, selection, solver)
+    return _times(train_gradients, s.float()) / n, report
 
 
 def _restricted_direction(

@@ -78,3 +78,17 @@ def mlp_data():
 @pytest.fixture
 def conv_data():
     return tiny_convnet(), blobs(image=True)
+
+
+def finish_jobs(at):
+    """Wait for an AppTest page's background jobs (:mod:`app.jobs`), then rerun it to draw their results: AppTest
+    does not run the polling fragment on its timer."""
+    from app.jobs import JOBS
+
+    try:
+        running = at.session_state[JOBS]
+    except KeyError:
+        return at
+    for job in running.values():
+        job.future.exception()  # waits; an error is drawn by the rerun
+    return at.run()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import finish_jobs
 from streamlit.testing.v1 import AppTest
 
 APP = Path(__file__).resolve().parents[1] / "app"
@@ -149,7 +150,7 @@ def test_influence_page_explains_a_prediction_and_ranks_mislabels():
     row = at.selectbox(key="test_row").value
     at.radio(key="browse_method").set_value("tracin")
     at.slider(key="browse_k").set_value(5)
-    at.button(key="explain").click().run()
+    finish_jobs(at.button(key="explain").click().run())
     no_errors(at)
     images = at.get("image")
     assert len(images) >= 1 + 2 * 5  # the test image, 5 helpful, 5 harmful
@@ -157,7 +158,7 @@ def test_influence_page_explains_a_prediction_and_ranks_mislabels():
     at.button(key="pick_helpful").click().run()
     assert len(at.session_state["picked_rows"]) == 5
     at.radio(key="self_method").set_value("tracin")
-    at.button(key="rank_self").click().run()
+    finish_jobs(at.button(key="rank_self").click().run())
     no_errors(at)
     assert at.session_state["suspicious"][1] == "tracin" and len(at.session_state["suspicious"][2]) == 24
     assert at.session_state["explanation"][1] == row
@@ -181,7 +182,7 @@ def test_influence_page_every_method_on_the_small_model(method):
     at.switch_page(str(PAGES["influence"])).run()
     no_errors(at)
     at.radio(key="browse_method").set_value(method)
-    at.button(key="explain").click().run()
+    finish_jobs(at.button(key="explain").click().run())
     no_errors(at)
     explanation = at.session_state["explanation"][2]
     assert explanation.method == method and torch.isfinite(explanation.scores).all()
@@ -201,7 +202,7 @@ def test_influence_page_says_when_the_solve_did_not_converge(monkeypatch):
     load_bundled(at, "iris_mlp")
     at.switch_page(str(PAGES["influence"])).run()
     at.radio(key="browse_method").set_value("if")
-    at.button(key="explain").click().run()
+    finish_jobs(at.button(key="explain").click().run())
     assert not at.exception and not at.session_state["explanation"][2].report.converged
     assert any("did not converge" in w.value and "2 iterations" in w.value for w in at.warning)
 
@@ -218,7 +219,7 @@ def test_selection_page_shows_two_selectors_and_their_overlap():
     _, _, (first, second) = at.session_state["selection_view"]
     assert first.method == "gradient" and second.method == "random"
     assert 0 <= first.overlap(second) < 1
-    assert len(at.metric) == 3 and len(at.get("plotly_chart")) == 1 + 2 * 2  # layer bars + 2 conv layers × 2
+    assert len(at.metric) == 3 and len(at.get("plotly_chart")) == 1 + 4 * 2  # layer bars + every Linear/Conv × A, B
     (table,) = at.dataframe  # per-layer units and parameters, every layer present
     counts = table.value
     assert list(counts["layer"]) == ["0", "3", "7", "9"] and list(counts["units"]) == [16, 32, 64, 10]
@@ -302,7 +303,7 @@ def test_edit_page_default_demo_shows_gif_forgetting():
     assert gif.metrics["retain_acc"] >= report.retrained["retain_acc"] - 1.0, (gif.metrics, report.retrained)
     assert not gif.step_search.cap_hit and gif.result.solver_summary()["hvps"] <= 30
     row = at.dataframe[0].value.set_index("model").loc["GIF"]
-    assert row["forget_acc"] == gif.metrics["forget_acc"]
+    assert row["Forget accuracy (%)"] == gif.metrics["forget_acc"]
 
 
 def test_edit_page_every_method_and_fixed_step_on_the_small_model():
@@ -335,7 +336,7 @@ def test_edit_page_shows_a_diverged_edit_as_such_never_as_an_accuracy():
     report = at.session_state["edit"][1]
     assert all(o.diverged for o in report.outcomes)
     table = at.dataframe[0].value.set_index("model")
-    assert table.loc["GIF", "diverged"] and pd.isna(table.loc["GIF", "test_acc"])
+    assert table.loc["GIF", "status"].startswith("diverged") and pd.isna(table.loc["GIF", "Test accuracy (%)"])
     assert sorted(e.value.split(":")[0] for e in at.error) == ["GIF diverged", "IF diverged"]
     assert len(at.get("download_button")) == 0
 

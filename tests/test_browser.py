@@ -8,11 +8,14 @@ Under CI=true a missing chromium is a failure, not a skip.
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 
 import pytest
 
-from app.browser_driver import CHROMIUM, chromium_page, dashboard, wait_idle
+from app.browser_driver import CHROMIUM, Dashboard, chromium_page, dashboard, running_dashboard, wait_idle
+from app.charts import MODEL_COLOURS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -55,6 +58,8 @@ def test_class_removal_in_a_real_browser(tmp_path):
         assert page.get_by_role("button", name="JSON report (as gif remove --json)").count() == 1
         page.screenshot(path=str(shots / "4_what_if_edit.png"), full_page=True)
         assert (shots / "4_what_if_edit.png").stat().st_size > 50_000
+        _one_colour_per_model(page)
+        _the_form_stays_on_empty_input(page)
 
         page.goto(f"{url}/Influential_samples", timeout=120_000)
         page.get_by_role("button", name="Explain this prediction").wait_for(timeout=120_000)
@@ -66,6 +71,9 @@ def test_class_removal_in_a_real_browser(tmp_path):
         page.locator('[data-testid="stImage"]').nth(16).wait_for(timeout=120_000)  # test image + 8 + 8
         wait_idle(page)
         page.screenshot(path=str(shots / "2_influential_samples.png"), full_page=True)
+        # issue 18, bug 1: "helpful" means a positive score, never a negative one
+        assert page.get_by_text(re.compile(r"^helpful \+")).count() >= 1
+        assert page.get_by_text(re.compile(r"^helpful [−-]")).count() == 0
 
         _open_and_click(page, f"{url}/Parameter_selection", "Select parameters")
         page.get_by_text("Per-channel view").wait_for(timeout=300_000)
@@ -78,3 +86,90 @@ def test_class_removal_in_a_real_browser(tmp_path):
         wait_idle(page)
         page.screenshot(path=str(shots / "5_learn.png"), full_page=True)
         assert not page.get_by_text("Traceback").count()
+
+        # issue 18, bug 6: a reload (or a shared link) keeps the model the URL names
+        page.goto(f"{url}/Influential_samples?bundled=iris_mlp", timeout=120_000)
+        page.get_by_text("iris_mlp.safetensors").first.wait_for(timeout=120_000)
+        page.reload()
+        page.get_by_text("iris_mlp.safetensors").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        assert "bundled=iris_mlp" in page.url and page.get_by_text("mnist_cnn.safetensors").count() == 0
+
+
+def _one_colour_per_model(page) -> None:
+    """Issue 18, bug 7: every chart draws a model in the same colour (GIF was red in bars, blue in the step chart)."""
+    traces = page.evaluate(
+        """() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(plot => (plot.data || []).map(
+            t => [t.name, (t.marker && typeof t.marker.color === 'string' && t.marker.color)
+                           || (t.line && t.line.color) || null]))"""
+    )
+    colours: dict[str, set[str]] = {}
+    for name, colour in traces:
+        if name in MODEL_COLOURS and colour:
+            colours.setdefault(name, set()).add(colour)
+    assert {"original", "GIF", "IF"} <= set(colours), traces
+    assert all(found == {MODEL_COLOURS[name]} for name, found in colours.items()), colours
+
+
+def _the_form_stays_on_empty_input(page) -> None:
+    """Issue 18, bug 2: an empty sample list showed a ValueError and the methods, selector and button vanished."""
+    page.get_by_text("Remove training samples", exact=True).first.click()
+    wait_idle(page)
+    assert page.get_by_text("Type the training rows to remove").count() == 1
+    button = page.get_by_role("button", name="Run the edit")
+    assert button.count() == 1 and button.is_disabled()
+    assert page.get_by_text("Methods").count() >= 1 and page.get_by_text("ValueError").count() == 0
+    assert page.get_by_text("Metrics (percent").count() == 1  # the earlier result stays
+
+
+def _busy(server: Dashboard, seconds: float) -> float:
+    """The server's CPU use over ``seconds`` of wall time, in cores."""
+    before = server.cpu_seconds()
+    time.sleep(seconds)
+    return (server.cpu_seconds() - before) / seconds
+
+
+def _goes_idle(server: Dashboard, within: float = 20.0) -> bool:
+    """Whether the server's CPU use falls below a quarter of a core (over 2 s) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _busy(server, 2.0) < 0.25:
+            return True
+    return False
+
+
+def test_long_work_stops_on_cancel_on_leaving_and_on_reload(tmp_path):
+    """Issue 18, bug 5: after leaving the page or reloading during an exact IF the server stayed busy for minutes.
+    The cost is said before the click, the work shows its phase, and it stops on Cancel, on opening another page and
+    when the tab is reloaded (its session ends): the server goes idle each time."""
+    _require_chromium()
+    with running_dashboard(env={"GIF_CACHE_DIR": str(tmp_path / "cache")}) as server, chromium_page() as page:
+
+        def start_exact_if() -> None:
+            page.goto(f"{server.url}/Influential_samples", timeout=120_000)
+            page.get_by_role("button", name="Explain this prediction").wait_for(timeout=120_000)
+            wait_idle(page)
+            page.get_by_text("Influence function (IF, exact solve)", exact=True).first.click()
+            wait_idle(page)
+            page.get_by_text(re.compile("Cost now: about .* MB to the cache")).first.wait_for(timeout=120_000)
+            page.get_by_role("button", name="Explain this prediction").click()
+            page.get_by_text("so far").first.wait_for(timeout=120_000)
+            assert _busy(server, 3.0) > 0.5  # it is working
+
+        start_exact_if()
+        page.get_by_role("button", name="Cancel").click()
+        page.get_by_text("stopped: cancelled by you").wait_for(timeout=60_000)
+        assert _goes_idle(server)
+
+        start_exact_if()
+        page.get_by_role("link", name="Parameter selection").click()
+        page.get_by_role("button", name="Select parameters").wait_for(timeout=120_000)
+        wait_idle(page)
+        assert _goes_idle(server)
+
+        start_exact_if()
+        page.reload()
+        page.get_by_role("button", name="Explain this prediction").wait_for(timeout=120_000)
+        wait_idle(page)
+        assert _goes_idle(server)
+        assert not list((tmp_path / "cache").rglob("*.partial"))  # nothing half-written is left

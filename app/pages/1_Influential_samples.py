@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
-import streamlit as st
+import dataclasses
+from collections.abc import Callable, Sequence
 
-from app import charts, session
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from app import charts, jobs, session
 from app.gallery import show_grid
-from gif_core.browse import BROWSE_METHODS, METHOD_LABELS, InfluentialSample
+from gif_core.agreement import pairwise_agreement
+from gif_core.browse import (
+    BROWSE_METHODS,
+    METHOD_LABELS,
+    SCORE_UNITS,
+    SET_LIMIT,
+    Explanation,
+    InfluenceBrowser,
+    InfluentialSample,
+    RankingRow,
+    SetExplanation,
+    ranking_table,
+    tie_band,
+)
+from gif_core.data import LabelledSet, seeded_subset
 from gif_core.evaluate import predict_proba
+from gif_core.interrupt import StopCheck
+
+MODES = ("one test image", "a set of test images", "a whole class")
+Target = int | tuple[int, ...]  # one test row, or a set of test rows (the influence on their mean loss)
 
 st.set_page_config(page_title="Influential samples · GIF Explorer", layout="wide")
 st.title("Influential samples")
@@ -18,8 +42,207 @@ st.caption(
 )
 
 
-def captions(records: tuple[InfluentialSample, ...], classes: tuple[str, ...], kind: str) -> list[str]:
-    return [f"{kind} {r.score:+.2e} · {classes[r.label]} · #{r.row}" for r in records]
+def compute(
+    browser: InfluenceBrowser,
+    test: LabelledSet,
+    target: Target,
+    method: str,
+    k: int,
+    stop: StopCheck,
+    progress: Callable[[str, float], None],
+) -> Explanation | SetExplanation:
+    """The page's one computing call (run as a background job): one test row is explained alone, a set by the
+    influence on its mean loss."""
+    if isinstance(target, int):
+        inputs, label = test.inputs[target : target + 1], int(test.labels[target])
+        return browser.explain(inputs, label, method, k, stop=stop, progress=progress)
+    rows = list(target)
+    return browser.explain_set(test.inputs[rows], test.labels[rows], method, k, stop=stop, progress=progress)
+
+
+def describe_target(target: Target, test: LabelledSet, classes: Sequence[str]) -> str:
+    """``test #3``, or the size of a set and the classes in it."""
+    if isinstance(target, int):
+        return f"test #{target}"
+    names = sorted({classes[int(test.labels[r])] for r in target})
+    return f"{len(target)} test images (classes {', '.join(names)})"
+
+
+def captions(
+    records: tuple[InfluentialSample, ...], ranked: dict[int, RankingRow], classes: Sequence[str]
+) -> list[str]:
+    """``helpful +1.2e-03 (+0.82 of max) · setosa · #17`` for each sample."""
+    return [
+        f"{ranked[r.row].kind} {r.score:+.2e} ({ranked[r.row].relative_score:+.2f} of max) · {classes[r.label]} · "
+        f"#{r.row}"
+        for r in records
+    ]
+
+
+def features_of(train: LabelledSet, records: Sequence[InfluentialSample]) -> list[np.ndarray] | None:
+    """The input vectors of tabular samples, shown beside them (None for images: the image shows the sample)."""
+    return None if train.images is not None else [train.inputs[r.row].numpy() for r in records]
+
+
+def choose_target(test: LabelledSet, predicted: torch.Tensor, classes: Sequence[str]) -> Target | None:
+    """One test row, a set of rows or a whole class (sampled down to SET_LIMIT), as the user picks it."""
+    mode = st.radio("Explain", MODES, horizontal=True, key="explain_mode")
+    if mode == "a whole class":
+        name = st.selectbox("Class", classes, key="set_class")
+        rows = torch.nonzero(test.labels == classes.index(name)).flatten()
+        chosen = seeded_subset(rows, SET_LIMIT, 0).tolist()
+        st.caption(
+            f"{len(chosen)} of the {len(rows)} test images of class {name}"
+            + (f" (a seeded sample: at most {SET_LIMIT} points)" if len(rows) > SET_LIMIT else "")
+            + "; the scores are the influence on their mean test loss."
+        )
+        return tuple(chosen) if chosen else None
+    shown_class = st.selectbox("Test images of class", ["all", *classes], key="test_class")
+    wrong_only = st.checkbox("Only misclassified", key="wrong_only")
+    rows = list(range(len(test)))
+    if shown_class != "all":
+        rows = [r for r in rows if int(test.labels[r]) == classes.index(shown_class)]
+    if wrong_only:
+        rows = [r for r in rows if int(predicted[r]) != int(test.labels[r])]
+    if not rows:
+        st.warning("No test image matches these filters.")
+        return None
+
+    def name(r: int) -> str:
+        return f"#{r} · label {classes[int(test.labels[r])]} · predicted {classes[int(predicted[r])]}"
+
+    if mode == "one test image":
+        row = st.selectbox("Test image", rows, format_func=name, key="test_row")
+        if test.images is not None:
+            st.image(test.images[row].numpy(), width=140, caption=f"test #{row}")
+        return row
+    picked = st.multiselect(
+        f"Test images (up to {SET_LIMIT})", rows, format_func=name, max_selections=SET_LIMIT, key="test_rows"
+    )
+    st.caption("The scores are the influence on the picked images' mean test loss (the mean of their scores).")
+    return tuple(sorted(picked)) if picked else None
+
+
+def show_header(
+    explanation: Explanation | SetExplanation, target: Target, test: LabelledSet, classes: Sequence[str]
+) -> None:
+    """What was explained, by which method, how long it took, whether its solve converged, and the score's units."""
+    if isinstance(explanation, Explanation):
+        what = f"true class {classes[explanation.label]}, predicted {classes[explanation.predicted]}"
+    else:
+        what = f"{describe_target(target, test, classes)}, {explanation.accuracy:.1f}% of them predicted right"
+    report = explanation.report
+    solver = f" · solver: {report.iterations} iterations, residual {report.rel_residual:.1e}" if report else ""
+    st.markdown(f"**{METHOD_LABELS[explanation.method]}** · {what} · {explanation.seconds:.2f} s{solver}")
+    if report is not None and not report.converged:
+        st.warning(
+            f"The solve did not converge: it stopped after {report.iterations} iterations with relative residual "
+            f"{report.rel_residual:.1e}, so these scores are approximate. Low-rank IF or TracIn need no solve; more "
+            "damping makes the solve converge faster."
+        )
+    if explanation.note:
+        st.info(explanation.note)
+    st.caption(
+        f"Units: {SCORE_UNITS[explanation.method]}. Each score is also shown relative to the largest |score| over the "
+        "training set (+1.00 = the most helpful sample, −1.00 a harmful one as strong)."
+    )
+
+
+def show_ranking(
+    explanation: Explanation | SetExplanation,
+    ranking: tuple[RankingRow, ...],
+    train: LabelledSet,
+    classes: Sequence[str],
+    k: int,
+) -> None:
+    """The score histogram, the helpful and harmful samples, and the CSV of the full ranking."""
+    st.plotly_chart(
+        charts.score_histogram(
+            [r.score for r in ranking],
+            [r.kind for r in ranking],
+            tie_band(explanation.scores),
+            f"Scores of all {len(ranking)} training samples",
+        ),
+        key="score_histogram",
+    )
+    ranked = {r.row: r for r in ranking}
+    if train.images is None:
+        st.caption("Tabular samples are listed with their feature values as the model sees them (standardised).")
+    for kind, records, sign in (
+        ("helpful", explanation.helpful, "positive"),
+        ("harmful", explanation.harmful, "negative"),
+    ):
+        st.subheader(f"Most {kind} training samples")
+        if len(records) < k:
+            st.caption(
+                f"Only {len(records)} training samples have a {sign} score; the others tie at zero "
+                "(within a millionth of the largest score) and are neither helpful nor harmful."
+            )
+        show_grid(
+            [r.image for r in records],
+            captions(records, ranked, classes),
+            features=features_of(train, records),
+        )
+    table = pd.DataFrame([dataclasses.asdict(r) for r in ranking])
+    st.download_button(
+        f"Download the full ranking ({len(ranking)} rows, CSV)",
+        table.to_csv(index=False),
+        file_name=f"ranking-{explanation.method}.csv",
+        mime="text/csv",
+        key="ranking_csv",
+    )
+
+
+def show_picking(explanation: Explanation | SetExplanation, ranked: dict[int, RankingRow]) -> None:
+    """Pick individual helpful or harmful samples (or all helpful ones) to remove on the What-if page."""
+    st.subheader("Remove samples on the What-if page")
+    shown = [r.row for r in (*explanation.helpful, *explanation.harmful)]
+    picked = st.multiselect(
+        "Training samples to remove",
+        shown,
+        format_func=lambda row: f"#{row} · {ranked[row].kind} {ranked[row].relative_score:+.2f} · {ranked[row].label}",
+        key="pick_rows",
+    )
+    left, right = st.columns(2)
+    if left.button(f"Send {len(picked)} picked samples to What-if", key="send_picked", disabled=not picked):
+        st.session_state["picked_rows"] = list(picked)
+        st.success(f"Picked training rows {picked}: open What-if edit.")
+    if right.button("Remove these helpful samples on the What-if page", key="pick_helpful"):
+        st.session_state["picked_rows"] = [r.row for r in explanation.helpful]
+        st.success(f"Picked training rows {st.session_state['picked_rows']}: open What-if edit.")
+
+
+def show_agreement(explanation: Explanation | SetExplanation, target: Target, model_id: str, k: int) -> None:
+    """Spearman's ρ and the top-k overlaps between this explanation and the others computed for the same target."""
+    st.subheader("Do the methods agree?")
+    stored = st.session_state.get("explanations", {})
+    scores = {explanation.method: explanation.scores} | {
+        key[2]: e.scores for key, e in stored.items() if key[:2] == (model_id, target)
+    }
+    if len(scores) < 2:
+        st.info(
+            "Only one method has explained this so far: choose another method on the left and press *Explain* again "
+            "to compare their rankings here (Spearman's ρ over all training samples, overlap of the top-k)."
+        )
+        return
+    st.caption(
+        f"Spearman's ρ: +1 = the same order of all training samples, 0 = unrelated, −1 = reversed. Overlap: the "
+        f"share of the top-{k} helpful (or harmful) samples both methods name."
+    )
+    st.dataframe(
+        [
+            {
+                "method A": METHOD_LABELS[a.first],
+                "method B": METHOD_LABELS[a.second],
+                "Spearman ρ": round(a.spearman, 3),
+                f"top-{a.k} helpful overlap": f"{a.helpful_overlap:.0%}",
+                f"top-{a.k} harmful overlap": f"{a.harmful_overlap:.0%}",
+            }
+            for a in pairwise_agreement(scores, k)
+        ],
+        hide_index=True,
+        key="agreement",
+    )
 
 
 with session.errors_shown():
@@ -29,26 +252,9 @@ with session.errors_shown():
     predicted = predict_proba(loaded.model, test.inputs).argmax(1)
     left, right = st.columns([1, 2])
     with left:
-        shown_class = st.selectbox("Test images of class", ["all", *bundle.classes], key="test_class")
-        wrong_only = st.checkbox("Only misclassified", key="wrong_only")
-        rows = list(range(len(test)))
-        if shown_class != "all":
-            rows = [r for r in rows if int(test.labels[r]) == bundle.classes.index(shown_class)]
-        if wrong_only:
-            rows = [r for r in rows if int(predicted[r]) != int(test.labels[r])]
-        if not rows:
-            st.warning("No test image matches these filters.")
+        target = choose_target(test, predicted, bundle.classes)
+        if target is None:
             st.stop()
-        row = st.selectbox(
-            "Test image",
-            rows,
-            format_func=lambda r: (
-                f"#{r} · label {bundle.classes[int(test.labels[r])]} · predicted {bundle.classes[int(predicted[r])]}"
-            ),
-            key="test_row",
-        )
-        if test.images is not None:
-            st.image(test.images[row].numpy(), width=140, caption=f"test #{row}")
         method = st.radio(
             "Method",
             BROWSE_METHODS,
@@ -57,57 +263,41 @@ with session.errors_shown():
             key="browse_method",
             help=f"Hessian-based methods use H + {session.BROWSE_DAMPING}·I over a 500-sample Hessian. Low-rank IF "
             "and TracIn are instant after a one-off set-up per model; the exact solve and GIF-restricted solve per "
-            "test point; Captum's run on the same model and data.",
+            "test point (one per set); Captum's run on the same model and data.",
         )
         k = st.slider("How many samples", 4, 24, 8, key="browse_k")
-        explain = st.button("Explain this prediction", type="primary", key="explain")
+        browser = session.browser(loaded)
+        cost = browser.estimate(method)
+        st.caption(f"Cost now: {cost.describe()}.")
+        explain = st.button("Explain this prediction", type="primary", key="explain", disabled=not cost.feasible)
     with right:
+        question = (loaded.model_id, target, method, k)
         if explain:
-            browser = session.browser(loaded)
-            with st.spinner(f"{METHOD_LABELS[method]}: scoring all {len(loaded.train)} training samples…"):
-                explanation = browser.explain(test.inputs[row : row + 1], int(test.labels[row]), method, k)
-            st.session_state["explanation"] = (loaded.model_id, row, explanation)
+            jobs.start(
+                "explain", question, lambda stop, report: compute(browser, test, target, method, k, stop, report)
+            )
+        job = jobs.current("explain")
+        finished = jobs.result(job, METHOD_LABELS[method]) if job is not None and job.key == question else None
         stored = st.session_state.get("explanation")
-        if stored is not None and stored[0] == loaded.model_id and stored[1] == row:
+        if finished is not None and (stored is None or stored[2] is not finished):
+            st.session_state["explanation"] = (loaded.model_id, target, finished)
+            st.session_state.setdefault("explanations", {})[(loaded.model_id, target, method)] = finished
+            st.session_state.pop("pick_rows", None)
+        stored = st.session_state.get("explanation")
+        if stored is not None and stored[0] == loaded.model_id and stored[1] == target:
             explanation = stored[2]
-            st.markdown(
-                f"**{METHOD_LABELS[explanation.method]}** · true class {bundle.classes[explanation.label]}, predicted "
-                f"{bundle.classes[explanation.predicted]} · {explanation.seconds:.2f} s"
-                + (
-                    f" · solver: {explanation.report.iterations} iterations, residual "
-                    f"{explanation.report.rel_residual:.1e}"
-                    if explanation.report
-                    else ""
+            show_header(explanation, target, test, bundle.classes)
+            if isinstance(explanation, Explanation):
+                st.plotly_chart(
+                    charts.probabilities({"probability": explanation.probabilities}, bundle.classes, "Prediction"),
+                    key="prediction",
                 )
-            )
-            if explanation.report is not None and not explanation.report.converged:
-                st.warning(
-                    f"The solve did not converge: it stopped after {explanation.report.iterations} iterations with "
-                    f"relative residual {explanation.report.rel_residual:.1e}, so these scores are approximate. Low-rank IF "
-                    "or TracIn need no solve; more damping makes the solve converge faster."
-                )
-            if explanation.note:
-                st.info(explanation.note)
-            st.plotly_chart(
-                charts.probabilities({"probability": explanation.probabilities}, bundle.classes, "Prediction"),
-                key="prediction",
-            )
-            for kind, records, sign in (
-                ("helpful", explanation.helpful, "positive"),
-                ("harmful", explanation.harmful, "negative"),
-            ):
-                st.subheader(f"Most {kind} training samples")
-                if len(records) < k:
-                    st.caption(
-                        f"Only {len(records)} training samples have a {sign} score; the others tie at zero "
-                        "(within a millionth of the largest score) and are neither helpful nor harmful."
-                    )
-                show_grid([r.image for r in records], captions(records, bundle.classes, kind))
-            if st.button("Remove these helpful samples on the What-if page", key="pick_helpful"):
-                st.session_state["picked_rows"] = [r.row for r in explanation.helpful]
-                st.success(f"Picked training rows {st.session_state['picked_rows']}: open What-if edit.")
+            ranking = ranking_table(explanation.scores, loaded.train, bundle.classes)
+            show_ranking(explanation, ranking, loaded.train, bundle.classes, k)
+            show_picking(explanation, {r.row: r for r in ranking})
+            show_agreement(explanation, target, loaded.model_id, k)
         else:
-            st.info("Pick a test image and a method, then press *Explain this prediction*.")
+            st.info("Pick a test image (or a set) and a method, then press *Explain this prediction*.")
 
     st.divider()
     st.subheader("Possible mislabels: the most self-influential training samples")
@@ -122,13 +312,23 @@ with session.errors_shown():
         horizontal=True,
         key="self_method",
     )
+    st.caption(f"Cost now: {browser.estimate(self_method).describe()}.")
+    ranking_question = (loaded.model_id, self_method)
     if st.button("Rank the training set", key="rank_self"):
-        browser = session.browser(loaded)
-        with st.spinner("Ranking every training sample by self-influence…"):
-            st.session_state["suspicious"] = (loaded.model_id, self_method, browser.suspicious(24, self_method))
+        jobs.start(
+            "suspicious",
+            ranking_question,
+            lambda stop, report: browser.suspicious(24, self_method, stop=stop, progress=report),
+        )
+    job = jobs.current("suspicious")
+    if job is not None and job.key == ranking_question:
+        ranked = jobs.result(job, "Self-influence ranking")
+        if ranked is not None:
+            st.session_state["suspicious"] = (loaded.model_id, self_method, ranked)
     stored = st.session_state.get("suspicious")
     if stored is not None and stored[0] == loaded.model_id:
         show_grid(
             [r.image for r in stored[2]],
             [f"{r.score:.2e} · label {bundle.classes[r.label]} · #{r.row}" for r in stored[2]],
+            features=features_of(loaded.train, stored[2]),
         )

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+import torch
+from torch import nn
 
-from app import charts, session, warmup
+from app import charts, gallery, metrics_table, session, warmup
 from app.request_form import request_form
+from gif_core.backdoor import BackdoorSpec
 from gif_core.checkpoints import weights_bytes
-from gif_core.comparison import predictions_of
-from gif_core.experiment import EditConfig, answer
+from gif_core.comparison import ModelPredictions, predictions_of
+from gif_core.data import DataBundle
+from gif_core.evaluate import predict_proba
+from gif_core.experiment import EditConfig, EditReport, MethodOutcome, answer
 from gif_core.influence import METHODS
 from gif_core.requests import ClassRemoval
 from gif_core.retrain import retrain
 from gif_core.selection import METHODS as SELECTORS
 from gif_core.solvers import LEAST_SQUARES_METHODS
-from gif_core.workspace import edited_card
+from gif_core.workspace import Workspace, edited_card
 
 st.set_page_config(page_title="What-if edit · GIF Explorer", layout="wide")
 st.title("What-if edit")
@@ -33,7 +39,174 @@ METHOD_NAMES = {"gif": "GIF", "fif": "FIF", "pif": "PIF", "if": "IF", "sif": "SI
 RATIOS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 DEFAULTS = EditConfig()
 STEP_MODES = ["auto (validation split)", "fixed"]
-METRICS = ["forget_acc", "retain_acc", "test_acc", "f1", "relabelled_acc", "clean_acc", "attack_success_rate", "mia"]
+HISTORY = "edit_history"  # session key of the run history: {model id: [HistoryEntry, …]}, one per finished edit
+CHARTS_PER_ROW = 3
+STATUS_COLUMN = {"status": st.column_config.TextColumn("status", width=320)}
+WRAPPING_ROW_HEIGHT = 72  # st.dataframe wraps text in rows taller than 4rem: a status reads whole, on 3 lines
+TRIGGERED_SHOWN = 6
+
+
+def show_metrics(report: EditReport, backdoor: bool) -> None:
+    """The metrics table (human names, one decimal, blanks where a metric does not apply, ★ on the best edit of
+    each column, each edit's status on its row), its legend, and an error per diverged edit."""
+    st.subheader("Metrics (percent unless a column says otherwise)")
+    table = metrics_table.metrics_table(report, METHOD_NAMES)
+    st.dataframe(
+        metrics_table.styled(table.frame, table.keys, table.best),
+        hide_index=True,
+        column_config=STATUS_COLUMN,
+        row_height=WRAPPING_ROW_HEIGHT,
+        placeholder="",
+    )
+    st.caption(
+        f"{metrics_table.BEST_MARK} in bold: the best edit of its column (for forget accuracy and MIA the one closest "
+        "to the retrained model). What each column measures and which way is better:"
+    )
+    with st.expander("What the columns mean, and which value is best"):
+        st.markdown(metrics_table.legend(table.keys, report.request, backdoor))
+    for o in report.outcomes:
+        if o.diverged:
+            st.error(f"{METHOD_NAMES[o.method]} diverged: {o.diverged}. It has no metrics and cannot be downloaded.")
+
+
+def show_probability_grid(predictions: Sequence[ModelPredictions], bundle: DataBundle, rows: Sequence[int]) -> None:
+    """One probability chart per chosen test image (every model's bars over the class names), in rows of
+    :data:`CHARTS_PER_ROW` so that each chart keeps a readable width; the image above its chart."""
+    for start in range(0, len(rows), CHARTS_PER_ROW):
+        cells = st.columns(CHARTS_PER_ROW)
+        for cell, row in zip(cells, rows[start : start + CHARTS_PER_ROW], strict=False):
+            title = f"test #{row} · true class {bundle.classes[int(bundle.test.labels[row])]}"
+            if bundle.test.images is not None:
+                cell.image(bundle.test.images[row].numpy(), width=90)
+            cell.plotly_chart(
+                charts.probability_panel(
+                    {p.name: p.probabilities[row].numpy() for p in predictions}, bundle.classes, title
+                ),
+                key=f"probs_{row}",
+            )
+
+
+def show_trigger(spec: BackdoorSpec, classes: Sequence[str]) -> None:
+    """The trigger pattern itself, enlarged without smoothing, beside what it does and which class it aims at."""
+    trigger = spec.trigger
+    pattern, words = st.columns([1, 5])
+    scale = max(1, 64 // trigger.size)
+    pattern.image(
+        np.kron(trigger.pattern().numpy(), np.ones((scale, scale))),
+        caption=f"the trigger: {trigger.size}×{trigger.size} {trigger.kind}, {trigger.corner} corner",
+        clamp=True,
+    )
+    words.markdown(
+        f"Every triggered image gets this square in its {trigger.corner} corner; the attacker's target is class "
+        f"**{classes[spec.target]}**. Attack success = share of triggered test images of other classes predicted "
+        "as the target."
+    )
+
+
+def triggered_predictions(
+    models: dict[str, tuple[nn.Module, dict[str, float]]],
+    inputs: torch.Tensor,
+    rows: np.ndarray,
+    spec: BackdoorSpec,
+    classes: Sequence[str],
+) -> pd.DataFrame:
+    """One row per model: its attack success rate and the class it predicts for each triggered image (``inputs``,
+    test rows ``rows``), the attacker's target marked."""
+    table = []
+    for name, (model, metrics) in models.items():
+        predicted = predict_proba(model, inputs).argmax(1).tolist()
+        record = {"model": name, "Attack success (%)": f"{metrics['attack_success_rate']:.1f}"}
+        for row, p in zip(rows, predicted, strict=True):
+            record[f"test #{row}"] = classes[p] + (" (target)" if p == spec.target else "")
+        table.append(record)
+    return pd.DataFrame(table)
+
+
+def show_backdoor(loaded: Workspace, report: EditReport, finished: Sequence[MethodOutcome]) -> None:
+    """The trigger, a few triggered test images (one per class other than the target), and what each model predicts
+    on them: the original (before), the retrained model and every edit (after), with their attack success."""
+    spec, test, classes = loaded.backdoor, loaded.bundle.test, loaded.bundle.classes
+    st.subheader("The backdoor: its trigger and triggered test images")
+    show_trigger(spec, classes)
+    labels = test.labels.numpy()
+    rows = np.array([np.flatnonzero(labels == c)[0] for c in np.unique(labels) if c != spec.target])
+    rows = rows[:TRIGGERED_SHOWN]  # the first test image of each class but the target: a mix of classes
+    gallery.show_grid(
+        list(spec.trigger.stamp_display(test.images[rows]).numpy()),
+        [f"test #{r} · true {classes[int(test.labels[r])]}" for r in rows],
+        columns=TRIGGERED_SHOWN,
+    )
+    models = {"original (before)": (loaded.model, report.original)}
+    if report.retrained_model is not None:
+        models["retrained"] = (report.retrained_model, report.retrained)
+    models.update({f"{METHOD_NAMES[o.method]} (after)": (o.model, o.metrics) for o in finished})
+    st.markdown("**Predicted class of each triggered image, before and after the edit**")
+    table = triggered_predictions(models, spec.trigger.stamp(test.inputs[rows]), rows, spec, classes)
+    st.dataframe(table, hide_index=True, key="backdoor_predictions")
+
+
+def remember(loaded: Workspace, report: EditReport) -> None:
+    """Add a finished edit to this session's run history of the model (its rows and JSON report, no model)."""
+    backdoor = report.request is loaded.backdoor_request
+    question = metrics_table.question_text(report.request, loaded.bundle.classes, backdoor)
+    entry = metrics_table.history_entry(report, METHOD_NAMES, question, report.to_json())
+    st.session_state.setdefault(HISTORY, {}).setdefault(loaded.model_id, []).append(entry)
+
+
+def show_history(loaded: Workspace) -> None:
+    """Every edit run on this model in this session, side by side, and (from two runs on) all their reports as
+    one JSON list."""
+    entries = st.session_state.get(HISTORY, {}).get(loaded.model_id, [])
+    if not entries:
+        return
+    st.subheader(f"Run history ({len(entries)} run{'s' if len(entries) > 1 else ''} on this model, this session)")
+    frame, keys = metrics_table.history_frame(entries)
+    st.dataframe(
+        metrics_table.styled(frame, keys),
+        hide_index=True,
+        column_config=STATUS_COLUMN,
+        row_height=WRAPPING_ROW_HEIGHT,
+        placeholder="",
+        key="edit_history_table",
+    )
+    if len(entries) < 2:
+        st.caption("Each edit you run is kept here; this run's JSON report is under Downloads.")
+        return
+    st.download_button(
+        f"All {len(entries)} runs as one JSON report",
+        metrics_table.combined_json(entries),
+        file_name="runs.json",
+        key="download_history",
+    )
+
+
+def show_downloads(loaded: Workspace, report: EditReport, finished: Sequence[MethodOutcome]) -> None:
+    """The first finished edit's checkpoint and card, and the JSON report: new files, the original is never
+    touched (nothing to download when every edit diverged)."""
+    if not finished:
+        return
+    st.subheader("Downloads")
+    first = finished[0]
+    d1, d2, d3 = st.columns(3)
+    d1.download_button(
+        f"Edited model ({METHOD_NAMES[first.method]}) .safetensors",
+        weights_bytes(first.model),
+        file_name=f"edited_{first.method}.safetensors",
+        key="download_weights",
+    )
+    d2.download_button(
+        "Its model card .json",
+        edited_card(loaded, first, report.request.describe()).to_json(),
+        file_name=f"edited_{first.method}.json",
+        key="download_card",
+    )
+    d3.download_button(
+        "JSON report (as gif remove --json)",
+        report.to_json(),
+        file_name="report.json",
+        key="download_report",
+    )
+
 
 with session.errors_shown():
     loaded = session.workspace()
@@ -120,6 +293,7 @@ with session.errors_shown():
             report.retrain_seconds, report.retrain_from_cache = retrained.seconds, retrained.from_cache
         report.extra["model"] = {"path": loaded.source, "id": loaded.model_id}
         st.session_state["edit"] = (loaded.model_id, report)
+        remember(loaded, report)
 
     stored = st.session_state.get("edit")
     if stored is None or stored[0] != loaded.model_id:
@@ -127,41 +301,9 @@ with session.errors_shown():
         st.stop()
     report = stored[1]
     outcomes = report.outcomes
-    # ---- metrics table
-    table = [{"model": "original", "status": "", **report.original}]
-    if report.retrained is not None:
-        source = "cache" if report.retrain_from_cache else f"{report.retrain_seconds:.1f} s"
-        table.append({"model": f"retrained ({source})", "status": "ground truth", **report.retrained})
-    for o in outcomes:
-        if o.diverged:
-            table.append({"model": METHOD_NAMES[o.method], "diverged": o.diverged, "seconds": o.seconds})
-            continue
-        solver = o.result.solver_summary()
-        row = {"model": METHOD_NAMES[o.method], "status": "; ".join(o.flags) or "ok"}
-        row.update({**o.metrics, "step α": o.step, "seconds": o.seconds})
-        row.update({"HVPs": solver["hvps"], "residual": solver["rel_residual"], "converged": solver["converged"]})
-        if o.vs_retrain is not None:
-            row.update({f"vs retrained: {k}": v for k, v in o.vs_retrain.items()})
-        table.append(row)
-    frame = pd.DataFrame(table)
-    st.subheader("Metrics (percent; Avg. Gap = mean |metric − retrained|, lower is better)")
-    st.dataframe(
-        frame[[c for c in frame.columns if c == "model" or c not in METRICS or frame[c].notna().any()]], hide_index=True
-    )
-    for o in outcomes:
-        if o.diverged:
-            st.error(f"{METHOD_NAMES[o.method]} diverged: {o.diverged}. It has no metrics and cannot be downloaded.")
-        elif o.step_search is not None:
-            for warning in o.step_search.warnings:
-                st.warning(f"{METHOD_NAMES[o.method]}: {warning}")
+    is_backdoor = report.request is loaded.backdoor_request
+    show_metrics(report, is_backdoor)
     finished = [o for o in outcomes if not o.diverged]
-    if not all(o.result.converged for o in finished):
-        st.caption(
-            "Some solves stopped at *Max iterations* before the tolerance (see *converged*). At the defaults that is "
-            f"by design: {DEFAULTS.maxiter} Krylov iterations, damping δ = {DEFAULTS.damping:g} and GIF's ridge "
-            f"ρ = {DEFAULTS.gif_ridge:g} regularise the solve; more converged, undamped solves edited worse "
-            "(benchmarks/results/defaults_sweep.md)."
-        )
     if report.selection is not None:
         with st.expander("Selected parameters per layer (GIF/FIF/PIF)"):
             layers = report.selection.describe()["layers"]
@@ -184,24 +326,13 @@ with session.errors_shown():
     tabs = st.tabs([p.name for p in predictions])
     for tab, p in zip(tabs, predictions, strict=True):
         tab.plotly_chart(charts.confusion(p, bundle.classes), key=f"confusion_{p.name}")
+    if is_backdoor:
+        show_backdoor(loaded, report, finished)
     # ---- chosen test images
     st.subheader("Probability changes for chosen test images")
     default_rows = removed_rows[:3].tolist() if isinstance(report.request, ClassRemoval) else list(range(3))
     chosen = st.multiselect("Test images", list(range(len(bundle.test))), default=default_rows, key="prob_rows")
-    columns = st.columns(max(1, len(chosen)))
-    for column, row in zip(columns, chosen, strict=False):
-        if bundle.test.images is not None:
-            column.image(
-                bundle.test.images[row].numpy(),
-                width=90,
-                caption=f"test #{row} · {bundle.classes[int(bundle.test.labels[row])]}",
-            )
-        column.plotly_chart(
-            charts.probabilities(
-                {p.name: p.probabilities[row].numpy() for p in predictions}, bundle.classes, f"#{row}"
-            ),
-            key=f"probs_{row}",
-        )
+    show_probability_grid(predictions, bundle, chosen)
     # ---- solver and step
     curves = {
         f"{METHOD_NAMES[o.method]} ({r.name})": r.residual_history
@@ -219,27 +350,5 @@ with session.errors_shown():
     steps = {METHOD_NAMES[o.method]: o.step_curve for o in finished if o.step_curve}
     if steps:
         st.plotly_chart(charts.step_curves(steps), key="steps")
-    # ---- downloads: new files only, the original is never touched
-    if not finished:
-        st.stop()
-    st.subheader("Downloads")
-    first = finished[0]
-    d1, d2, d3 = st.columns(3)
-    d1.download_button(
-        f"Edited model ({METHOD_NAMES[first.method]}) .safetensors",
-        weights_bytes(first.model),
-        file_name=f"edited_{first.method}.safetensors",
-        key="download_weights",
-    )
-    d2.download_button(
-        "Its model card .json",
-        edited_card(loaded, first, report.request.describe()).to_json(),
-        file_name=f"edited_{first.method}.json",
-        key="download_card",
-    )
-    d3.download_button(
-        "JSON report (as gif remove --json)",
-        report.to_json(),
-        file_name="report.json",
-        key="download_report",
-    )
+    show_downloads(loaded, report, finished)
+    show_history(loaded)
