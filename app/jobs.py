@@ -67,9 +67,11 @@ class JobState:
 
 @dataclass(frozen=True)
 class Job:
-    """A background computation: what it answers (``key``), the page that started it, its future and state."""
+    """A background computation: what it answers (``key``, and in words ``subject``), the page that started it,
+    its future and state."""
 
     key: tuple
+    subject: str
     page: str
     future: Future
     state: JobState
@@ -83,12 +85,13 @@ def current(slot: str) -> Job | None:
     return st.session_state.get(JOBS, {}).get(slot)
 
 
-def start(slot: str, key: tuple, work: Callable[[StopCheck, Progress], Any]) -> Job:
+def start(slot: str, key: tuple, subject: str, work: Callable[[StopCheck, Progress], Any]) -> Job:
     """Run ``work(stop, progress)`` in the background for ``key`` in ``slot`` (a running or finished job for the
-    same key is kept, unless it was stopped); an older job in the slot is stopped."""
+    same key is kept, unless it was stopped or failed); an older job in the slot is stopped."""
     jobs: dict[str, Job] = st.session_state.setdefault(JOBS, {})
     old = jobs.get(slot)
-    if old is not None and old.key == key and not old.state.cancel.is_set():
+    reusable = old is not None and old.key == key and not old.state.cancel.is_set()
+    if reusable and (old.running() or old.future.exception() is None):
         return old
     if old is not None:
         old.state.stop("a new question replaced it")
@@ -97,12 +100,8 @@ def start(slot: str, key: tuple, work: Callable[[StopCheck, Progress], Any]) -> 
     if EXECUTOR not in st.session_state:
         st.session_state[EXECUTOR] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gif-job")
     stop = stop_check(state, context.session_id if context else None)
-    job = Job(
-        key,
-        context.page_script_hash if context else "",
-        st.session_state[EXECUTOR].submit(_run, work, stop, state),
-        state,
-    )
+    future = st.session_state[EXECUTOR].submit(_run, work, stop, state)
+    job = Job(key, subject, context.page_script_hash if context else "", future, state)
     jobs[slot] = job
     return job
 
@@ -139,30 +138,29 @@ def leave_other_pages() -> None:
             job.state.stop("you opened another page")
 
 
-def result(job: Job, subject: str) -> Any | None:
+def result(job: Job) -> Any | None:
     """The job's result once it has finished; while it runs, a polled progress line with *Cancel* (and None). A
-    stopped job says why; a failed one raises its error here, for the page's error display."""
+    stopped or failed job says why, in place (the rest of the page stays), and gives None."""
     if job.running():
-        _poll(job, subject)
+        _poll(job)
         return None
     error = job.future.exception()
     if isinstance(error, Cancelled):
-        st.warning(f"{subject} stopped: {error}. Press the button again to restart it.")
-        return None
-    if error is not None:
-        raise error
-    return job.future.result()
+        st.warning(f"{job.subject} stopped: {error}. Press the button again to restart it.")
+    elif error is not None:
+        st.error(f"{job.subject} failed: {type(error).__name__}: {error}")
+    return None if error is not None else job.future.result()
 
 
 @st.fragment(run_every=0.5)
-def _poll(job: Job, subject: str) -> None:
+def _poll(job: Job) -> None:
     if not job.running():
         st.rerun()  # one full rerun draws the result; the poller is not drawn again
     message, fraction = job.state.now
     spent = time.perf_counter() - job.state.started
     left = job.state.seconds_left()
     eta = f", about {left:.0f} s left in this phase" if left is not None else ""
-    st.progress(min(1.0, max(0.0, fraction)), text=f"{subject} — {message} ({spent:.0f} s so far{eta})")
+    st.progress(min(1.0, max(0.0, fraction)), text=f"{job.subject} — {message} ({spent:.0f} s so far{eta})")
     if job.state.cancel.is_set():
         st.caption(f"Stopping at the next step: {job.state.reason}.")
     elif st.button("Cancel", key=f"cancel_{id(job)}"):

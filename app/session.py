@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from app import jobs
+from app import jobs, warmup
 from gif_core.browse import BrowserConfig, InfluenceBrowser
 from gif_core.cache_files import data_fingerprint
 from gif_core.gradient_store import default_gradient_dir
@@ -27,7 +27,7 @@ WORKSPACE = "workspace"
 LINK = "workspace_link"
 LINK_PARAMS = ("bundled", "path", "data")
 """The URL query parameters that name the session's model: ``?bundled=NAME`` or ``?path=PATH[&data=FOLDER]``."""
-DERIVED = ("explanation", "explanations", "suspicious", "picked_rows", "edit", "selection_view", jobs.JOBS)
+DERIVED = ("explanation", "explanations", "suspicious", "picked_rows", "edit", "selection_view", jobs.JOBS, warmup.JOB)
 """What is computed for the session's model, forgotten when another is loaded (the edit history is kept: it is
 per model id)."""
 BROWSE_DAMPING = 0.01
@@ -64,6 +64,8 @@ def use_workspace(loaded: Workspace, link: dict[str, str] | None = None) -> None
     st.session_state[LINK] = link or {}
     for job in st.session_state.get(jobs.JOBS, {}).values():
         job.state.stop("another model was loaded")
+    if warmup.JOB in st.session_state:
+        st.session_state[warmup.JOB].phase.cancel.set()
     for key in DERIVED:
         st.session_state.pop(key, None)
 
@@ -89,13 +91,14 @@ def _shared_browser(key: tuple[str, ...], _loaded: Workspace, _config: BrowserCo
 
 
 def browser(loaded: Workspace) -> InfluenceBrowser:
-    """The influence browser for ``loaded``, shared by every session on the same model, training data, settings and
-    cache folder: its set-up (per-sample gradients, eigenpairs, Captum's estimators) is done once per server, not
-    once per session, and it runs one computation at a time. Making it is cheap; the set-up runs in the first job
-    that needs it (:mod:`app.jobs`)."""
+    """The influence browser for ``loaded``, shared by every session on the same model, model card (its weight
+    decay enters H), training data, settings and cache folder: its set-up (per-sample gradients, eigenpairs,
+    Captum's estimators) is done once per server, not once per session, and it runs one computation at a time.
+    Making it is cheap; the set-up runs in the first job that needs it (:mod:`app.jobs`)."""
     config = BrowserConfig(damping=BROWSE_DAMPING)
     data_key = data_fingerprint(loaded.train.inputs, loaded.train.labels)
-    return _shared_browser((loaded.model_id, data_key, repr(config), str(default_gradient_dir())), loaded, config)
+    key = (loaded.model_id, loaded.card.to_json(), data_key, repr(config), str(default_gradient_dir()))
+    return _shared_browser(key, loaded, config)
 
 
 def progress_bar(text: str) -> tuple[Callable[[str, float], None], Callable[[], None]]:

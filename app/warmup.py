@@ -75,7 +75,7 @@ def start_default(loaded: Workspace) -> WarmJob:
 
 
 def job_key(loaded: Workspace, request: EditRequest, config: EditConfig, with_retrain: bool) -> tuple:
-    return (loaded.model_id, request, preparation_key(config), with_retrain)
+    return (loaded.model_id, loaded.card.to_json(), request, preparation_key(config), with_retrain)
 
 
 def start(loaded: Workspace, request: EditRequest, config: EditConfig, with_retrain: bool) -> WarmJob:

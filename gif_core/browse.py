@@ -31,7 +31,7 @@ from gif_core.captum_baselines import CaptumConfig, captum_estimator
 from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import LabelledSet, seeded_subset
 from gif_core.gradient_store import DTYPE, GradientStore, default_gradient_dir, gradient_key, gradient_store
-from gif_core.interrupt import StopCheck, check, watched_forward
+from gif_core.interrupt import ForwardWatch, StopCheck, check
 from gif_core.scores import (
     LowRankInverse,
     SelfInfluence,
@@ -102,7 +102,7 @@ class CostEstimate:
     ``note`` says why."""
 
     method: str
-    phases: tuple[tuple[str, float], ...]
+    phases: tuple[tuple[str, float | None], ...]
     seconds: float | None
     disk_bytes: int
     feasible: bool = True
@@ -113,13 +113,17 @@ class CostEstimate:
         if not self.feasible:
             return self.note
         if self.seconds is None:
-            time_part = "time not estimated (Captum's own loops)"
+            time_part = "time not estimated" + ("" if self.note else " (Captum's own loops)")
         elif self.seconds < 1:
             time_part = "under a second"
         else:
             time_part = f"about {_duration(self.seconds)} at most"
         disk = f", writes {self.disk_bytes / 2**20:,.0f} MB to the cache (once per model)" if self.disk_bytes else ""
         return time_part + disk + (f". {self.note}" if self.note else "")
+
+
+def _times_or_none(count: int, seconds: float | None) -> float | None:
+    return None if seconds is None else count * seconds
 
 
 def _duration(seconds: float) -> str:
@@ -221,18 +225,20 @@ class InfluenceBrowser:
         self._self_influence: dict[str, SelfInfluence] = {}
         self._lowrank: LowRankInverse | None = None
         self._timings: dict[str, float] = {}
+        self._watch = ForwardWatch()
+        self._watch.install((self._model, self.curvature.module))  # Captum's copies of the model inherit it
 
     # -- interruptible work ------------------------------------------------------------------------------------
     @contextmanager
     def _working(self, stop: StopCheck | None, progress: Progress | None) -> Iterator[None]:
         """This browser's lock (waiting while another thread computes, stoppable) with the stop check on every
-        forward pass of both copies of the model."""
+        forward pass of the model and its copies (the curvature's, Captum's)."""
         while not self._lock.acquire(timeout=0.25):
             check(stop)
             if progress is not None:
                 progress("Waiting for another computation on this model to finish", 0.0)
         try:
-            with watched_forward((self._model, self.curvature.module), stop):
+            with self._watch.active(stop):
                 yield
         finally:
             self._lock.release()
@@ -248,10 +254,7 @@ class InfluenceBrowser:
         if not expected_passes:
             yield
             return
-        with watched_forward(
-            (self._model, self.curvature.module),
-            on_pass=lambda passes: progress(message, min(0.99, passes / expected_passes)),
-        ):
+        with self._watch.active(on_pass=lambda passes: progress(message, min(0.99, passes / expected_passes))):
             yield
 
     @property
@@ -347,10 +350,16 @@ class InfluenceBrowser:
         """Forward passes of one Hessian-vector product: one per batch of the Hessian sample."""
         return math.ceil(self.curvature.n_samples / self.curvature.config.batch_size)
 
-    def _timed(self, what: str) -> float:
+    def _timed(self, what: str) -> float | None:
         """Seconds of one Hessian-vector product (``"product"``) or one per-sample gradient block of the training
-        set (``"block"``), timed once per browser on this machine (the product after one warm-up product)."""
-        if what not in self._timings:  # no browser lock: the curvature is thread-safe, and a page must not wait
+        set (``"block"``), timed once per browser on this machine (the product after one warm-up product); None
+        while another computation holds the browser (a page must not wait, and a timing beside it would be
+        inflated)."""
+        if what in self._timings:
+            return self._timings[what]
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
             if what == "product":
                 vector = torch.randn(self.curvature.space.numel, generator=torch.Generator().manual_seed(0))
                 self.curvature.hvp(vector.to(self.curvature.dtype))
@@ -361,15 +370,29 @@ class InfluenceBrowser:
                 start = time.perf_counter()
                 next(self.curvature.per_sample_gradients(self.train.inputs[:size], self.train.labels[:size]))
             self._timings[what] = time.perf_counter() - start
+        finally:
+            self._lock.release()
         return self._timings[what]
 
-    def estimate(self, method: str) -> CostEstimate:
+    @staticmethod
+    def solve_products(method: str, solver: SolverConfig) -> int:
+        """The most Hessian-vector products one test point's solve runs: MINRES's ``maxiter`` plus the explicit
+        residual and one spare (``if``); LSMR's two per iteration plus three (``gif``); none for the others."""
+        return {"if": solver.maxiter + 2, "gif": 2 * solver.maxiter + 3}.get(method, 0)
+
+    def estimate(
+        self, method: str, point: tuple[torch.Tensor, int] | None = None, solver: SolverConfig | None = None
+    ) -> CostEstimate:
         """What ``method`` will cost for one test point now (see :class:`CostEstimate`): the set-up still missing
-        (G: n·p float32 on disk; eigenpairs: p·rank float64) and the per-point work (the exact solve's
-        ``maxiter`` products; GIF's least-squares solve, two products per iteration). Scores already cached are
-        free; Captum's work is not estimated, and its Arnoldi IF is refused beyond :data:`ARNOLDI_MAX_WORK`."""
+        (G: n·p float32 on disk; eigenpairs: p·rank float64) and the per-point work (:meth:`solve_products` at the
+        time of one product). With ``point`` = (inputs [1, ...], label), scores already in the disk cache for it
+        cost nothing. Captum's work is not estimated, and its Arnoldi IF is refused beyond
+        :data:`ARNOLDI_MAX_WORK`. Seconds are None while another computation holds the browser."""
         if method not in BROWSE_METHODS:
             raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
+        solver = solver or self.config.solver
+        if point is not None and method in CACHED_SCORE_METHODS and self._scores_path(method, *point, solver).exists():
+            return CostEstimate(method, (), 0.0, 0, note="Its scores for this test point are in the cache.")
         n, p = len(self.train), self.curvature.space.numel
         if method in CAPTUM_METHODS:
             if method == "captum-arnoldi" and n * p > ARNOLDI_MAX_WORK:
@@ -384,20 +407,25 @@ class InfluenceBrowser:
                     "finish in 25 minutes at 3,500 × 46,730). Use low-rank IF: the same idea on our cached gradients.",
                 )
             return CostEstimate(method, (), None, 0)
-        phases: list[tuple[str, float]] = []
+        phases: list[tuple[str, float | None]] = []
         disk = 0
         if not self.gradients_cached():
             blocks = math.ceil(n / self.curvature.config.batch_size)
-            phases.append(("per-sample gradients of the training set", blocks * self._timed("block")))
+            phases.append(("per-sample gradients of the training set", _times_or_none(blocks, self._timed("block"))))
             disk += n * p * DTYPE.itemsize
         if method == "if-lowrank" and self._lowrank is None and not self._eigenpairs_path()[0].exists():
             rank = self._eigenpairs_path()[2]
-            phases.append(("eigenpairs by Lanczos", LANCZOS_PRODUCTS_PER_RANK * rank * self._timed("product")))
+            products = LANCZOS_PRODUCTS_PER_RANK * rank
+            phases.append(("eigenpairs by Lanczos", _times_or_none(products, self._timed("product"))))
             disk += p * rank * 8 + rank * 8
-        products = {"if": self.config.solver.maxiter + 2, "gif": 2 * self.config.solver.maxiter + 3}.get(method, 0)
+        products = self.solve_products(method, solver)
         if products:
-            phases.append((f"the solve: at most {products} Hessian-vector products", products * self._timed("product")))
-        return CostEstimate(method, tuple(phases), sum(seconds for _, seconds in phases), disk)
+            what = f"the solve: at most {products} Hessian-vector products"
+            phases.append((what, _times_or_none(products, self._timed("product"))))
+        seconds = [value for _, value in phases]
+        total = None if None in seconds else sum(seconds)
+        note = "" if total is not None else "Another computation on this model is running; its time is measured after."
+        return CostEstimate(method, tuple(phases), total, disk, note=note)
 
     # -- scores ------------------------------------------------------------------------------------------------
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -415,10 +443,12 @@ class InfluenceBrowser:
         *,
         stop: StopCheck | None = None,
         progress: Progress | None = None,
+        solver: SolverConfig | None = None,
     ) -> Explanation:
-        """Top-k helpful and harmful training samples for one test input (``inputs`` of shape [1, ...]). Scores of
-        the :data:`CACHED_SCORE_METHODS` are kept on disk, keyed by the model, its training data, this browser's
-        settings, the test input and its label, and served (verified) when asked again."""
+        """Top-k helpful and harmful training samples for one test input (``inputs`` of shape [1, ...]); ``solver``
+        replaces the browser's for this call. Scores of the :data:`CACHED_SCORE_METHODS` are kept on disk, keyed by
+        the model, its training data, this browser's settings and the solver, the test input and its label, and
+        served (verified) when asked again."""
         if method not in BROWSE_METHODS:
             raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
         if inputs.shape[0] != 1:
@@ -427,16 +457,19 @@ class InfluenceBrowser:
             raise ValueError(f"label must be a class index 0 … {self.num_classes - 1}, got {label}")
         start = time.perf_counter()
         labels = torch.tensor([label])
+        solver = solver or self.config.solver
         selection = None
         if method == "gif":
-            selection = select_on_data(self._model, inputs, labels, self.config.selection)
-        cached = self._cached_scores(method, inputs, label) if method in CACHED_SCORE_METHODS else None
+            with self._working(stop, progress):
+                selection = select_on_data(self._model, inputs, labels, self.config.selection)
+        path = self._scores_path(method, inputs, label, solver)
+        cached = self._cached_scores(path) if method in CACHED_SCORE_METHODS else None
         if cached is not None:
             scores, report, note = cached
         else:
-            scores, report, note = self._scores(inputs, labels, method, selection, stop, progress)
+            scores, report, note = self._scores(inputs, labels, method, selection, solver, stop, progress)
             if method in CACHED_SCORE_METHODS:
-                self._save_scores(method, inputs, label, scores, report, note)
+                self._save_scores(path, scores, report, note)
         probabilities = self.predict(inputs)[0]
         helpful, harmful = helpful_and_harmful(scores, k)
         return Explanation(
@@ -460,6 +493,7 @@ class InfluenceBrowser:
         labels: torch.Tensor,
         method: str,
         selection: Selection | None,
+        solver: SolverConfig,
         stop: StopCheck | None,
         progress: Progress | None,
     ) -> tuple[torch.Tensor, SolveReport | None, str]:
@@ -469,11 +503,10 @@ class InfluenceBrowser:
             gradients = self.ensure_gradients(stop, progress)
             lowrank = self.ensure_lowrank(stop, progress) if method == "if-lowrank" else None
             with self._working(stop, progress):
-                products = {"if": self.config.solver.maxiter + 2, "gif": 2 * self.config.solver.maxiter + 3}
-                expected = products.get(method, 0) * self._passes_per_product + 1
+                expected = self.solve_products(method, solver) * self._passes_per_product + 1
                 with self._phase(progress, f"{METHOD_LABELS[method]}: scoring {len(self.train):,} samples", expected):
                     result = influence_scores(
-                        self.curvature, gradients, inputs, labels, method, selection, self.config.solver, lowrank
+                        self.curvature, gradients, inputs, labels, method, selection, solver, lowrank
                     )
             scores = result.scores[0]
             report = result.reports[0] if result.reports else None
@@ -484,17 +517,18 @@ class InfluenceBrowser:
             raise FloatingPointError(f"{METHOD_LABELS[method]} produced NaN or inf scores; add damping and retry.")
         return scores, report, note
 
-    def _scores_key(self, method: str, inputs: torch.Tensor, label: int) -> str:
-        settings = repr(dataclasses.replace(self.config, cache_dir=None))
+    def _scores_path(self, method: str, inputs: torch.Tensor, label: int, solver: SolverConfig) -> Path:
+        """Where the scores of this question live: keyed by the gradients' key (model, weight decay, training
+        data), the method, every browser setting with this solver, the test input's bytes and its label."""
+        settings = repr(dataclasses.replace(self.config, cache_dir=None, solver=solver))
         point = tensors_sha256({"inputs": inputs.contiguous()})
-        return hashlib.sha256(f"{self.gradient_key}|{method}|{settings}|{point}|{label}".encode()).hexdigest()[:24]
+        key = hashlib.sha256(f"{self.gradient_key}|{method}|{settings}|{point}|{label}".encode()).hexdigest()[:24]
+        return self.cache_dir / f"scores-{key}.safetensors"
 
-    def _cached_scores(
-        self, method: str, inputs: torch.Tensor, label: int
-    ) -> tuple[torch.Tensor, SolveReport | None, str] | None:
-        """The verified cache entry's (scores, report, note) for this question, or None (a miss, or an entry that
-        fails its checks: then a :class:`~gif_core.cache_files.CacheWarning` and a recompute)."""
-        key = self._scores_key(method, inputs, label)
+    def _cached_scores(self, path: Path) -> tuple[torch.Tensor, SolveReport | None, str] | None:
+        """The verified cache entry's (scores, report, note) at ``path``, or None (a miss, or an entry that fails
+        its checks: then a :class:`~gif_core.cache_files.CacheWarning` and a recompute)."""
+        key = path.stem.removeprefix("scores-")
 
         def read(entry: Path) -> tuple[torch.Tensor, SolveReport | None, str]:
             expect = {"scores": (torch.float32, (len(self.train),))}
@@ -508,15 +542,11 @@ class InfluenceBrowser:
                 raise InvalidEntry(f"its solve report is unreadable ({error})") from error
             return tensors["scores"], report, metadata.get("note", "")
 
-        return read_or_miss(self.cache_dir / f"scores-{key}.safetensors", read, "The influence-score cache entry")
+        return read_or_miss(path, read, "The influence-score cache entry")
 
-    def _save_scores(
-        self, method: str, inputs: torch.Tensor, label: int, scores: torch.Tensor, report: SolveReport | None, note: str
-    ) -> None:
-        key = self._scores_key(method, inputs, label)
+    def _save_scores(self, path: Path, scores: torch.Tensor, report: SolveReport | None, note: str) -> None:
         fields = {"report": json.dumps(report.to_dict() if report else None), "note": note}
-        path = self.cache_dir / f"scores-{key}.safetensors"
-        save_entry(path, SCORES_KIND, key, {"scores": scores.float()}, **fields)
+        save_entry(path, SCORES_KIND, path.stem.removeprefix("scores-"), {"scores": scores.float()}, **fields)
 
     def suspicious(
         self,
@@ -544,6 +574,7 @@ class InfluenceBrowser:
         *,
         stop: StopCheck | None = None,
         progress: Progress | None = None,
+        solver: SolverConfig | None = None,
     ) -> SetExplanation:
         """Top-k helpful and harmful training samples for a set of B test points (``inputs`` [B, ...], ``labels``
         [B]): the influence on their MEAN test loss. Influence is linear in the test gradient, so
@@ -553,7 +584,7 @@ class InfluenceBrowser:
         positive = removing z would raise the set's mean loss (helpful). Our methods need one solve on ∇ℓ̄ instead
         of B (:meth:`_mean_gradient_scores`); GIF-restricted selects its parameters on the whole set (so it is not
         the mean of per-point GIF scores, whose selections differ); Captum's estimators average their per-point
-        rows. At most :data:`SET_LIMIT` points; ``stop`` and ``progress`` as in :meth:`explain`."""
+        rows. At most :data:`SET_LIMIT` points; ``stop``, ``progress`` and ``solver`` as in :meth:`explain`."""
         if method not in BROWSE_METHODS:
             raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
         if not 1 <= inputs.shape[0] <= SET_LIMIT or labels.shape != (inputs.shape[0],):
@@ -567,7 +598,8 @@ class InfluenceBrowser:
         start = time.perf_counter()
         report, selection, note = None, None, ""
         if method in OUR_METHODS:
-            scores, report, selection = self._mean_gradient_scores(inputs, labels, method, stop, progress)
+            solver = solver or self.config.solver
+            scores, report, selection = self._mean_gradient_scores(inputs, labels, method, solver, stop, progress)
         else:
             rows, note = self._captum_rows(inputs, labels, method, stop, progress)
             scores = rows.mean(0)
@@ -593,6 +625,7 @@ class InfluenceBrowser:
         inputs: torch.Tensor,
         labels: torch.Tensor,
         method: str,
+        solver: SolverConfig,
         stop: StopCheck | None,
         progress: Progress | None,
     ) -> tuple[torch.Tensor, SolveReport | None, Selection | None]:
@@ -603,13 +636,14 @@ class InfluenceBrowser:
         lowrank = self.ensure_lowrank(stop, progress) if method == "if-lowrank" else None
         selection = None
         if method == "gif":
-            selection = select_on_data(self._model, inputs, labels, self.config.selection)
+            with self._working(stop, progress):
+                selection = select_on_data(self._model, inputs, labels, self.config.selection)
             if selection.n_selected == 0:
                 raise ValueError("GIF-restricted scores need a non-empty parameter selection for this set.")
         with self._working(stop, progress), self._phase(progress, f"{METHOD_LABELS[method]}: one solve", None):
             gradient = self.curvature.gradient(inputs, labels, regulariser=False)
             scores, report = influence_of_gradient(
-                self.curvature, gradients, gradient, method, selection, self.config.solver, lowrank
+                self.curvature, gradients, gradient, method, selection, solver, lowrank
             )
         return scores, report, selection
 
@@ -695,8 +729,9 @@ SCORE_UNITS = {
 class SetExplanation:
     """The training samples that most help and harm a set of test points' mean loss under ``method``
     (:meth:`InfluenceBrowser.explain_set`): ``labels`` of the B points, ``accuracy`` (%) of the model on them,
-    ``scores`` = the mean of the points' per-sample scores (positive = helpful), the solve's ``report`` (None
-    without a solve), GIF's ``selection`` and a ``note`` on what was approximated."""
+    ``scores`` = every training sample's influence on the set's mean test loss (positive = helpful; the mean of
+    per-point scores, except GIF-restricted, whose selection is made on the whole set), the solve's ``report``
+    (None without a solve), GIF's ``selection`` and a ``note`` on what was approximated."""
 
     method: str
     labels: tuple[int, ...]

@@ -390,7 +390,7 @@ def edit_flags(
     :data:`WORSE_ON_RETAINED` points below the original on the retained data."""
     flags = []
     if torch.equal(test_probs.argmax(1), original_test_probs.argmax(1)):
-        flags.append("changes no test prediction (a no-op edit: its metrics are the original's)")
+        flags.append("changes no test prediction (a no-op edit: its test metrics are the original's)")
     if search is not None and (search.cap_hit or search.floor_hit):
         flags.extend(search.warnings)
     loss = original["retain_acc"] - metrics["retain_acc"]

@@ -189,19 +189,13 @@ def test_influence_page_every_method_on_the_small_model(method):
     assert len(at.dataframe) == 2  # helpful and harmful tables (tabular data)
 
 
-def test_influence_page_says_when_the_solve_did_not_converge(monkeypatch):
+def test_influence_page_says_when_the_solve_did_not_converge():
     """Issue 18, bug 4: exact IF stopped at its iteration limit (residual 6.6e-2) and only a caption said so."""
-    import functools
-
-    from app import session
-    from gif_core.solvers import SolverConfig
-
-    stopped_early = functools.partial(session.BrowserConfig, solver=SolverConfig(rtol=1e-12, maxiter=2))
-    monkeypatch.setattr(session, "BrowserConfig", stopped_early)
     at = page("model")
     load_bundled(at, "iris_mlp")
     at.switch_page(str(PAGES["influence"])).run()
     at.radio(key="browse_method").set_value("if")
+    at.number_input(key="browse_maxiter").set_value(2)
     finish_jobs(at.button(key="explain").click().run())
     assert not at.exception and not at.session_state["explanation"][2].report.converged
     assert any("did not converge" in w.value and "2 iterations" in w.value for w in at.warning)

@@ -14,6 +14,7 @@ import pytest
 import streamlit as st
 import torch
 from conftest import finish_jobs
+from scipy.stats import spearmanr
 from streamlit.testing.v1 import AppTest
 
 from gif_core.browse import SET_LIMIT, Explanation, SetExplanation
@@ -115,14 +116,15 @@ def test_one_point_shows_histogram_class_names_relative_scores_features_and_a_fu
 
 def test_agreement_table_appears_once_two_methods_explained_the_same_point():
     at = iris_page()
-    explain(at, "tracin")
+    tracin = explain(at, "tracin")
     assert any("Only one method" in i.value for i in at.info)
     assert not any("Spearman ρ" in d.value.columns for d in at.dataframe)
-    explain(at, "captum-tracincp")  # with λ > 0 the two differ by a constant offset per test point: same order
+    captum = explain(at, "captum-tracincp")  # with λ > 0 the two differ by a constant offset per test point
     agreement = next(d.value for d in at.dataframe if "Spearman ρ" in d.value.columns)
     assert len(agreement) == 1
     assert set(agreement.iloc[0][["method A", "method B"]]) == {"TracIn (final checkpoint)", "Captum TracInCP"}
-    assert -1 <= agreement.iloc[0]["Spearman ρ"] <= 1
+    expected = spearmanr(tracin.scores.numpy(), captum.scores.numpy()).statistic
+    assert expected > 0.999 and agreement.iloc[0]["Spearman ρ"] == f"{expected:+.3f}"  # the same order
     explain(at, "gif")
     agreement = next(d.value for d in at.dataframe if "Spearman ρ" in d.value.columns)
     assert len(agreement) == 3  # every pair of the three methods

@@ -1,6 +1,7 @@
 """Long influence work stops when asked, leaves nothing half-done, reports progress, says its cost beforehand, and
 serves a repeated question from the disk cache (issue 18: bug 5 and "long work shows its cost")."""
 
+import copy
 import threading
 import warnings
 
@@ -12,7 +13,7 @@ from test_browse import _image_set
 from gif_core import browse
 from gif_core.browse import BrowserConfig, InfluenceBrowser
 from gif_core.cache_files import CacheWarning
-from gif_core.interrupt import Cancelled, check, watched_forward
+from gif_core.interrupt import Cancelled, ForwardWatch, check
 from gif_core.solvers import SolverConfig
 
 
@@ -27,27 +28,36 @@ def after(passes: int):
     return stop
 
 
-def test_watched_forward_counts_stops_and_removes_its_hooks():
+def test_a_watch_counts_and_stops_only_inside_its_block():
     model = tiny_mlp()
+    watch = ForwardWatch()
+    watch.install([model])
     x = torch.randn(3, 4, dtype=torch.float64)
     seen = []
-    with pytest.raises(Cancelled, match="cancelled by the test"), watched_forward([model], after(3), seen.append):
+    with pytest.raises(Cancelled, match="cancelled by the test"), watch.active(after(3), seen.append):
         for _ in range(10):
             model(x)
     assert seen == [1, 2, 3]  # the third pass was stopped before it ran
-    model(x)  # the hooks are gone
-    assert not model._forward_pre_hooks
+    model(x)  # outside the block nothing counts or stops
+    with watch.active() as outer, watch.active(on_pass=seen.append) as inner:  # blocks nest
+        model(x)
+    assert outer.passes == inner.passes == 1
+    copied = copy.deepcopy(model)  # Captum copies the model: the copy is watched by the same watch
+    with pytest.raises(Cancelled), watch.active(lambda: "stop the copy"):
+        copied(x)
     with pytest.raises(Cancelled):
         check(lambda: "now")
     check(lambda: None)
     check(None)
 
 
-def test_watched_forward_acts_only_in_its_own_thread():
+def test_a_watch_acts_only_in_the_thread_that_asked():
     model = tiny_mlp()
+    watch = ForwardWatch()
+    watch.install([model])
     x = torch.randn(3, 4, dtype=torch.float64)
     outcome = []
-    with watched_forward([model], lambda: "stop everything") as counter:
+    with watch.active(lambda: "stop everything") as counter:
         worker = threading.Thread(target=lambda: outcome.append(model(x).shape))
         worker.start()
         worker.join()
@@ -101,7 +111,7 @@ def test_progress_fractions_rise_and_stay_below_one(tmp_path):
 def test_the_estimate_names_the_missing_set_up_and_its_disk(tmp_path):
     browser = browser_on(tmp_path)
     n, p = len(browser.train), browser.curvature.space.numel
-    first = browser.estimate("if-lowrank")
+    first = browser.estimate("if-lowrank")  # G: n·p float32, eigenpairs: p·rank + rank float64
     assert first.disk_bytes == n * p * 4 + p * 6 * 8 + 6 * 8 and first.seconds > 0 and first.feasible
     assert [what for what, _ in first.phases] == ["per-sample gradients of the training set", "eigenpairs by Lanczos"]
     assert "MB to the cache" in first.describe()
@@ -188,3 +198,37 @@ def test_a_waiting_caller_can_be_stopped(tmp_path):
     release.set()
     holder.join()
     assert waits and all("Waiting for another computation" in m for m in waits)
+
+
+def test_captum_scoring_stops_and_a_stopped_browser_still_answers(tmp_path):
+    """Captum works on its own copy of the model: the watch must reach it, and a stop must not stick to it."""
+    browser = browser_on(tmp_path)
+    test_x = browser.train.inputs[:1]
+    browser.prepare("captum-tracincp")
+    with pytest.raises(Cancelled):
+        browser.explain(test_x, 0, "captum-tracincp", stop=after(1))
+    first = browser.explain(test_x, 1, "captum-tracincp")  # the next question in the same thread runs
+    second = browser.explain(browser.train.inputs[1:2], 1, "captum-tracincp")
+    assert torch.isfinite(first.scores).all() and torch.isfinite(second.scores).all()
+
+
+def test_the_estimate_matches_the_files_written(tmp_path):
+    browser = browser_on(tmp_path)
+    expected = browser.estimate("if-lowrank").disk_bytes
+    browser.prepare("if-lowrank")
+    written = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
+    assert 0 <= written - expected < 4096  # the files' headers
+    test_x = browser.train.inputs[:1]
+    assert browser.estimate("if", (test_x, 0)).seconds > 0
+    browser.explain(test_x, 0, "if")
+    assert browser.estimate("if", (test_x, 0)).seconds == 0  # its scores are cached now
+    assert browser.estimate("if", (test_x, 1)).seconds > 0
+
+
+def test_a_solver_given_per_call_is_used_and_keyed(tmp_path):
+    browser = browser_on(tmp_path, solver=SolverConfig(rtol=1e-12, maxiter=60))
+    test_x = browser.train.inputs[:1]
+    full = browser.explain(test_x, 0, "if")
+    short = browser.explain(test_x, 0, "if", solver=SolverConfig(rtol=1e-12, maxiter=2))
+    assert short.report.iterations == 2 and not short.from_cache and full.report.iterations > 2
+    assert browser.explain(test_x, 0, "if").from_cache  # each solver has its own entry

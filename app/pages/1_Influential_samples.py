@@ -29,6 +29,7 @@ from gif_core.browse import (
 from gif_core.data import LabelledSet, seeded_subset
 from gif_core.evaluate import predict_proba
 from gif_core.interrupt import StopCheck
+from gif_core.solvers import SolverConfig
 
 MODES = ("one test image", "a set of test images", "a whole class")
 Target = int | tuple[int, ...]  # one test row, or a set of test rows (the influence on their mean loss)
@@ -48,6 +49,7 @@ def compute(
     target: Target,
     method: str,
     k: int,
+    solver: SolverConfig,
     stop: StopCheck,
     progress: Callable[[str, float], None],
 ) -> Explanation | SetExplanation:
@@ -55,9 +57,10 @@ def compute(
     influence on its mean loss."""
     if isinstance(target, int):
         inputs, label = test.inputs[target : target + 1], int(test.labels[target])
-        return browser.explain(inputs, label, method, k, stop=stop, progress=progress)
+        return browser.explain(inputs, label, method, k, stop=stop, progress=progress, solver=solver)
     rows = list(target)
-    return browser.explain_set(test.inputs[rows], test.labels[rows], method, k, stop=stop, progress=progress)
+    inputs, labels = test.inputs[rows], test.labels[rows]
+    return browser.explain_set(inputs, labels, method, k, stop=stop, progress=progress, solver=solver)
 
 
 def describe_target(target: Target, test: LabelledSet, classes: Sequence[str]) -> str:
@@ -133,6 +136,8 @@ def show_header(
         what = f"{describe_target(target, test, classes)}, {explanation.accuracy:.1f}% of them predicted right"
     report = explanation.report
     solver = f" · solver: {report.iterations} iterations, residual {report.rel_residual:.1e}" if report else ""
+    if isinstance(explanation, Explanation) and explanation.from_cache:
+        solver += " · scores from the disk cache"
     st.markdown(f"**{METHOD_LABELS[explanation.method]}** · {what} · {explanation.seconds:.2f} s{solver}")
     if report is not None and not report.converged:
         st.warning(
@@ -234,7 +239,7 @@ def show_agreement(explanation: Explanation | SetExplanation, target: Target, mo
             {
                 "method A": METHOD_LABELS[a.first],
                 "method B": METHOD_LABELS[a.second],
-                "Spearman ρ": round(a.spearman, 3),
+                "Spearman ρ": "undefined (one ranking is all ties)" if np.isnan(a.spearman) else f"{a.spearman:+.3f}",
                 f"top-{a.k} helpful overlap": f"{a.helpful_overlap:.0%}",
                 f"top-{a.k} harmful overlap": f"{a.harmful_overlap:.0%}",
             }
@@ -267,17 +272,33 @@ with session.errors_shown():
         )
         k = st.slider("How many samples", 4, 24, 8, key="browse_k")
         browser = session.browser(loaded)
-        cost = browser.estimate(method)
+        maxiter = st.number_input(
+            "Max iterations of a solve (exact IF, GIF-restricted)",
+            1,
+            1000,
+            browser.config.solver.maxiter,
+            step=10,
+            key="browse_maxiter",
+            help="A solve that stops here before its tolerance says so above its scores (they are approximate).",
+        )
+        solver = dataclasses.replace(browser.config.solver, maxiter=int(maxiter))
+        point = (test.inputs[target : target + 1], int(test.labels[target])) if isinstance(target, int) else None
+        cost = browser.estimate(method, point, solver)
         st.caption(f"Cost now: {cost.describe()}.")
         explain = st.button("Explain this prediction", type="primary", key="explain", disabled=not cost.feasible)
     with right:
-        question = (loaded.model_id, target, method, k)
+        question = (loaded.model_id, target, method, k, solver)
         if explain:
             jobs.start(
-                "explain", question, lambda stop, report: compute(browser, test, target, method, k, stop, report)
+                "explain",
+                question,
+                f"{METHOD_LABELS[method]} for {describe_target(target, test, bundle.classes)}",
+                lambda stop, report: compute(browser, test, target, method, k, solver, stop, report),
             )
         job = jobs.current("explain")
-        finished = jobs.result(job, METHOD_LABELS[method]) if job is not None and job.key == question else None
+        if job is not None and job.key != question and job.running():
+            jobs.result(job)  # the previous choice's work: its progress and Cancel stay in sight
+        finished = jobs.result(job) if job is not None and job.key == question else None
         stored = st.session_state.get("explanation")
         if finished is not None and (stored is None or stored[2] is not finished):
             st.session_state["explanation"] = (loaded.model_id, target, finished)
@@ -318,11 +339,13 @@ with session.errors_shown():
         jobs.start(
             "suspicious",
             ranking_question,
+            "Self-influence ranking",
             lambda stop, report: browser.suspicious(24, self_method, stop=stop, progress=report),
         )
     job = jobs.current("suspicious")
-    if job is not None and job.key == ranking_question:
-        ranked = jobs.result(job, "Self-influence ranking")
+    if job is not None and (job.key == ranking_question or job.running()):
+        ranked = jobs.result(job)
+        ranked = ranked if job.key == ranking_question else None
         if ranked is not None:
             st.session_state["suspicious"] = (loaded.model_id, self_method, ranked)
     stored = st.session_state.get("suspicious")

@@ -8,9 +8,11 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from app import jobs
 from gif_core import teaching
 
 st.set_page_config(page_title="Learn · GIF Explorer", layout="wide")
+jobs.leave_other_pages()  # this page reads no model (session.workspace, which does this, is not called)
 
 # Page paths are relative to the entry point app/Model_and_data.py.
 HOME = "Model_and_data.py"
