@@ -105,6 +105,10 @@ with session.errors_shown():
         card_json = card.getvalue() if card is not None else None
         if write:
             card_json = written_card(f"{Path(weights.name).stem}.json" if weights is not None else "model_card.json")
+        st.caption(
+            "An uploaded model lives in this browser session only: a reload or a shared link cannot bring it back "
+            "(they open the bundled default). To share a link, load the files by *Local path*."
+        )
         if st.button("Load upload", key="load_upload"):
             if weights is None or card_json is None:
                 raise ValueError(

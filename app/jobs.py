@@ -30,7 +30,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from gif_core.interrupt import Cancelled, StopCheck
 
 JOBS = "background_jobs"
-EXECUTOR = "background_executor"
+EXECUTORS = "background_executors"
 Progress = Callable[[str, float], None]
 
 
@@ -68,13 +68,15 @@ class JobState:
 @dataclass(frozen=True)
 class Job:
     """A background computation: what it answers (``key``, and in words ``subject``), the page that started it,
-    its future and state."""
+    its future and state; whether it goes on when the user opens another page, and whether it offers *Cancel*."""
 
     key: tuple
     subject: str
     page: str
     future: Future
     state: JobState
+    outlives_page: bool = False
+    cancellable: bool = True
 
     def running(self) -> bool:
         return not self.future.done()
@@ -85,9 +87,18 @@ def current(slot: str) -> Job | None:
     return st.session_state.get(JOBS, {}).get(slot)
 
 
-def start(slot: str, key: tuple, subject: str, work: Callable[[StopCheck, Progress], Any]) -> Job:
+def start(
+    slot: str,
+    key: tuple,
+    subject: str,
+    work: Callable[[StopCheck, Progress], Any],
+    *,
+    outlives_page: bool = False,
+    cancellable: bool = True,
+) -> Job:
     """Run ``work(stop, progress)`` in the background for ``key`` in ``slot`` (a running or finished job for the
-    same key is kept, unless it was stopped or failed); an older job in the slot is stopped."""
+    same key is kept, unless it was stopped or failed); an older job in the slot is stopped. Each slot has its
+    own worker thread, so a long job in one slot never delays another slot's."""
     jobs: dict[str, Job] = st.session_state.setdefault(JOBS, {})
     old = jobs.get(slot)
     reusable = old is not None and old.key == key and not old.state.cancel.is_set()
@@ -97,11 +108,13 @@ def start(slot: str, key: tuple, subject: str, work: Callable[[StopCheck, Progre
         old.state.stop("a new question replaced it")
     context = get_script_run_ctx()
     state = JobState()
-    if EXECUTOR not in st.session_state:
-        st.session_state[EXECUTOR] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gif-job")
+    executors: dict[str, ThreadPoolExecutor] = st.session_state.setdefault(EXECUTORS, {})
+    if slot not in executors:
+        executors[slot] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gif-{slot}")
     stop = stop_check(state, context.session_id if context else None)
-    future = st.session_state[EXECUTOR].submit(_run, work, stop, state)
-    job = Job(key, subject, context.page_script_hash if context else "", future, state)
+    future = executors[slot].submit(_run, work, stop, state)
+    page = context.page_script_hash if context else ""
+    job = Job(key, subject, page, future, state, outlives_page, cancellable)
     jobs[slot] = job
     return job
 
@@ -134,7 +147,7 @@ def leave_other_pages() -> None:
     if context is None:
         return
     for job in st.session_state.get(JOBS, {}).values():
-        if job.running() and job.page != context.page_script_hash:
+        if job.running() and not job.outlives_page and job.page != context.page_script_hash:
             job.state.stop("you opened another page")
 
 
@@ -142,7 +155,7 @@ def result(job: Job) -> Any | None:
     """The job's result once it has finished; while it runs, a polled progress line with *Cancel* (and None). A
     stopped or failed job says why, in place (the rest of the page stays), and gives None."""
     if job.running():
-        _poll(job)
+        poll(job)
         return None
     error = job.future.exception()
     if isinstance(error, Cancelled):
@@ -153,7 +166,9 @@ def result(job: Job) -> Any | None:
 
 
 @st.fragment(run_every=0.5)
-def _poll(job: Job) -> None:
+def poll(job: Job) -> None:
+    """The running job's progress line (redrawn every half second) and, if it is cancellable, *Cancel*; once it
+    finishes, one full rerun of the page draws its result."""
     if not job.running():
         st.rerun()  # one full rerun draws the result; the poller is not drawn again
     message, fraction = job.state.now
@@ -163,5 +178,5 @@ def _poll(job: Job) -> None:
     st.progress(min(1.0, max(0.0, fraction)), text=f"{job.subject} — {message} ({spent:.0f} s so far{eta})")
     if job.state.cancel.is_set():
         st.caption(f"Stopping at the next step: {job.state.reason}.")
-    elif st.button("Cancel", key=f"cancel_{id(job)}"):
+    elif job.cancellable and st.button("Cancel", key=f"cancel_{id(job)}"):
         job.state.stop("cancelled by you")

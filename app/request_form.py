@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from app import session
 from gif_core.requests import ClassRemoval, EditRequest, parse_label_change, parse_sample_removal
 from gif_core.workspace import Workspace
 
@@ -16,12 +17,16 @@ def request_form(loaded: Workspace, prefix: str) -> EditRequest | None:
     """Widgets for one request (keys start with ``prefix``). Bad or missing input is shown as an error right under
     its field and gives None: the rest of the page (methods, settings, earlier results) stays."""
     kinds = KINDS if loaded.backdoor_request is not None else KINDS[:3]
+    session.linked_input(f"{prefix}_kind", kinds, kinds[0])
     kind = st.radio("Question", kinds, key=f"{prefix}_kind", horizontal=True)
+    session.keep_in_link(f"{prefix}_kind")
     classes = loaded.bundle.classes
     if kind == KINDS[0]:
+        session.linked_input(f"{prefix}_cls", range(len(classes)), 0)
         cls = st.selectbox(
             "Class to remove", range(len(classes)), format_func=lambda c: classes[c], key=f"{prefix}_cls"
         )
+        session.keep_in_link(f"{prefix}_cls")
         return ClassRemoval(int(cls))
     if kind == KINDS[1]:
         picked = st.session_state.get("picked_rows") or []

@@ -9,14 +9,14 @@ workspaces (whose models every gif_core function copies before editing) and thei
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from app import jobs, warmup
+from app import jobs
 from gif_core.browse import BrowserConfig, InfluenceBrowser
 from gif_core.cache_files import data_fingerprint
 from gif_core.gradient_store import default_gradient_dir
@@ -27,7 +27,7 @@ WORKSPACE = "workspace"
 LINK = "workspace_link"
 LINK_PARAMS = ("bundled", "path", "data")
 """The URL query parameters that name the session's model: ``?bundled=NAME`` or ``?path=PATH[&data=FOLDER]``."""
-DERIVED = ("explanation", "explanations", "suspicious", "picked_rows", "edit", "selection_view", jobs.JOBS, warmup.JOB)
+DERIVED = ("explanation", "explanations", "suspicious", "picked_rows", "edit", "selection_view", jobs.JOBS)
 """What is computed for the session's model, forgotten when another is loaded (the edit history is kept: it is
 per model id)."""
 BROWSE_DAMPING = 0.01
@@ -64,10 +64,25 @@ def use_workspace(loaded: Workspace, link: dict[str, str] | None = None) -> None
     st.session_state[LINK] = link or {}
     for job in st.session_state.get(jobs.JOBS, {}).values():
         job.state.stop("another model was loaded")
-    if warmup.JOB in st.session_state:
-        st.session_state[warmup.JOB].phase.cancel.set()
     for key in DERIVED:
         st.session_state.pop(key, None)
+
+
+def linked_input(key: str, allowed: Sequence[Any], default: Any) -> None:
+    """Call before drawing the widget ``key`` (drawn without a default of its own): in a new session its value is
+    the URL's ``?key=…`` when that names one of ``allowed``, else ``default``; afterwards :func:`keep_in_link`
+    writes it back, so a reload or a shared link restores the page's main inputs as well as its model."""
+    if key in st.session_state:
+        return
+    by_text = {str(option): option for option in allowed}
+    st.session_state[key] = by_text.get(st.query_params.get(key, ""), default)
+
+
+def keep_in_link(*keys: str) -> None:
+    """Write the current values of the widgets ``keys`` into the URL (see :func:`linked_input`)."""
+    for key in keys:
+        if key in st.session_state and st.query_params.get(key) != str(st.session_state[key]):
+            st.query_params[key] = str(st.session_state[key])
 
 
 def _from_link(params: dict[str, str]) -> tuple[Workspace, dict[str, str]]:

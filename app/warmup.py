@@ -4,29 +4,28 @@ For the question the form shows now (and, on the Model & data page, the default 
 browser session runs :func:`gif_core.experiment.prepare_edit` — the request's gradient, the Hessian sample and the
 trace of its products, the selection, the original's metrics and predictions — and loads the retrained model if the
 cache holds it. A click then only solves, chooses the step and scores the edited models. A job is keyed by the
-model, the request and the preparation settings; a new key cancels the old job at its next phase. The worker never
-touches Streamlit: the page polls the job's phase and shows it.
+model, its card, the request and the preparation settings; a new key cancels the old job at its next phase. It
+runs as an :mod:`app.jobs` job that outlives a change of page (it is started on the Model & data page for the
+What-if page) and stops when the session ends. The worker never touches Streamlit: the page polls its phase.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import streamlit as st
 
+from app import jobs
 from gif_core.experiment import EditConfig, PreparedEdit, preparation_key, prepare_edit
-from gif_core.interrupt import Cancelled
+from gif_core.interrupt import Cancelled, StopCheck, check
 from gif_core.requests import ClassRemoval, EditRequest
 from gif_core.retrain import Retrained, cached_retrain
 from gif_core.workspace import Workspace
 
-EXECUTOR = "warmup_executor"
-JOB = "warmup_job"
+SLOT = "warmup"
+"""The :mod:`app.jobs` slot of the preparation."""
 
 
 @dataclass
@@ -35,29 +34,6 @@ class Warmed:
 
     prepared: PreparedEdit
     retrained: Retrained | None
-
-
-@dataclass
-class Phase:
-    """What the worker is doing, written by the worker and read by the page; ``cancel`` stops the worker at its
-    next phase."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    now: tuple[str, float] = ("Queued", 0.0)
-    started: float = field(default_factory=time.perf_counter)
-    finished: float | None = None
-
-    def report(self, message: str, fraction: float) -> None:
-        if self.cancel.is_set():
-            raise Cancelled(f"the question changed during: {message}")
-        self.now = (message, fraction)
-
-
-@dataclass(frozen=True)
-class WarmJob:
-    key: tuple
-    future: Future
-    phase: Phase
 
 
 def page_defaults(loaded: Workspace) -> EditConfig:
@@ -69,77 +45,70 @@ def page_defaults(loaded: Workspace) -> EditConfig:
     )
 
 
-def start_default(loaded: Workspace) -> WarmJob:
+def start_default(loaded: Workspace) -> jobs.Job:
     """Prepare the What-if page's first question (remove the first class, default settings, with retraining)."""
     return start(loaded, ClassRemoval(0), page_defaults(loaded), with_retrain=True)
 
 
 def job_key(loaded: Workspace, request: EditRequest, config: EditConfig, with_retrain: bool) -> tuple:
-    return (loaded.model_id, loaded.card.to_json(), request, preparation_key(config), with_retrain)
+    return (loaded.model_id, request, preparation_key(config), with_retrain, loaded.card.to_json())
 
 
-def start(loaded: Workspace, request: EditRequest, config: EditConfig, with_retrain: bool) -> WarmJob:
+def start(loaded: Workspace, request: EditRequest, config: EditConfig, with_retrain: bool) -> jobs.Job:
     """This session's job for the question (started now unless it is already running or done)."""
-    key = job_key(loaded, request, config, with_retrain)
-    current: WarmJob | None = st.session_state.get(JOB)
-    if current is not None and current.key == key:
-        return current
-    if current is not None:
-        current.phase.cancel.set()
-    if EXECUTOR not in st.session_state:
-        st.session_state[EXECUTOR] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gif-warmup")
-    phase = Phase()
-    job = WarmJob(key, st.session_state[EXECUTOR].submit(_prepare, phase, loaded, request, config, with_retrain), phase)
-    st.session_state[JOB] = job
-    return job
+    return jobs.start(
+        SLOT,
+        job_key(loaded, request, config, with_retrain),
+        "Preparing this question in the background",
+        lambda stop, progress: _prepare(stop, progress, loaded, request, config, with_retrain),
+        outlives_page=True,
+        cancellable=False,
+    )
 
 
-def _prepare(phase: Phase, loaded: Workspace, request: EditRequest, config: EditConfig, with_retrain: bool) -> Warmed:
-    try:
-        phase.report("Looking up the retrained model in the cache", 0.0)
-        retrained = cached_retrain(loaded.card, loaded.train, request, loaded.model_id) if with_retrain else None
-        prepared = prepare_edit(
-            loaded.model,
-            loaded.card,
-            loaded.bundle,
-            request,
-            config,
-            train=loaded.train,
-            backdoor=loaded.backdoor if request is loaded.backdoor_request else None,
-            retrained_model=retrained.model if retrained else None,
-            progress=phase.report,
-        )
-        return Warmed(prepared, retrained)
-    finally:
-        phase.finished = time.perf_counter()
+def _prepare(
+    stop: StopCheck,
+    progress: Callable[[str, float], None],
+    loaded: Workspace,
+    request: EditRequest,
+    config: EditConfig,
+    with_retrain: bool,
+) -> Warmed:
+    def report(message: str, fraction: float) -> None:  # the preparation stops at its next phase
+        check(stop)
+        progress(message, fraction)
+
+    report("Looking up the retrained model in the cache", 0.0)
+    retrained = cached_retrain(loaded.card, loaded.train, request, loaded.model_id) if with_retrain else None
+    prepared = prepare_edit(
+        loaded.model,
+        loaded.card,
+        loaded.bundle,
+        request,
+        config,
+        train=loaded.train,
+        backdoor=loaded.backdoor if request is loaded.backdoor_request else None,
+        retrained_model=retrained.model if retrained else None,
+        progress=report,
+    )
+    return Warmed(prepared, retrained)
 
 
-def wait(job: WarmJob, show: Callable[[str], None]) -> Warmed:
+def wait(job: jobs.Job, show: Callable[[str], None]) -> Warmed:
     """The job's result, waiting (and saying so) if it is still running; its error is raised here."""
-    if not job.future.done():
-        show(f"Waiting for the preparation: {job.phase.now[0]}")
+    if job.running():
+        show(f"Waiting for the preparation: {job.state.now[0]}")
     return job.future.result()
 
 
-def show(job: WarmJob, subject: str = "this question") -> None:
+def show(job: jobs.Job, subject: str = "this question") -> None:
     """A line: the preparation's phase while it runs (polled), its seconds once done."""
-    if job.future.done():
-        error = job.future.exception()
-        if error is None:
-            seconds = job.phase.finished - job.phase.started
-            st.caption(f"Prepared {subject} in {seconds:.1f} s: *Run the edit* only solves now.")
-        elif not isinstance(error, Cancelled):
-            st.error(f"This question cannot be answered: {error}")
+    if job.running():
+        jobs.poll(job)
         return
-    _poll(job, subject)
-
-
-@st.fragment(run_every=0.5)
-def _poll(job: WarmJob, subject: str) -> None:
-    if job.future.done():
-        st.rerun()  # one full rerun draws the finished state; the poller is not drawn again
-    message, fraction = job.phase.now
-    st.progress(
-        min(1.0, max(0.0, fraction)),
-        text=f"Preparing {subject} in the background ({time.perf_counter() - job.phase.started:.0f} s): {message}",
-    )
+    error = job.future.exception()
+    if error is None:
+        seconds = job.state.finished - job.state.started
+        st.caption(f"Prepared {subject} in {seconds:.1f} s: *Run the edit* only solves now.")
+    elif not isinstance(error, Cancelled):
+        st.error(f"This question cannot be answered: {error}")

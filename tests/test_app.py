@@ -267,12 +267,13 @@ def test_edit_page_class_removal_with_retraining_charts_and_downloads():
 
 
 def test_the_first_question_is_prepared_in_the_background_and_the_click_reuses_it():
-    from app.warmup import JOB
+    from app.jobs import JOBS
+    from app.warmup import SLOT
 
     at = page("model")  # loading a model starts the What-if page's first question
-    job = at.session_state[JOB]
+    job = at.session_state[JOBS][SLOT]
     at.switch_page(str(PAGES["edit"])).run()
-    assert at.session_state[JOB] is job  # the page's untouched form asks the same question: no second job
+    assert at.session_state[JOBS][SLOT] is job  # the page's untouched form asks the same question: no second job
     warmed = job.future.result(timeout=600)
     at.button(key="run_edit").click().run()
     no_errors(at)
@@ -280,8 +281,8 @@ def test_the_first_question_is_prepared_in_the_background_and_the_click_reuses_i
     assert report.selection is warmed.prepared.selection and report.original is warmed.prepared.original
     assert report.original_test_probs is warmed.prepared.original_test_probs
     at.selectbox(key="edit_cls").select(4).run()  # another question: a new job, the old one told to stop
-    assert at.session_state[JOB] is not job and at.session_state[JOB].key[1].cls == 4
-    assert job.phase.cancel.is_set()
+    assert at.session_state[JOBS][SLOT] is not job and at.session_state[JOBS][SLOT].key[1].cls == 4
+    assert job.state.cancel.is_set()
 
 
 def test_edit_page_default_demo_shows_gif_forgetting():

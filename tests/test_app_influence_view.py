@@ -124,7 +124,8 @@ def test_agreement_table_appears_once_two_methods_explained_the_same_point():
     assert len(agreement) == 1
     assert set(agreement.iloc[0][["method A", "method B"]]) == {"TracIn (final checkpoint)", "Captum TracInCP"}
     expected = spearmanr(tracin.scores.numpy(), captum.scores.numpy()).statistic
-    assert expected > 0.999 and agreement.iloc[0]["Spearman ρ"] == f"{expected:+.3f}"  # the same order
+    # nearly the same order: they differ by a constant offset, up to float32 rounding among near-ties
+    assert expected > 0.99 and agreement.iloc[0]["Spearman ρ"] == f"{expected:+.3f}"
     explain(at, "gif")
     agreement = next(d.value for d in at.dataframe if "Spearman ρ" in d.value.columns)
     assert len(agreement) == 3  # every pair of the three methods
@@ -161,3 +162,19 @@ def test_a_set_of_rows_and_a_whole_class_are_explained_by_their_mean_loss(iris):
     assert any(f"{len(rows)} of the {len(rows)} test images of class versicolor" in c.value for c in at.caption)
     assert any(f"{len(rows)} test images (classes versicolor)" in m.value for m in at.markdown)
     assert torch.isfinite(result.scores).all() and len(at.dataframe) >= 2
+
+
+def test_the_url_restores_the_test_image_and_the_method():
+    """Issue 18, bug 6: a reload or a shared link keeps the page's main inputs, not only the model."""
+    at = AppTest.from_file(str(PAGE), default_timeout=600)
+    at.query_params.update({"bundled": "iris_mlp", "test_row": "5", "browse_method": "tracin"})
+    at.run()
+    no_errors(at)
+    assert at.selectbox(key="test_row").value == 5 and at.radio(key="browse_method").value == "tracin"
+    at.radio(key="browse_method").set_value("gif").run()
+    assert at.query_params["browse_method"] == ["gif"] or at.query_params["browse_method"] == "gif"
+    nonsense = AppTest.from_file(str(PAGE), default_timeout=600)
+    nonsense.query_params.update({"bundled": "iris_mlp", "test_row": "abc", "browse_method": "lissa"})
+    nonsense.run()
+    no_errors(nonsense)  # a link naming nothing valid falls back to the defaults
+    assert nonsense.selectbox(key="test_row").value == 0 and nonsense.radio(key="browse_method").value == "if-lowrank"

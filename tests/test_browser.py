@@ -175,39 +175,18 @@ def test_long_work_stops_on_cancel_on_leaving_and_on_reload(tmp_path):
         assert not list((tmp_path / "cache").rglob("*.partial"))  # nothing half-written is left
 
 
-def test_no_op_edits_and_stopped_solves_are_said_in_a_real_browser(tmp_path):
-    """Issue 18, bugs 3 and 4 in chromium, on the Iris MLP: an edit that changes no prediction says so on its row,
-    and an exact IF that stops at its iteration limit says so above its scores."""
+def test_a_stopped_solve_is_said_in_a_real_browser(tmp_path):
+    """Issue 18, bug 4 in chromium, on the Iris MLP: an exact IF that stops at its iteration limit says so above its
+    scores. (Bug 3's no-op flag is a cell of the metrics table, which Streamlit draws on a canvas with no DOM text:
+    the AppTest test reads that table's values instead.)"""
     _require_chromium()
     with dashboard(env={"GIF_CACHE_DIR": str(tmp_path / "cache")}) as url, chromium_page(height=2400) as page:
-        page.goto(f"{url}/What-if_edit?bundled=iris_mlp", timeout=120_000)
-        page.get_by_role("button", name="Run the edit").wait_for(timeout=120_000)
-        wait_idle(page)
-        page.get_by_text("Remove training samples", exact=True).first.click()
-        wait_idle(page)
-        rows = page.get_by_label(re.compile("Training rows to remove"))
-        rows.fill("0,1,2,3,4,5,6,7")
-        rows.press("Enter")
-        wait_idle(page)
-        page.get_by_text("fixed", exact=True).first.click()
-        wait_idle(page)
-        step = page.get_by_label("α", exact=True)
-        step.fill("0.001")
-        step.press("Enter")
-        wait_idle(page)
-        page.get_by_text("Compare with the retrained model").click()
-        wait_idle(page)
-        page.get_by_role("button", name="Run the edit").click()
-        page.get_by_text("Edit done in").wait_for(timeout=300_000)
-        wait_idle(page)
-        assert page.get_by_text(re.compile("changes no test prediction")).count() >= 1
-
         page.goto(f"{url}/Influential_samples?bundled=iris_mlp", timeout=120_000)
         page.get_by_role("button", name="Explain this prediction").wait_for(timeout=120_000)
         wait_idle(page)
         page.get_by_text("Influence function (IF, exact solve)", exact=True).first.click()
         wait_idle(page)
-        limit = page.get_by_label("Max iterations of a solve (exact IF, GIF-restricted)")
+        limit = page.get_by_label("Max iterations of a solve (exact IF, GIF-restricted)", exact=True)
         limit.fill("2")
         limit.press("Enter")
         wait_idle(page)

@@ -115,6 +115,7 @@ def choose_target(test: LabelledSet, predicted: torch.Tensor, classes: Sequence[
         return f"#{r} · label {classes[int(test.labels[r])]} · predicted {classes[int(predicted[r])]}"
 
     if mode == "one test image":
+        session.linked_input("test_row", rows, rows[0])
         row = st.selectbox("Test image", rows, format_func=name, key="test_row")
         if test.images is not None:
             st.image(test.images[row].numpy(), width=140, caption=f"test #{row}")
@@ -260,10 +261,10 @@ with session.errors_shown():
         target = choose_target(test, predicted, bundle.classes)
         if target is None:
             st.stop()
+        session.linked_input("browse_method", BROWSE_METHODS, "if-lowrank")
         method = st.radio(
             "Method",
             BROWSE_METHODS,
-            index=BROWSE_METHODS.index("if-lowrank"),
             format_func=METHOD_LABELS.get,
             key="browse_method",
             help=f"Hessian-based methods use H + {session.BROWSE_DAMPING}·I over a 500-sample Hessian. Low-rank IF "
@@ -271,6 +272,7 @@ with session.errors_shown():
             "test point (one per set); Captum's run on the same model and data.",
         )
         k = st.slider("How many samples", 4, 24, 8, key="browse_k")
+        session.keep_in_link("test_row", "browse_method")
         browser = session.browser(loaded)
         maxiter = st.number_input(
             "Max iterations of a solve (exact IF, GIF-restricted)",
