@@ -38,11 +38,11 @@ def flip_labels(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 600-sample subset and 2 epochs, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="a 300-sample subset and 2 epochs, for a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     data = load_data("mnist-bundled")
-    train = data.train.subset(torch.arange(600)) if args.quick else data.train
+    train = data.train.subset(torch.arange(300)) if args.quick else data.train
     recipe = dataclasses.replace(MNIST_CNN_RECIPE, epochs=2) if args.quick else MNIST_CNN_RECIPE
     labels, flipped_rows = flip_labels(train.labels, 0.1, data.num_classes, seed=0)
     noisy = dataclasses.replace(data, train=train.with_labels(labels))

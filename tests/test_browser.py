@@ -141,7 +141,9 @@ def _goes_idle(server: Dashboard, within: float = 20.0) -> bool:
 def test_long_work_stops_on_cancel_on_leaving_and_on_reload(tmp_path):
     """Issue 18, bug 5: after leaving the page or reloading during an exact IF the server stayed busy for minutes.
     The cost is said before the click, the work shows its phase, and it stops on Cancel, on opening another page and
-    when the tab is reloaded (its session ends): the server goes idle each time."""
+    when the tab is reloaded (its session ends): the server goes idle each time. Then bug 4: a stopped solve says so.
+    (Bug 3's no-op flag is a cell of the metrics table, which Streamlit draws on a canvas with no DOM text: the
+    AppTest test reads that table's values instead.)"""
     _require_chromium()
     with running_dashboard(env={"GIF_CACHE_DIR": str(tmp_path / "cache")}) as server, chromium_page() as page:
 
@@ -174,14 +176,8 @@ def test_long_work_stops_on_cancel_on_leaving_and_on_reload(tmp_path):
         assert _goes_idle(server)
         assert not list((tmp_path / "cache").rglob("*.partial"))  # nothing half-written is left
 
-
-def test_a_stopped_solve_is_said_in_a_real_browser(tmp_path):
-    """Issue 18, bug 4 in chromium, on the Iris MLP: an exact IF that stops at its iteration limit says so above its
-    scores. (Bug 3's no-op flag is a cell of the metrics table, which Streamlit draws on a canvas with no DOM text:
-    the AppTest test reads that table's values instead.)"""
-    _require_chromium()
-    with dashboard(env={"GIF_CACHE_DIR": str(tmp_path / "cache")}) as url, chromium_page(height=2400) as page:
-        page.goto(f"{url}/Influential_samples?bundled=iris_mlp", timeout=120_000)
+        # issue 18, bug 4, on the Iris MLP: a solve that stops at its iteration limit says so above its scores
+        page.goto(f"{server.url}/Influential_samples?bundled=iris_mlp", timeout=120_000)
         page.get_by_role("button", name="Explain this prediction").wait_for(timeout=120_000)
         wait_idle(page)
         page.get_by_text("Influence function (IF, exact solve)", exact=True).first.click()
