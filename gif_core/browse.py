@@ -93,13 +93,18 @@ ARNOLDI_MAX_WORK = 200 * 46_730
 176 s for 400 (faster than linear growth), and at 3,500 it did not finish in 25 minutes (issue 18)."""
 
 
+QUICK_SECONDS = 1.0
+"""Work estimated under this, with nothing to write to the cache, is :attr:`CostEstimate.quick`."""
+
+
 @dataclass(frozen=True)
 class CostEstimate:
     """What one method will cost on this browser before it runs. ``phases`` are (what, seconds) for the work still
-    to do, timed from one Hessian-vector product and one per-sample gradient block on this machine (upper bounds:
-    a solve that converges early stops sooner); ``seconds`` is their sum, None where it cannot be estimated
-    (Captum's own loops). ``disk_bytes`` is what it adds to the cache. ``feasible`` False: it cannot finish here,
-    ``note`` says why."""
+    to do, timed from one Hessian-vector product and one per-sample gradient block on this machine (the products
+    and gradients, which dominate; not the pass over G nor the page's drawing: measured beside it in
+    benchmarks/results/dashboard.md); a solve that converges early stops sooner. ``seconds`` is their sum, None
+    where it cannot be estimated (Captum's own loops). ``disk_bytes`` is what it adds to the cache. ``feasible``
+    False: it cannot finish here, ``note`` says why."""
 
     method: str
     phases: tuple[tuple[str, float | None], ...]
@@ -107,6 +112,11 @@ class CostEstimate:
     disk_bytes: int
     feasible: bool = True
     note: str = ""
+
+    @property
+    def quick(self) -> bool:
+        """Estimated under :data:`QUICK_SECONDS` with nothing to cache: not worth a background job."""
+        return self.seconds is not None and self.seconds < QUICK_SECONDS and not self.disk_bytes
 
     def describe(self) -> str:
         """One line for a person: the time, the disk, and why it cannot run if it cannot."""
@@ -117,7 +127,7 @@ class CostEstimate:
         elif self.seconds < 1:
             time_part = "under a second"
         else:
-            time_part = f"about {_duration(self.seconds)} at most"
+            time_part = f"about {_duration(self.seconds)}"
         disk = f", writes {self.disk_bytes / 2**20:,.0f} MB to the cache (once per model)" if self.disk_bytes else ""
         return time_part + disk + (f". {self.note}" if self.note else "")
 

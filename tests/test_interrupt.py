@@ -115,8 +115,10 @@ def test_the_estimate_names_the_missing_set_up_and_its_disk(tmp_path):
     assert first.disk_bytes == n * p * 4 + p * 6 * 8 + 6 * 8 and first.seconds > 0 and first.feasible
     assert [what for what, _ in first.phases] == ["per-sample gradients of the training set", "eigenpairs by Lanczos"]
     assert "MB to the cache" in first.describe()
+    assert not first.quick  # it writes to the cache: a background job
     browser.prepare("if-lowrank")
     assert browser.estimate("if-lowrank").disk_bytes == 0 and browser.estimate("tracin").seconds == 0
+    assert browser.estimate("tracin").quick and not browser.estimate("captum-tracincp").quick  # unknown: a job
     exact = browser.estimate("if")
     assert exact.phases[0][0].startswith(f"the solve: at most {browser.config.solver.maxiter + 2}")
     assert browser.estimate("captum-tracincp").seconds is None

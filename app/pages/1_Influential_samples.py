@@ -50,11 +50,11 @@ def compute(
     method: str,
     k: int,
     solver: SolverConfig,
-    stop: StopCheck,
-    progress: Callable[[str, float], None],
+    stop: StopCheck | None,
+    progress: Callable[[str, float], None] | None,
 ) -> Explanation | SetExplanation:
-    """The page's one computing call (run as a background job): one test row is explained alone, a set by the
-    influence on its mean loss."""
+    """The page's one computing call (a background job unless the estimate is quick): one test row is explained
+    alone, a set by the influence on its mean loss."""
     if isinstance(target, int):
         inputs, label = test.inputs[target : target + 1], int(test.labels[target])
         return browser.explain(inputs, label, method, k, stop=stop, progress=progress, solver=solver)
@@ -290,7 +290,11 @@ with session.errors_shown():
         explain = st.button("Explain this prediction", type="primary", key="explain", disabled=not cost.feasible)
     with right:
         question = (loaded.model_id, target, method, k, solver)
-        if explain:
+        finished, job = None, jobs.current("explain")
+        busy = job is not None and job.running()  # the browser is taken: even quick work waits, so it waits as a job
+        if explain and cost.quick and not busy:  # under a second, nothing to set up: no background job, no polling
+            finished = compute(browser, test, target, method, k, solver, None, None)
+        elif explain:
             jobs.start(
                 "explain",
                 question,
@@ -300,7 +304,8 @@ with session.errors_shown():
         job = jobs.current("explain")
         if job is not None and job.key != question and job.running():
             jobs.result(job)  # the previous choice's work: its progress and Cancel stay in sight
-        finished = jobs.result(job) if job is not None and job.key == question else None
+        if finished is None and job is not None and job.key == question:
+            finished = jobs.result(job)
         stored = st.session_state.get("explanation")
         if finished is not None and (stored is None or stored[2] is not finished):
             st.session_state["explanation"] = (loaded.model_id, target, finished)
