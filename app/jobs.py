@@ -11,7 +11,7 @@ pass, when
 * the user opens another page of the app (:func:`leave_other_pages`, called on every page), or
 * the browser session ends: the tab is closed or reloaded, so Streamlit's runtime no longer lists the session.
 
-A job keeps no Streamlit object; the page reads its state. One worker thread per session runs the jobs in turn.
+A job keeps no Streamlit object; the page reads its state. Each slot of a session has one worker thread.
 """
 
 from __future__ import annotations

@@ -145,6 +145,11 @@ TIE_TOLERANCE = 1e-6
 leave scores of ~1e-14 where the exact score is 0, e.g. TracIn on a sample the model fits perfectly)."""
 
 
+def _check_method(method: str) -> None:
+    if method not in BROWSE_METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
+
+
 def tie_band(scores: torch.Tensor) -> float:
     """The half-width ``TIE_TOLERANCE · max|score|`` of the band around zero whose scores are ties (0 when empty)."""
     return TIE_TOLERANCE * float(scores.abs().max()) if scores.numel() else 0.0
@@ -342,16 +347,15 @@ class InfluenceBrowser:
     def prepare(self, method: str, *, stop: StopCheck | None = None, progress: Progress | None = None) -> float:
         """Do ``method``'s one-off set-up now (G for our methods, eigenpairs for low-rank IF, Captum's estimator);
         returns seconds."""
+        _check_method(method)
         start = time.perf_counter()
         if method in OUR_METHODS:
             self.ensure_gradients(stop, progress)
             if method == "if-lowrank":
                 self.ensure_lowrank(stop, progress)
-        elif method in CAPTUM_METHODS:
+        else:
             with self._working(stop, progress):
                 self._captum_estimator(method, progress)
-        else:
-            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
         return time.perf_counter() - start
 
     # -- costs -------------------------------------------------------------------------------------------------
@@ -398,8 +402,7 @@ class InfluenceBrowser:
         time of one product). With ``point`` = (inputs [1, ...], label), scores already in the disk cache for it
         cost nothing. Captum's work is not estimated, and its Arnoldi IF is refused beyond
         :data:`ARNOLDI_MAX_WORK`. Seconds are None while another computation holds the browser."""
-        if method not in BROWSE_METHODS:
-            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
+        _check_method(method)
         solver = solver or self.config.solver
         if point is not None and method in CACHED_SCORE_METHODS and self._scores_path(method, *point, solver).exists():
             return CostEstimate(method, (), 0.0, 0, note="Its scores for this test point are in the cache.")
@@ -459,8 +462,7 @@ class InfluenceBrowser:
         replaces the browser's for this call. Scores of the :data:`CACHED_SCORE_METHODS` are kept on disk, keyed by
         the model, its training data, this browser's settings and the solver, the test input and its label, and
         served (verified) when asked again."""
-        if method not in BROWSE_METHODS:
-            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
+        _check_method(method)
         if inputs.shape[0] != 1:
             raise ValueError(f"Explain one test input at a time (got a batch of {inputs.shape[0]}).")
         if not 0 <= label < self.num_classes:
@@ -595,8 +597,7 @@ class InfluenceBrowser:
         of B (:meth:`_mean_gradient_scores`); GIF-restricted selects its parameters on the whole set (so it is not
         the mean of per-point GIF scores, whose selections differ); Captum's estimators average their per-point
         rows. At most :data:`SET_LIMIT` points; ``stop``, ``progress`` and ``solver`` as in :meth:`explain`."""
-        if method not in BROWSE_METHODS:
-            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(BROWSE_METHODS)}")
+        _check_method(method)
         if not 1 <= inputs.shape[0] <= SET_LIMIT or labels.shape != (inputs.shape[0],):
             raise ValueError(
                 f"Explain a set of 1 … {SET_LIMIT} test inputs with one label each "

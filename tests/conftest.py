@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -92,3 +93,15 @@ def finish_jobs(at):
     for job in running.values():
         job.future.exception()  # waits; an error is drawn by the rerun
     return at.run()
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory):
+    """Gradient, eigenpair, score and retrain caches in a fresh folder for the module that asks (``GIF_CACHE_DIR``)."""
+    old = os.environ.get("GIF_CACHE_DIR")
+    os.environ["GIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("gif-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GIF_CACHE_DIR")
+    else:
+        os.environ["GIF_CACHE_DIR"] = old

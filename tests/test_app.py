@@ -19,19 +19,7 @@ PAGES = {
     "selection": APP / "pages" / "2_Parameter_selection.py",
     "edit": APP / "pages" / "3_What-if_edit.py",
 }
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Gradient, eigenpair and retrain caches in a fresh folder for this module."""
-    old = os.environ.get("GIF_CACHE_DIR")
-    os.environ["GIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("gif-cache"))
-    yield
-    if old is None:
-        os.environ.pop("GIF_CACHE_DIR")
-    else:
-        os.environ["GIF_CACHE_DIR"] = old
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_cache")]
 
 
 def page(name: str) -> AppTest:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -22,19 +21,7 @@ from gif_core.workspace import open_workspace_path
 from gif_core.zoo import bundled_model_path
 
 PAGE = Path(__file__).resolve().parents[1] / "app" / "pages" / "1_Influential_samples.py"
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Gradient, eigenpair and score caches in a fresh folder for this module."""
-    old = os.environ.get("GIF_CACHE_DIR")
-    os.environ["GIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("gif-cache"))
-    yield
-    if old is None:
-        os.environ.pop("GIF_CACHE_DIR")
-    else:
-        os.environ["GIF_CACHE_DIR"] = old
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_cache")]
 
 
 @pytest.fixture(scope="module")

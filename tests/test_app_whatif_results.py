@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -27,19 +26,7 @@ from app.metrics_table import BEST_MARK, HistoryEntry
 
 EDIT_PAGE = Path(__file__).resolve().parents[1] / "app" / "pages" / "3_What-if_edit.py"
 PERCENT = re.compile(rf"^\d+\.\d( {BEST_MARK})?$")
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Gradient, eigenpair and retrain caches in a fresh folder for this module."""
-    old = os.environ.get("GIF_CACHE_DIR")
-    os.environ["GIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("gif-cache"))
-    yield
-    if old is None:
-        os.environ.pop("GIF_CACHE_DIR")
-    else:
-        os.environ["GIF_CACHE_DIR"] = old
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_cache")]
 
 
 def edit_page(model: str) -> AppTest:

@@ -4,7 +4,6 @@ the README's card template, and the gallery's mix of classes."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -159,18 +158,6 @@ def test_class_mix_with_uneven_classes_and_edge_cases():
 
 
 # ---------------------------------------------------------------- the page
-
-
-@pytest.fixture(scope="module")
-def private_cache(tmp_path_factory):
-    """Caches in a fresh folder for this module."""
-    old = os.environ.get("GIF_CACHE_DIR")
-    os.environ["GIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("gif-cache"))
-    yield
-    if old is None:
-        os.environ.pop("GIF_CACHE_DIR")
-    else:
-        os.environ["GIF_CACHE_DIR"] = old
 
 
 @pytest.fixture

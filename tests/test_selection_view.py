@@ -4,7 +4,6 @@ everywhere, a per-unit map for every Linear/Conv layer, a note on a layer with n
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -111,18 +110,6 @@ def test_neuron_selectors_leave_no_layer_without_a_unit(method, budget):
 
 
 # ---------------------------------------------------------------- the page
-
-
-@pytest.fixture(scope="module")
-def private_cache(tmp_path_factory):
-    """Caches in a fresh folder for this module."""
-    old = os.environ.get("GIF_CACHE_DIR")
-    os.environ["GIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("gif-cache"))
-    yield
-    if old is None:
-        os.environ.pop("GIF_CACHE_DIR")
-    else:
-        os.environ["GIF_CACHE_DIR"] = old
 
 
 def _selected(first: str, second: str, ratio: float = 0.05) -> AppTest:
