@@ -18,7 +18,7 @@ from pandas.io.formats.style import Styler
 
 from gif_core.evaluate import AVG_GAP_KEYS
 from gif_core.experiment import EditReport, MethodOutcome
-from gif_core.requests import ClassRemoval, EditRequest, LabelChange
+from gif_core.requests import EditRequest, counted
 
 HIGHER, LOWER, RETRAINED = "higher", "lower", "closest to retrained"
 """What "best" means for a column: the largest value, the smallest, or the value nearest the retrained model's."""
@@ -112,16 +112,6 @@ COLUMNS: dict[str, Column] = {
 first, so that they are visible without scrolling)."""
 TEXT_COLUMNS = ("model", "status")
 
-OBJECTIVES = {
-    "class": "the F1 (as above) of the forget accuracy on the validation images of the removed class and the "
-    "validation accuracy on the other classes",
-    "samples": "validation accuracy − |accuracy on the removed samples − validation accuracy| (a retrained model "
-    "treats removed samples like held-out data)",
-    "labels": "the harmonic mean of the accuracy on the relabelled samples against their new labels and the "
-    "validation accuracy",
-}
-"""The validation objective the auto step maximises, per kind of question (gif_core.experiment's docstring)."""
-
 
 @dataclass(frozen=True)
 class MetricsTable:
@@ -133,11 +123,6 @@ class MetricsTable:
     keys: tuple[str, ...]
 
 
-def _count(n: int, noun: str) -> str:
-    """``1 iteration``, ``3 iterations``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def status_of(outcome: MethodOutcome) -> str:
     """What a reader must know before trusting an edit's row, in words: diverged, the edit's own flags (no-op, step
     at the edge of the search, worse than the original) and the search's warnings, then whether the solve
@@ -146,8 +131,9 @@ def status_of(outcome: MethodOutcome) -> str:
         return f"diverged: {outcome.diverged}"
     warnings = outcome.step_search.warnings if outcome.step_search is not None else []
     notes = list(dict.fromkeys([*outcome.flags, *warnings]))
+    assert outcome.result is not None  # set unless diverged
     solver = outcome.result.solver_summary()
-    residual, iterations = f"residual {solver['rel_residual']:.1e}", _count(solver["iterations"], "iteration")
+    residual, iterations = f"residual {solver['rel_residual']:.1e}", counted(solver["iterations"], "iteration")
     notes.append(f"converged ({residual})" if solver["converged"] else f"not converged ({residual} after {iterations})")
     return "; ".join(notes)
 
@@ -157,6 +143,7 @@ def _edit_row(outcome: MethodOutcome, name: str) -> dict:
     row = {"model": name, "status": status_of(outcome), "seconds": outcome.seconds}
     if outcome.diverged:
         return row
+    assert outcome.result is not None  # set unless diverged
     solver = outcome.result.solver_summary()
     row.update({**outcome.metrics, "step": outcome.step, "hvps": solver["hvps"], "residual": solver["rel_residual"]})
     row.update(outcome.vs_retrain or {})
@@ -249,9 +236,8 @@ def legend(keys: Sequence[str], request: EditRequest, backdoor: bool) -> str:
             column = COLUMNS[key]
             best = f" *Best: {column.better}.*" if column.better else ""
             lines.append(f"- **{column.label}** — {column.meaning.format(gap_keys=gap_keys)}{best}")
-    kind = "class" if isinstance(request, ClassRemoval) else "labels" if isinstance(request, LabelChange) else "samples"
-    question = "undoing the backdoor (a label change)" if backdoor else f"this kind of question ({kind})"
-    lines.append(f"- **Validation objective** of the auto step for {question}: {OBJECTIVES[kind]}.")
+    question = "undoing the backdoor (a label change)" if backdoor else f"this kind of question ({request.kind})"
+    lines.append(f"- **Validation objective** of the auto step for {question}: {request.OBJECTIVE}.")
     return "\n".join(lines)
 
 
@@ -270,13 +256,8 @@ HISTORY_KEYS = ("forget_acc", "retain_acc", "test_acc", "avg_gap", "step", "seco
 
 def question_text(request: EditRequest, classes: Sequence[str], backdoor: bool) -> str:
     """The question in a few words, e.g. ``remove class 3`` or ``remove 8 training samples``."""
-    if isinstance(request, ClassRemoval):
-        return f"remove class {classes[request.cls]}"
-    if backdoor:
-        return f"undo the backdoor ({len(request.indices)} relabelled)"
-    if isinstance(request, LabelChange):
-        return f"change {_count(len(request.indices), 'label')}"
-    return f"remove {_count(len(request.indices), 'training sample')}"
+    question = request.question(tuple(classes))
+    return f"undo the backdoor ({question})" if backdoor else question
 
 
 def settings_text(report: EditReport) -> str:
@@ -285,7 +266,7 @@ def settings_text(report: EditReport) -> str:
     step = "auto α" if config.step == "auto" else f"α = {config.step:g}"
     retrained = " · vs retrained" if report.retrained is not None else ""
     return (
-        f"{config.selector} {config.ratio:.0%} · {step} · at most {_count(config.maxiter, 'iteration')} · "
+        f"{config.selector} {config.ratio:.0%} · {step} · at most {counted(config.maxiter, 'iteration')} · "
         f"{config.hessian_samples} Hessian samples · δ {config.damping:g}{retrained}"
     )
 

@@ -1,7 +1,7 @@
 """The What-if page's next click, prepared in the background while the user reads the page.
 
 For the question the form shows now (and, on the Model & data page, the default question), one worker thread per
-browser session runs :func:`gif_core.experiment.prepare_edit` — the request's gradient, the Hessian sample and the
+browser session runs :meth:`gif_core.workspace.Workspace.prepare` — the request's gradient, the Hessian sample and the
 trace of its products, the selection, the original's metrics and predictions — and loads the retrained model if the
 cache holds it. A click then only solves, chooses the step and scores the edited models. A job is keyed by the
 model, its card, the request and the preparation settings; a new key cancels the old job at its next phase. It
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from app import jobs
-from gif_core.experiment import EditConfig, PreparedEdit, preparation_key, prepare_edit
+from gif_core.experiment import EditConfig, PreparedEdit, preparation_key
 from gif_core.interrupt import Cancelled, StopCheck, check
 from gif_core.requests import ClassRemoval, EditRequest
 from gif_core.retrain import Retrained, cached_retrain
@@ -40,6 +40,7 @@ def page_defaults(loaded: Workspace) -> EditConfig:
     """The What-if page's settings before the user touches them: the library's, with the Hessian sample capped at
     the training set's size and its products traced (the trace runs in the background preparation)."""
     defaults = EditConfig()
+    assert defaults.hessian_samples is not None  # the library's default is a number of samples
     return dataclasses.replace(
         defaults, hessian_samples=min(defaults.hessian_samples, len(loaded.train)), linearize=True
     )
@@ -80,18 +81,7 @@ def _prepare(
 
     report("Looking up the retrained model in the cache", 0.0)
     retrained = cached_retrain(loaded.card, loaded.train, request, loaded.model_id) if with_retrain else None
-    prepared = prepare_edit(
-        loaded.model,
-        loaded.card,
-        loaded.bundle,
-        request,
-        config,
-        train=loaded.train,
-        backdoor=loaded.backdoor if request is loaded.backdoor_request else None,
-        retrained_model=retrained.model if retrained else None,
-        progress=report,
-    )
-    return Warmed(prepared, retrained)
+    return Warmed(loaded.prepare(request, config, retrained=retrained, progress=report), retrained)
 
 
 def wait(job: jobs.Job, show: Callable[[str], None]) -> Warmed:
@@ -108,6 +98,7 @@ def show(job: jobs.Job, subject: str = "this question") -> None:
         return
     error = job.future.exception()
     if error is None:
+        assert job.state.finished is not None  # set before the job's future completes (jobs._run)
         seconds = job.state.finished - job.state.started
         st.caption(f"Prepared {subject} in {seconds:.1f} s: *Run the edit* only solves now.")
     elif not isinstance(error, Cancelled):

@@ -24,7 +24,8 @@ from gif_core.checkpoints import load_checkpoint
 from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import load_data
 from gif_core.influence import EstimatorConfig, estimate
-from gif_core.requests import ClassRemoval, ProblemConfig, prepare
+from gif_core.problem import ProblemConfig, prepare
+from gif_core.requests import ClassRemoval
 from gif_core.selection import SelectionConfig, select
 from gif_core.solvers import SolverConfig
 from gif_core.zoo import default_model_path

@@ -7,7 +7,7 @@ The What-if page's default question on the bundled default (class 0 removed, GIF
 two parts, each under ``cProfile``:
 
 * the preparation (:func:`gif_core.experiment.prepare_edit`; the page runs it in the background before the click):
-  the request's gradient and the Hessian sample (``requests.prepare``), the trace of the Hessian-vector product
+  the request's gradient and the Hessian sample (``problem.prepare``), the trace of the Hessian-vector product
   (``Curvature.warm``), the selection (``selection.select``), and the original's and retrained model's metrics
   (``experiment._evaluate``);
 * the click (:func:`gif_core.experiment.answer`, then the page's predictions and every chart, each figure serialised
@@ -51,7 +51,7 @@ from gif_core.zoo import DEFAULT_MODEL, bundled_model_path
 
 METHODS = ("gif", "if")  # the page's default methods
 PREPARATION_PHASES = {  # phase → (module file suffix, function name) whose cumulative time it is
-    "request gradient + Hessian sample": ("gif_core/requests.py", "prepare"),
+    "request gradient + Hessian sample": ("gif_core/problem.py", "prepare"),
     "trace of the Hessian-vector product": ("gif_core/curvature.py", "warm"),
     "selection": ("gif_core/selection.py", "select"),
     "metrics of the original and the retrained": ("gif_core/experiment.py", "_evaluate"),

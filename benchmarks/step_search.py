@@ -28,7 +28,8 @@ from gif_core.evaluate import accuracy
 from gif_core.experiment import build_scenario, search_validation_step, step_objective
 from gif_core.influence import EstimatorConfig, estimate
 from gif_core.params import apply_delta
-from gif_core.requests import ClassRemoval, ProblemConfig, prepare
+from gif_core.problem import ProblemConfig, prepare
+from gif_core.requests import ClassRemoval
 from gif_core.selection import SelectionConfig, select
 from gif_core.solvers import SolverConfig
 from gif_core.steps import StepSearchConfig

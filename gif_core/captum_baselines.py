@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 import torch
-from captum.influence import TracInCP
-from captum.influence._core.arnoldi_influence_function import ArnoldiInfluenceFunction
-from captum.influence._core.influence_function import NaiveInfluenceFunction
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from gif_core.data import seeded_subset
+
+if TYPE_CHECKING:
+    from captum.influence import TracInCP
+    from captum.influence._core.arnoldi_influence_function import ArnoldiInfluenceFunction
+    from captum.influence._core.influence_function import NaiveInfluenceFunction
+
+CaptumEstimator: TypeAlias = "TracInCP | NaiveInfluenceFunction | ArnoldiInfluenceFunction"
 
 CAPTUM_METHODS = ("tracincp", "naive", "arnoldi")
 
@@ -98,11 +103,15 @@ def captum_estimator(
     train_inputs: torch.Tensor,
     train_labels: torch.Tensor,
     config: CaptumConfig | None = None,
-) -> TracInCP | NaiveInfluenceFunction | ArnoldiInfluenceFunction:
+) -> CaptumEstimator:
     """Captum's estimator for ``method`` on a private copy of ``model``. Building it is the set-up cost (the naive
     Hessian, the Arnoldi subspace); reuse it for several queries with ``.influence((test_x, test_y))``."""
     if method not in CAPTUM_METHODS:
         raise ValueError(f"Unknown Captum method {method!r}; choose one of {', '.join(CAPTUM_METHODS)}")
+    from captum.influence import TracInCP  # here: captum takes ~1 s to import, and only this function needs it
+    from captum.influence._core.arnoldi_influence_function import ArnoldiInfluenceFunction
+    from captum.influence._core.influence_function import NaiveInfluenceFunction
+
     config = config or CaptumConfig()
     n = len(train_labels)
     hessian_rows = torch.arange(n)

@@ -33,12 +33,11 @@ from gif_core.checkpoints import (
     load_checkpoint,
 )
 from gif_core.data import DATASETS
-from gif_core.experiment import EditConfig, EditReport, run_edit
+from gif_core.experiment import EditConfig, EditReport
 from gif_core.influence import METHODS
 from gif_core.models import ARCHITECTURES
 from gif_core.outputs import check_new_outputs, write_new_files
 from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, parse_label_change, parse_sample_removal
-from gif_core.retrain import retrain
 from gif_core.selection import METHODS as SELECTORS
 from gif_core.solvers import LEAST_SQUARES_METHODS
 from gif_core.train import Recipe, resolve_device
@@ -205,36 +204,27 @@ def _remove(args: argparse.Namespace) -> int:
         else (bundled_model_path("mnist_cnn_backdoor") if args.backdoor else default_model_path())
     )
     workspace = open_workspace_path(model_path, args.data_root)
-    model, card, bundle, train = workspace.model, workspace.card, workspace.bundle, workspace.train
-    request, backdoor = _request(args), None
+    request = _request(args)
     if args.backdoor:
         if workspace.backdoor_request is None:
             raise UsageError(f"{model_path} was not trained with a backdoor (its card has no 'backdoor' entry)")
-        request, backdoor = workspace.backdoor_request, workspace.backdoor
-    retrained = None
-    if args.retrain:
-        retrained = retrain(card, bundle, train, request, workspace.model_id, show_bar=not args.quiet)
-    report = run_edit(
-        model,
-        card,
-        bundle,
+        request = workspace.backdoor_request
+    assert request is not None  # argparse requires one of --class, --samples, --relabel, --backdoor
+    report = workspace.answer(
         request,
         config,
-        train=train,
-        backdoor=backdoor,
-        retrained_model=retrained.model if retrained else None,
+        retrain=args.retrain,
         progress=None if args.quiet or not lead else lambda message, _f: print(f"… {message}", file=sys.stderr),
+        show_bar=not args.quiet,
     )
     for outcome in report.outcomes:  # the replicated solves must have agreed to the bit
         if outcome.diverged:
             continue
+        assert outcome.model is not None and outcome.result is not None  # set unless diverged
         edited = parameters_to_vector(outcome.model.parameters())
         distributed.check_replicated(f"The {outcome.method.upper()} edit", outcome.result.delta, edited)
     if not lead:
         return 0
-    if retrained is not None:
-        report.retrain_seconds, report.retrain_from_cache = retrained.seconds, retrained.from_cache
-    report.extra["model"] = {"path": str(model_path), "id": workspace.model_id}
     print(format_report(report))
     contents = {}  # every output serialised before the first is written: a failure leaves no file behind
     if "--json" in outputs:
@@ -246,6 +236,7 @@ def _remove(args: argparse.Namespace) -> int:
                 f"the {first.method.upper()} edit diverged ({first.diverged}); nothing was saved (no --save and "
                 "no --json file): try a smaller --step, more --damping, or step 'auto'"
             )
+        assert first.model is not None  # set unless diverged
         card = edited_card(workspace, first, report.request.describe())
         contents.update(checkpoint_files(first.model, card, outputs["--save"]))
     write_new_files(contents)
@@ -300,6 +291,7 @@ def format_report(report: EditReport) -> str:
             row = [o.method.upper(), "diverged", *["-"] * (len(keys) + len(extra_keys) + 2), o.seconds]
             rows.append(row + ["-"] * 3 if report.retrained is not None else row)
             continue
+        assert o.result is not None  # set unless diverged
         solver = o.result.solver_summary()
         name = o.method.upper() + (
             f" {o.result.selection.ratio_asked:.0%}" if o.method in ("gif", "fif", "pif") else ""

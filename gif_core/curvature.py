@@ -1,6 +1,6 @@
 """Gradients and Hessian-vector products of the training objective, with ``torch.func``.
 
-The objective (DESIGN.md section 2): per-sample loss ℓ_i(θ) = CE(f_θ(x_i), y_i) + (λ/2)·|θ|², so that the
+The objective (DESIGN.md section 2, defined once in :mod:`gif_core.objective`): per-sample loss ℓ_i(θ) = CE(f_θ(x_i), y_i) + (λ/2)·|θ|², so that the
 training objective L(θ) = mean_i ℓ_i(θ) = mean_i CE_i + (λ/2)|θ|² includes the weight decay λ the model was trained
 with (coupled L2, as torch's SGD/Adam ``weight_decay`` applies it). Putting the regulariser inside every ℓ_i makes
 the removal identity exact: at a stationary θ, −∇L_{S∖U}(θ) = (m/(n−m))·mean_{i∈U} ∇ℓ_i(θ).
@@ -42,13 +42,14 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
+from typing import cast
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, linearize, vjp, vmap
-from torch.nn import functional as F
 
 from gif_core import distributed
+from gif_core.objective import data_loss
 from gif_core.params import ParamSpace, parameters_of, state_hash
 
 Batches = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -116,7 +117,10 @@ class Curvature:
                 "A sharded Curvature needs its sample as an (inputs, labels) pair of tensors; pass "
                 "CurvatureConfig(distributed=False) to evaluate a data loader whole on every rank."
             )
-        self._sample = self._local_rows(*sample, "the Hessian sample") if self._tensor_sample else sample
+        self._sample: Batches = sample
+        if self._tensor_sample:
+            inputs, labels = cast(tuple[torch.Tensor, torch.Tensor], sample)  # a tensor pair: checked just above
+            self._sample = self._local_rows(inputs, labels, "the Hessian sample")
         self.n_samples = int(self._sum_over_ranks(torch.tensor(sum(len(y) for _, y in self._batches()))))
         if self.n_samples == 0:
             raise ValueError("The Hessian sample is empty: give at least one training sample.")
@@ -144,7 +148,7 @@ class Curvature:
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._tensor_sample:
-            inputs, labels = self._sample
+            inputs, labels = cast(tuple[torch.Tensor, torch.Tensor], self._sample)  # see __init__
             yield from _chunks(inputs, labels, self.config.batch_size, self.device, self.dtype)
         else:
             for inputs, labels in self._sample:
@@ -154,7 +158,7 @@ class Curvature:
         return functional_call(self._model, {**self._frozen, **params}, (inputs,))
 
     def _mean_ce(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self._logits(params, inputs), labels)
+        return data_loss(self._logits(params, inputs), labels)
 
     def _as_params(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
         self.space.check_vector(vector)
@@ -220,7 +224,8 @@ class Curvature:
 
     def _hessian_batch(self, tangent: dict, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with FORWARD_MODE:
-            _, hv = jvp(partial(self._loss_grad, inputs=inputs, labels=labels), (self._params,), (tangent,))
+            # torch annotates jvp/vjp with the has_aux=True 3-tuple too (no overloads); without aux they return 2
+            _, hv = jvp(partial(self._loss_grad, inputs=inputs, labels=labels), (self._params,), (tangent,))  # type: ignore[misc]
         return self.space.flatten(hv).detach()
 
     def _gauss_newton_batch(self, tangent: dict, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -228,10 +233,10 @@ class Curvature:
             return self._logits(params, inputs)
 
         with FORWARD_MODE:
-            logits, jv = jvp(logits_of, (self._params,), (tangent,))
+            logits, jv = jvp(logits_of, (self._params,), (tangent,))  # type: ignore[misc]  # 2-tuple without has_aux
         probs = torch.softmax(logits, dim=-1)
         h_out_jv = probs * jv - probs * (probs * jv).sum(-1, keepdim=True)
-        _, pullback = vjp(logits_of, self._params)
+        _, pullback = vjp(logits_of, self._params)  # type: ignore[misc]  # 2-tuple without has_aux
         (gv,) = pullback(h_out_jv / len(labels))
         return self.space.flatten(gv).detach()
 

@@ -64,7 +64,8 @@ from gif_core.evaluate import (
 )
 from gif_core.influence import METHODS, SELECTIVE_METHODS, EstimatorConfig, InfluenceResult, estimate
 from gif_core.params import apply_delta, shifted_parameters
-from gif_core.requests import ClassRemoval, EditProblem, EditRequest, LabelChange, ProblemConfig, prepare
+from gif_core.problem import EditProblem, ProblemConfig, prepare
+from gif_core.requests import EditRequest
 from gif_core.selection import Selection, SelectionConfig, select
 from gif_core.solvers import SolverConfig
 from gif_core.steps import StepSearch, StepSearchConfig, search_step
@@ -158,12 +159,11 @@ def build_scenario(
 ) -> Scenario:
     """Evaluation sets for ``request`` on ``bundle`` (``train`` overrides the training split, e.g. poisoned)."""
     train = train if train is not None else bundle.train
-    rows = request.forget_rows(train.labels, bundle.num_classes)
-    keep = torch.ones(len(train), dtype=torch.bool)
-    keep[rows] = False
-    if isinstance(request, ClassRemoval):
-        test_in = bundle.test.labels == request.cls
-        val_in = bundle.val.labels == request.cls
+    edit = request.edit(train.labels, bundle.num_classes)
+    cls = request.held_out_class
+    if cls is not None:  # judged on held-out images of the class
+        test_in = bundle.test.labels == cls
+        val_in = bundle.val.labels == cls
         return Scenario(
             request,
             train,
@@ -174,13 +174,13 @@ def build_scenario(
             step_forget=bundle.val.subset(val_in),
             forget_in_test=test_in,
         )
-    forget = train.subset(rows)
-    relabelled = forget.with_labels(request.targets()) if isinstance(request, LabelChange) else None
+    forget = train.subset(edit.rows)
+    relabelled = forget.with_labels(edit.new_labels) if edit.new_labels is not None else None
     return Scenario(
         request,
         train,
         forget=forget,
-        retain=train.subset(keep),
+        retain=train.subset(~edit.in_u),
         test=bundle.test,
         validation=bundle.val,
         step_forget=relabelled if relabelled is not None else forget,
@@ -216,7 +216,7 @@ def _evaluate(model: nn.Module, scenario: Scenario) -> tuple[dict[str, float], t
         "test_acc": accuracy(probs["test"], scenario.test.labels),
         "f1": forget_f1(forget_acc, retain_acc),
     }
-    if not isinstance(scenario.request, ClassRemoval):
+    if scenario.forget_in_test is None:  # U is training data: does the model still remember it?
         metrics["mia"] = mia_efficacy(
             probs["retain"],
             scenario.retain.labels,
@@ -239,15 +239,7 @@ def _evaluate(model: nn.Module, scenario: Scenario) -> tuple[dict[str, float], t
 
 def step_objective(model: nn.Module, scenario: Scenario) -> float:
     """The validation-only objective that ``step="auto"`` maximises (see module docstring)."""
-    return _objective(scenario.request, _acc(model, scenario.validation), _acc(model, scenario.step_forget))
-
-
-def _objective(request: EditRequest, val_acc: float, target_acc: float) -> float:
-    if isinstance(request, LabelChange):
-        return 0.0 if target_acc + val_acc == 0 else 2 * target_acc * val_acc / (target_acc + val_acc)
-    if isinstance(request, ClassRemoval):
-        return forget_f1(target_acc, val_acc)
-    return val_acc - abs(target_acc - val_acc)
+    return scenario.request.objective(_acc(model, scenario.validation), _acc(model, scenario.step_forget))
 
 
 def search_validation_step(
@@ -265,8 +257,8 @@ def search_validation_step(
 
     def objective(alpha: float) -> float:
         probs = predict_proba(model, inputs, parameters=shifted_parameters(model, space, result.delta, alpha))
-        return _objective(
-            scenario.request, accuracy(probs[:n_val], validation.labels), accuracy(probs[n_val:], target.labels)
+        return scenario.request.objective(
+            accuracy(probs[:n_val], validation.labels), accuracy(probs[n_val:], target.labels)
         )
 
     return search_step(objective, config)
@@ -307,6 +299,7 @@ class MethodOutcome:
             if self.result is not None:
                 record["solver"] = self.result.solver_summary()
             return record
+        assert self.result is not None  # only a diverged outcome can lack its result
         selection = self.result.selection
         record = {
             "method": self.method,
@@ -331,20 +324,22 @@ class MethodOutcome:
         return record
 
 
-@dataclass
+@dataclass(frozen=True)
 class EditReport:
-    """The whole answer to one question; :meth:`to_dict` is the JSON report of ``gif remove --json``."""
+    """The whole answer to one question, frozen once made; :meth:`to_dict` is the JSON report of
+    ``gif remove --json``. ``model_info`` names the model asked about (``{"path": …, "id": …}``); the retrained
+    model's training seconds and whether it came from the cache are those of the ground truth given."""
 
     request: EditRequest
     config: EditConfig
     original: dict[str, float]
-    outcomes: list[MethodOutcome]
+    outcomes: tuple[MethodOutcome, ...]
     selection: Selection | None
     retrained: dict[str, float] | None = None
     retrained_model: nn.Module | None = None
     retrain_seconds: float | None = None
     retrain_from_cache: bool | None = None
-    extra: dict = field(default_factory=dict)
+    model_info: dict | None = None
     original_test_probs: torch.Tensor | None = field(default=None, repr=False)
     retrained_test_probs: torch.Tensor | None = field(default=None, repr=False)
 
@@ -362,7 +357,8 @@ class EditReport:
                 "seconds": self.retrain_seconds,
                 "from_cache": self.retrain_from_cache,
             }
-        report.update(self.extra)
+        if self.model_info is not None:
+            report["model"] = self.model_info
         return report
 
     def to_json(self) -> str:
@@ -437,11 +433,20 @@ class PreparedEdit:
     retrained_model: nn.Module | None = None
     retrained: dict[str, float] | None = None
     retrained_test_probs: torch.Tensor | None = None
+    retrain_seconds: float | None = None
+    retrain_from_cache: bool | None = None
+    model_info: dict | None = None
 
-    def with_retrained(self, retrained_model: nn.Module) -> PreparedEdit:
-        """The same preparation with the retrained ground truth's metrics and probabilities added."""
+    def with_retrained(
+        self, retrained_model: nn.Module, seconds: float | None = None, from_cache: bool | None = None
+    ) -> PreparedEdit:
+        """The same preparation with the retrained ground truth's metrics and probabilities added (``seconds``:
+        its training time, ``from_cache``: whether it was read from the cache; both reported)."""
         metrics, probs = _evaluate(retrained_model, self.scenario)
-        return dataclasses.replace(self, retrained_model=retrained_model, retrained=metrics, retrained_test_probs=probs)
+        return dataclasses.replace(
+            self, retrained_model=retrained_model, retrained=metrics, retrained_test_probs=probs,
+            retrain_seconds=seconds, retrain_from_cache=from_cache,
+        )  # fmt: skip
 
 
 def prepare_edit(
@@ -454,6 +459,7 @@ def prepare_edit(
     train: LabelledSet | None = None,
     backdoor: BackdoorSpec | None = None,
     retrained_model: nn.Module | None = None,
+    model_info: dict | None = None,
     progress: Progress | None = None,
 ) -> PreparedEdit:
     """Validate ``request`` and do the work every method shares (see :class:`PreparedEdit`); ``model`` is never
@@ -480,7 +486,7 @@ def prepare_edit(
     original, original_probs = _evaluate(model, scenario)
     prepared = PreparedEdit(
         preparation_key(config), model, card, bundle, scenario, problem, problem_config, selection, original,
-        original_probs,
+        original_probs, model_info=model_info,
     )  # fmt: skip
     if retrained_model is not None:
         report_progress("Scoring the retrained model", 0.9)
@@ -546,6 +552,7 @@ def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None
             flags=edit_flags(metrics, test_probs, prepared.original, prepared.original_test_probs, search),
         )  # fmt: skip
         if prepared.retrained is not None:
+            assert prepared.retrained_test_probs is not None  # with_retrained sets both
             outcome.vs_retrain = {
                 **compare_to_retrained(test_probs, prepared.retrained_test_probs),
                 "avg_gap": avg_gap(metrics, prepared.retrained),
@@ -556,10 +563,13 @@ def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None
         request,
         config,
         prepared.original,
-        outcomes,
+        tuple(outcomes),
         prepared.selection if selective else None,
         prepared.retrained,
         prepared.retrained_model,
+        prepared.retrain_seconds,
+        prepared.retrain_from_cache,
+        prepared.model_info,
         original_test_probs=prepared.original_test_probs,
         retrained_test_probs=prepared.retrained_test_probs,
     )
@@ -584,9 +594,18 @@ def run_edit(
     ``progress(message, fraction)`` is called between stages.
     """
     config = config or EditConfig()
-    report_progress = progress or (lambda _message, _fraction: None)
     prepared = prepare_edit(
         model, card, bundle, request, config, train=train, backdoor=backdoor, retrained_model=retrained_model,
-        progress=lambda message, fraction: report_progress(message, 0.15 * fraction),
+        progress=stage(progress, 0.0, PREPARE_SHARE),
     )  # fmt: skip
-    return answer(prepared, config, lambda message, fraction: report_progress(message, 0.15 + 0.85 * fraction))
+    return answer(prepared, config, stage(progress, PREPARE_SHARE, 1 - PREPARE_SHARE))
+
+
+PREPARE_SHARE = 0.15
+"""The share of an edit's progress bar that :func:`prepare_edit` fills (measured: about that share of the time)."""
+
+
+def stage(progress: Progress | None, start: float, share: float) -> Progress:
+    """``progress`` for one stage of a longer run: its fractions 0…1 mapped to ``start … start + share``."""
+    report = progress or (lambda _message, _fraction: None)
+    return lambda message, fraction: report(message, start + share * fraction)

@@ -1,6 +1,6 @@
 """The five edit estimators of DESIGN.md section 2. Each returns Δ over the flat parameter space; the edited
 model is θ + α·Δ (:func:`gif_core.params.apply_delta`). H is the (damped) Hessian of the problem's Hessian sample,
-g the vector of the request (:mod:`gif_core.requests`), T the selected coordinates, Δ_F = 0 outside T.
+g the vector of the request (:mod:`gif_core.problem`), T the selected coordinates, Δ_F = 0 outside T.
 
 * ``if``   (Koh & Liang)   Δ = H⁻¹ g over all parameters (MINRES: H may be indefinite; add damping δ for H + δI).
 * ``pif``  (projected IF)  Δ_T = (H⁻¹ g)_T: the full IF truncated to T.
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from gif_core.operators import HessianOperator
 from gif_core.params import embed
-from gif_core.requests import EditProblem
+from gif_core.problem import EditProblem
 from gif_core.selection import Selection, select_all
 from gif_core.solvers import SolverConfig, SolveReport, solve_least_squares, solve_symmetric
 
@@ -101,11 +102,11 @@ def _influence(problem: EditProblem, selection: Selection, config: EstimatorConf
     """Δ = H⁻¹g, solved once per problem and solver settings (PIF at any ratio reuses it: its report then
     shows the products of that one solve, which were spent once)."""
     key = (config.symmetric_solver, config.solver)
-    if key not in problem.influence_solutions:
-        problem.influence_solutions[key] = solve_symmetric(
-            problem.hessian.hvp, problem.g, config.symmetric_solver, config.solver
+    if key not in problem.memo.solutions:
+        problem.memo.solutions[key] = solve_symmetric(
+            HessianOperator(problem.hessian), problem.g, config.symmetric_solver, config.solver
         )
-    x, report = problem.influence_solutions[key]
+    x, report = problem.memo.solutions[key]
     return x.clone(), [report], f"{_damping_note(problem)} x = g by {report.name}"
 
 
@@ -116,41 +117,29 @@ def _projected(problem: EditProblem, selection: Selection, config: EstimatorConf
 
 
 def _frozen(problem: EditProblem, selection: Selection, config: EstimatorConfig):
-    p = problem.space.numel
     index = selection.indices.to(problem.g.device)
-
-    def restricted_hvp(x: torch.Tensor) -> torch.Tensor:
-        return problem.hessian.hvp(embed(x, index, p))[index]
-
-    x, report = solve_symmetric(restricted_hvp, problem.g[index], config.symmetric_solver, config.solver)
-    return embed(x, index, p), [report], f"{_damping_note(problem)}_TT x = g_T by {report.name}"
+    block = HessianOperator(problem.hessian).restrict(index, index)  # H_TT
+    x, report = solve_symmetric(block, problem.g[index], config.symmetric_solver, config.solver)
+    return embed(x, index, problem.space.numel), [report], f"{_damping_note(problem)}_TT x = g_T by {report.name}"
 
 
 def _generalized(problem: EditProblem, selection: Selection, config: EstimatorConfig):
-    p = problem.space.numel
     index = selection.indices.to(problem.g.device)
-
-    def columns(x: torch.Tensor) -> torch.Tensor:  # H_{:,T} x
-        return problem.hessian.hvp(embed(x, index, p))
-
-    def columns_t(y: torch.Tensor) -> torch.Tensor:  # H_{:,T}ᵀ y = (H y)_T, H symmetric
-        return problem.hessian.hvp(y)[index]
-
-    x, report = solve_least_squares(
-        columns, columns_t, problem.g, len(index), config.least_squares_solver, config.gif_ridge, config.solver
-    )
+    columns = HessianOperator(problem.hessian).restrict(cols=index)  # H_{:,T}; its transpose y ↦ (H y)_T
+    x, report = solve_least_squares(columns, problem.g, config.least_squares_solver, config.gif_ridge, config.solver)
     ridge = f" + {config.gif_ridge:g}‖x‖²" if config.gif_ridge else ""
     return (
-        embed(x, index, p),
+        embed(x, index, problem.space.numel),
         [report],
         f"min ‖{_damping_note(problem)}[:, T] x − g‖²{ridge} by {report.name}",
     )
 
 
 def _second_order(problem: EditProblem, selection: Selection, config: EstimatorConfig):
-    first, report1 = solve_symmetric(problem.full_hvp, problem.g, config.symmetric_solver, config.solver)
+    full = problem.full_hessian()
+    first, report1 = solve_symmetric(full, problem.g, config.symmetric_solver, config.solver)
     rhs = -problem.scale * problem.perturbation_hvp(first)
-    second, report2 = solve_symmetric(problem.full_hvp, rhs, config.symmetric_solver, config.solver)
+    second, report2 = solve_symmetric(full, rhs, config.symmetric_solver, config.solver)
     # Count Hessian-vector products, not operator calls: one H_L product may combine two Hessians, and the
     # right-hand side of the second solve needed one ∇²D product.
     per_call = problem.full_hvp_products

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
-import torch
 from torch import nn
 
 from gif_core.cache_files import (
@@ -39,20 +38,13 @@ from gif_core.cache_files import (
 )
 from gif_core.checkpoints import ModelCard, load_checkpoint_bytes
 from gif_core.data import DataBundle, LabelledSet
-from gif_core.requests import EditRequest, LabelChange
+from gif_core.requests import EditRequest
 from gif_core.train import Recipe, build_and_train
 
 
 def edited_training_set(train: LabelledSet, request: EditRequest, num_classes: int) -> LabelledSet:
     """The training set the request asks about: U removed, or U relabelled."""
-    rows = request.forget_rows(train.labels, num_classes)
-    if isinstance(request, LabelChange):
-        labels = train.labels.clone()
-        labels[rows] = request.targets()
-        return train.with_labels(labels)
-    keep = torch.ones(len(train), dtype=torch.bool)
-    keep[rows] = False
-    return train.subset(keep)
+    return request.edit(train.labels, num_classes).edited_set(train)
 
 
 ENTRY_KIND = "retrained/1"

@@ -1,7 +1,7 @@
 """Per-sample influence of training samples on test predictions ("which training samples made this prediction?").
 
 Sign convention (the removal effect, as in Koh & Liang with ε = −1/n): removing training sample z from a model at
-its optimum moves θ by Δθ ≈ H⁻¹∇ℓ_z/n (:mod:`gif_core.requests`, g for a one-sample removal), so the test loss
+its optimum moves θ by Δθ ≈ H⁻¹∇ℓ_z/n (:mod:`gif_core.problem`, g for a one-sample removal), so the test loss
 changes by
 
     I(z, test) = ∇ℓ_testᵀ H⁻¹ ∇ℓ_z / n.
@@ -27,13 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from scipy.sparse import linalg as spla
 
 from gif_core.curvature import Curvature
 from gif_core.gradient_store import GradientStore
-from gif_core.params import embed
+from gif_core.operators import HessianOperator
 from gif_core.selection import Selection
 from gif_core.solvers import SolverConfig, SolveReport, solve_least_squares, solve_symmetric
 
@@ -41,6 +40,14 @@ SCORE_METHODS = ("if", "if-lowrank", "gif", "tracin")
 
 TrainGradients = torch.Tensor | GradientStore
 """G [n_train, p]: in memory (:func:`training_gradients`) or read block by block from the cache (:mod:`gif_core.gradient_store`)."""
+
+
+SCORE_FORMULA = "∇ℓ_testᵀ H⁻¹ ∇ℓ_z / n"
+"""The influence of training sample z on a test loss as every score here computes it (the removal effect: no leading
+minus). Text that shows the formula uses this constant; tests/test_scores.py checks the scores against it."""
+
+SCORE_MEANING = "positive means removing z would raise the test loss (z is helpful), negative means z is harmful"
+"""What the sign of a score means, in words."""
 
 
 def _times(train_gradients: TrainGradients, right: torch.Tensor) -> torch.Tensor:
@@ -125,10 +132,16 @@ def influence_of_gradient(
     if method == "tracin":
         return _times(train_gradients, test_gradient.float()), None
     if method == "if-lowrank":
+        if lowrank is None:
+            raise ValueError(
+                "Low-rank IF scores need the eigenpairs of H: pass lowrank=lowrank_inverse(curvature, rank)."
+            )
         return _times(train_gradients, lowrank.apply(test_gradient)).float() / n, None
     if method == "if":
-        s, report = solve_symmetric(curvature.hvp, test_gradient, "minres", solver)
+        s, report = solve_symmetric(HessianOperator(curvature), test_gradient, "minres", solver)
     else:
+        if selection is None:
+            raise ValueError("GIF-restricted scores need a parameter selection (gif_core.selection.select).")
         s, report = _restricted_direction(curvature, test_gradient, selection, solver)
     return _times(train_gradients, s.float()) / n, report
 
@@ -140,15 +153,8 @@ def _restricted_direction(
     of A), found by LSMR on Aᵀ (s ↦ (H s)_T, adjoint y ↦ H embed(y)) started from zero — no normal equations formed,
     which squares the condition number and stalls in float32."""
     index = selection.indices.to(test_gradient.device)
-    p = curvature.space.numel
-    return solve_least_squares(
-        lambda s: curvature.hvp(s)[index],
-        lambda y: curvature.hvp(embed(y, index, p)),
-        test_gradient[index],
-        p,
-        "lsmr",
-        config=solver,
-    )
+    rows = HessianOperator(curvature).restrict(rows=index)  # H_{T,:} = (H_{:,T})ᵀ: s ↦ (H s)_T
+    return solve_least_squares(rows, test_gradient[index], "lsmr", config=solver)
 
 
 @dataclass(frozen=True)
@@ -218,14 +224,14 @@ def self_influence(
         values = []
         for row in train_gradients:
             g = row.to(curvature.device, curvature.dtype)
-            x, _ = solve_symmetric(curvature.hvp, g, "minres", solver)
+            x, _ = solve_symmetric(HessianOperator(curvature), g, "minres", solver)
             values.append(float(g @ x) / n)
         return SelfInfluence(method, torch.tensor(values))
     inverse = lowrank if lowrank is not None else lowrank_inverse(curvature, rank)
     keep = inverse.eigenvalues > 0
     projections = _times(train_gradients, inverse.eigenvectors[:, keep])
-    values = (projections.square() / inverse.eigenvalues[keep]).sum(1) / n
-    return SelfInfluence(method, values.float(), inverse.eigenvalues)
+    lowrank_values = (projections.square() / inverse.eigenvalues[keep]).sum(1) / n
+    return SelfInfluence(method, lowrank_values.float(), inverse.eigenvalues)
 
 
 def top_eigenpairs(curvature: Curvature, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,12 +240,7 @@ def top_eigenpairs(curvature: Curvature, rank: int) -> tuple[torch.Tensor, torch
     if not 0 < rank < p:
         raise ValueError(f"rank must lie between 1 and {p - 1} (the number of parameters minus one), got {rank}")
 
-    def matvec(x: np.ndarray) -> np.ndarray:
-        v = torch.as_tensor(x.reshape(-1), device=curvature.device).to(curvature.dtype)
-        return curvature.hvp(v).detach().to("cpu", torch.float64).numpy()
-
-    operator = spla.LinearOperator((p, p), matvec=matvec, dtype=np.float64)
-    eigenvalues, eigenvectors = spla.eigsh(operator, k=rank, which="LA")
+    eigenvalues, eigenvectors = spla.eigsh(HessianOperator(curvature).to_scipy(), k=rank, which="LA")
     return torch.from_numpy(eigenvalues), torch.from_numpy(eigenvectors)
 
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gif_core.params import NeuronLayer, ParamSpace
-from gif_core.requests import EditProblem
+from gif_core.problem import EditProblem
 
 NEURON_METHODS = ("output", "gradient", "lowest-output", "lowest-gradient", "random", "curvature")
 METHODS = (*NEURON_METHODS, "param-gradient")

@@ -26,7 +26,6 @@ second product of an LSMR solve (benchmarks/results/profile_edit.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -34,7 +33,8 @@ import torch
 from scipy.sparse import linalg as spla
 from threadpoolctl import threadpool_limits
 
-TorchMap = Callable[[torch.Tensor], torch.Tensor]
+from gif_core.operators import Counted, LinearMap, Normal, to_numpy
+
 SYMMETRIC_METHODS = ("minres", "cg")
 LEAST_SQUARES_METHODS = ("cgls", "lsmr", "richardson")
 
@@ -76,31 +76,6 @@ class SolveReport:
         return asdict(self)
 
 
-class _Counted:
-    """A torch linear map that counts its calls (each call is one Hessian-vector product)."""
-
-    def __init__(self, fn: TorchMap) -> None:
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.fn(x)
-
-
-class _NumpyBridge:
-    """Moves float64 numpy vectors to and from the torch dtype/device of ``template``."""
-
-    def __init__(self, template: torch.Tensor) -> None:
-        self.device, self.dtype = template.device, template.dtype
-
-    def to_torch(self, x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(x).reshape(-1), device=self.device).to(self.dtype)
-
-    @staticmethod
-    def to_numpy(t: torch.Tensor) -> np.ndarray:
-        return t.detach().to("cpu", torch.float64).numpy()
-
-
 def _check(x: torch.Tensor, name: str) -> None:
     if not torch.isfinite(x).all():
         raise FloatingPointError(
@@ -118,18 +93,16 @@ _ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")
 
 @_ONE_BLAS_THREAD
 def solve_symmetric(
-    matvec: TorchMap, b: torch.Tensor, method: str = "minres", config: SolverConfig | None = None
+    operator: LinearMap, b: torch.Tensor, method: str = "minres", config: SolverConfig | None = None
 ) -> tuple[torch.Tensor, SolveReport]:
-    """Solve A x = b for a symmetric operator A given by ``matvec`` (``minres`` or ``cg``, scipy)."""
+    """Solve A x = b for a symmetric operator A (``minres`` or ``cg``, scipy)."""
     config = config or SolverConfig()
     if method not in SYMMETRIC_METHODS:
         raise ValueError(f"Unknown symmetric solver {method!r}; choose one of {', '.join(SYMMETRIC_METHODS)}")
     _check(b, method)
     start = time.perf_counter()
-    op, trace_op = _Counted(matvec), _Counted(matvec)
-    bridge = _NumpyBridge(b)
-    n = b.numel()
-    linop = spla.LinearOperator((n, n), matvec=lambda x: bridge.to_numpy(op(bridge.to_torch(x))), dtype=np.float64)
+    op, trace_op = Counted(operator), Counted(operator)
+    linop = op.to_scipy()
     b_norm = _norm(b)
     if b_norm == 0:
         return torch.zeros_like(b), SolveReport(method, 0, 0, 0.0, True, time.perf_counter() - start, "b = 0")
@@ -139,7 +112,7 @@ def solve_symmetric(
         nonlocal iterations
         iterations += 1
         if config.track_residuals:
-            history.append(_norm(b - trace_op(bridge.to_torch(xk))) / b_norm)
+            history.append(_norm(b - trace_op @ op.to_torch(xk)) / b_norm)
 
     solver = spla.minres if method == "minres" else spla.cg
     # scipy's MINRES stops on ‖r‖ ≤ rtol·‖A‖·‖x‖, looser than ‖r‖ ≤ rtol·‖b‖: warm-restart with a tightened
@@ -147,11 +120,11 @@ def solve_symmetric(
     x_np, inner_rtol, rel = None, config.rtol, float("inf")
     while iterations < config.maxiter:
         x_np, _ = solver(
-            linop, bridge.to_numpy(b), x0=x_np, rtol=inner_rtol, maxiter=config.maxiter - iterations, callback=callback
+            linop, to_numpy(b), x0=x_np, rtol=inner_rtol, maxiter=config.maxiter - iterations, callback=callback
         )
-        x = bridge.to_torch(x_np)
+        x = op.to_torch(x_np)
         _check(x, method)
-        rel = _norm(b - op(x)) / b_norm
+        rel = _norm(b - op @ x) / b_norm
         if rel <= config.rtol or inner_rtol < 1e-15:
             break
         inner_rtol *= max(config.rtol / rel, 1e-3)
@@ -169,17 +142,15 @@ def solve_symmetric(
 
 @_ONE_BLAS_THREAD
 def solve_least_squares(
-    matvec: TorchMap,
-    rmatvec: TorchMap,
+    operator: LinearMap,
     b: torch.Tensor,
-    n_cols: int,
     method: str = "cgls",
     damping: float = 0.0,
     config: SolverConfig | None = None,
 ) -> tuple[torch.Tensor, SolveReport]:
-    """Solve min_x ‖A x − b‖² + δ‖x‖² (A: R^k → R^p given by ``matvec``, Aᵀ by ``rmatvec``; k = ``n_cols``).
+    """Solve min_x ‖A x − b‖² + δ‖x‖² for an operator A: R^k → R^p.
 
-    Each call of ``matvec`` or ``rmatvec`` counts as one Hessian-vector product.
+    Each product of A or Aᵀ counts as one Hessian-vector product.
     """
     config = config or SolverConfig()
     if method not in LEAST_SQUARES_METHODS:
@@ -188,28 +159,25 @@ def solve_least_squares(
         raise ValueError("damping must be ≥ 0")
     _check(b, method)
     start = time.perf_counter()
-    fwd, adj = _Counted(matvec), _Counted(rmatvec)
-    atb = adj(b)
+    counted = Counted(operator)
+    atb = counted.rmatvec(b)
     atb_norm = _norm(atb)
     if atb_norm == 0:
-        x = torch.zeros(n_cols, device=b.device, dtype=b.dtype)
-        return x, SolveReport(method, 0, adj.calls, 0.0, True, time.perf_counter() - start, "Aᵀb = 0")
-
-    def normal_residual(x: torch.Tensor) -> float:
-        return _norm(atb - adj(fwd(x)) - damping * x) / atb_norm
-
+        x = torch.zeros(operator.shape[1], device=b.device, dtype=b.dtype)
+        return x, SolveReport(method, 0, counted.calls, 0.0, True, time.perf_counter() - start, "Aᵀb = 0")
+    normal = Normal(counted, damping)
     if method == "richardson":
-        x, iterations, history, note = _richardson(fwd, adj, atb, damping, config)
+        x, iterations, history, note = _richardson(normal, atb, config)
         trace_calls = 0
     else:
-        x, iterations, history, trace_calls = _scipy_least_squares(fwd, adj, b, atb, n_cols, method, damping, config)
+        x, iterations, history, trace_calls = _scipy_least_squares(counted, b, atb, method, damping, config)
         note = ""
     _check(x, method)
-    rel = normal_residual(x)
+    rel = _norm(atb - normal @ x) / atb_norm
     return x, SolveReport(
         method,
         iterations,
-        fwd.calls + adj.calls,
+        counted.calls,
         rel,
         rel <= config.rtol,
         time.perf_counter() - start,
@@ -220,56 +188,31 @@ def solve_least_squares(
 
 
 def _scipy_least_squares(
-    fwd: _Counted,
-    adj: _Counted,
-    b: torch.Tensor,
-    atb: torch.Tensor,
-    n_cols: int,
-    method: str,
-    damping: float,
-    config: SolverConfig,
+    counted: Counted, b: torch.Tensor, atb: torch.Tensor, method: str, damping: float, config: SolverConfig
 ) -> tuple[torch.Tensor, int, list[float], int]:
-    bridge = _NumpyBridge(b)
-    atb_norm = _norm(atb)
     history: list[float] = []
-    trace_fwd, trace_adj = _Counted(fwd.fn), _Counted(adj.fn)
     if method == "lsmr":
-        linop = spla.LinearOperator(
-            (b.numel(), n_cols),
-            matvec=lambda x: bridge.to_numpy(fwd(bridge.to_torch(x))),
-            rmatvec=lambda y: bridge.to_numpy(adj(bridge.to_torch(y))),
-            dtype=np.float64,
-        )
         out = spla.lsmr(
-            linop, bridge.to_numpy(b), damp=damping**0.5, atol=0.1 * config.rtol, btol=0.0, maxiter=config.maxiter
+            counted.to_scipy(), to_numpy(b), damp=damping**0.5, atol=0.1 * config.rtol, btol=0.0, maxiter=config.maxiter
         )
-        return bridge.to_torch(out[0]), int(out[2]), history, 0
+        return counted.to_torch(out[0]), int(out[2]), history, 0
     # cgls: CG on the normal equations (AᵀA + δI) x = Aᵀb.
-    normal = spla.LinearOperator(
-        (n_cols, n_cols),
-        matvec=lambda x: bridge.to_numpy(_normal_product(fwd, adj, bridge.to_torch(x), damping)),
-        dtype=np.float64,
-    )
+    trace_counter = Counted(counted.operator)
+    normal, trace = Normal(counted, damping), Normal(trace_counter, damping)
+    atb_norm = _norm(atb)
     iterations = 0
 
     def callback(xk: np.ndarray) -> None:
         nonlocal iterations
         iterations += 1
         if config.track_residuals:
-            xt = bridge.to_torch(xk)
-            history.append(_norm(atb - _normal_product(trace_fwd, trace_adj, xt, damping)) / atb_norm)
+            history.append(_norm(atb - trace @ counted.to_torch(xk)) / atb_norm)
 
-    x_np, _ = spla.cg(normal, bridge.to_numpy(atb), rtol=config.rtol, maxiter=config.maxiter, callback=callback)
-    return bridge.to_torch(x_np), iterations, history, trace_fwd.calls + trace_adj.calls
-
-
-def _normal_product(fwd: TorchMap, adj: TorchMap, x: torch.Tensor, damping: float) -> torch.Tensor:
-    return adj(fwd(x)) + damping * x
+    x_np, _ = spla.cg(normal.to_scipy(), to_numpy(atb), rtol=config.rtol, maxiter=config.maxiter, callback=callback)
+    return counted.to_torch(x_np), iterations, history, trace_counter.calls
 
 
-def _richardson(
-    fwd: _Counted, adj: _Counted, atb: torch.Tensor, damping: float, config: SolverConfig
-) -> tuple[torch.Tensor, int, list[float], str]:
+def _richardson(normal: Normal, atb: torch.Tensor, config: SolverConfig) -> tuple[torch.Tensor, int, list[float], str]:
     """The reference implementation's Richardson/Neumann iteration on the scaled normal equations."""
     atb_norm = _norm(atb)
     scale = config.richardson_scale
@@ -282,7 +225,7 @@ def _richardson(
         diff_old = float("inf")
         diverged = False
         for it in range(config.maxiter):
-            step = v - _normal_product(fwd, adj, x, damping) / c2  # = x_new − x = (Aᵀb − (AᵀA+δI)x)/c²
+            step = v - (normal @ x) / c2  # = x_new − x = (Aᵀb − (AᵀA+δI)x)/c²
             total_iterations += 1
             rel = _norm(step) * c2 / atb_norm  # the normal residual at the current x, exactly
             history.append(rel)

@@ -3,7 +3,7 @@
 * :func:`toy_example` — the GIF paper's figure 2 idea on a classifier with exactly two parameters θ = (θ₁, θ₂):
   logits (0, θ·x) for two classes, objective L(θ) = mean_i CE_i + (λ/2)|θ|², trained to its exact optimum θ*.
   Part of one cluster of training samples is removed; the library's estimators (:func:`gif_core.influence.estimate`
-  on :func:`gif_core.requests.prepare`) give θ* + Δ for IF, PIF, FIF, GIF and SIF, and L-BFGS (polished by Newton
+  on :func:`gif_core.problem.prepare`) give θ* + Δ for IF, PIF, FIF, GIF and SIF, and L-BFGS (polished by Newton
   steps) on the retained data gives the true retrained optimum. GIF, FIF and PIF may move one of the two parameters. A grid of the retained
   objective L_{S∖U} around those points is returned for contour plots.
 * :func:`hessian_spectra` — the paper's figure 3 idea: a small tanh MLP on Iris, trained once per weight decay λ
@@ -11,7 +11,7 @@
   H = ∇²(mean CE + (λ/2)|θ|²) at the trained θ, with the share of negative eigenvalues. At a FIXED θ, adding λ
   shifts every eigenvalue by +λ; retraining with λ also moves θ.
 * :data:`EXPLANATIONS` — plain-language descriptions of the five estimators, with formula and sign, in the
-  notation of :mod:`gif_core.influence` and :mod:`gif_core.requests` (g = "the gradient the edit removes";
+  notation of :mod:`gif_core.influence` and :mod:`gif_core.problem` (g = "the gradient the edit removes";
   for a removal of U, g = (m/(n−m))·mean_{i∈U} ∇ℓ_i(θ) = −∇L_{S∖U}(θ) at a stationary θ; the edit is θ + Δ).
 """
 
@@ -23,13 +23,15 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from gif_core.curvature import FORWARD_MODE, CurvatureConfig
 from gif_core.data import LabelledSet, load_data, seeded_subset
 from gif_core.influence import METHODS, EstimatorConfig, estimate
+from gif_core.objective import training_loss
 from gif_core.params import ParamSpace, flat_parameters
-from gif_core.requests import EditProblem, ProblemConfig, SampleRemoval, prepare
+from gif_core.problem import EditProblem, ProblemConfig, prepare
+from gif_core.requests import SampleRemoval
+from gif_core.scores import SCORE_FORMULA, SCORE_MEANING
 from gif_core.selection import Selection, SelectionConfig, from_mask, select
 from gif_core.solvers import SolverConfig
 from gif_core.train import Recipe, train_model
@@ -60,8 +62,7 @@ EXPLANATIONS: dict[str, Explanation] = {
         "the bowl of the edited objective. Every parameter moves.",
         formula=r"\Delta = H^{-1} g",
         sign="H·Δ = +g over all parameters. A network's H may be indefinite: MINRES or damping H + δI is used. "
-        "Per training sample z, the influence on a test loss is −∇ℓ_testᵀ H⁻¹ ∇ℓ_z / n: positive means removing z "
-        "raises the test loss (z is helpful), negative means z is harmful.",
+        f"Per training sample z, the influence on a test loss is {SCORE_FORMULA}: {SCORE_MEANING}.",
     ),
     "pif": Explanation(
         name="Projected influence function (PIF)",
@@ -110,7 +111,7 @@ def training_objective(
 
     def objective(theta: torch.Tensor) -> torch.Tensor:
         logits = torch.func.functional_call(model, {**frozen, **space.unflatten(theta)}, (inputs,))
-        return F.cross_entropy(logits, labels) + 0.5 * weight_decay * theta.square().sum()
+        return training_loss(logits, labels, [theta], weight_decay)
 
     return objective
 
@@ -180,7 +181,7 @@ class ToyConfig:
 
 @dataclass(frozen=True)
 class ToyData:
-    """2-D inputs (float64), labels and the cluster of every point; satisfies ``requests.LabelledData``."""
+    """2-D inputs (float64), labels and the cluster of every point; satisfies ``evaluate.LabelledData``."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -216,9 +217,10 @@ class ToyResult:
 
 def toy_model(theta: Sequence[float] | torch.Tensor = (0.0, 0.0)) -> nn.Module:
     """The two-parameter classifier x ↦ (0, θ·x), float64, with θ set."""
-    model = nn.Sequential(nn.Linear(2, 1, bias=False), ZeroLogit()).double()
+    linear = nn.Linear(2, 1, bias=False)
+    model = nn.Sequential(linear, ZeroLogit()).double()  # .double() converts linear in place
     with torch.no_grad():
-        model[0].weight.copy_(torch.as_tensor(theta, dtype=torch.float64).view(1, 2))
+        linear.weight.copy_(torch.as_tensor(theta, dtype=torch.float64).view(1, 2))
     return model
 
 

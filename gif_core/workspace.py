@@ -29,8 +29,19 @@ from gif_core.checkpoints import (
     read_weights_file,
 )
 from gif_core.data import DataBundle, LabelledSet, load_data
-from gif_core.experiment import MethodOutcome
-from gif_core.requests import LabelChange, backdoor_relabel
+from gif_core.experiment import (
+    PREPARE_SHARE,
+    EditConfig,
+    EditReport,
+    MethodOutcome,
+    PreparedEdit,
+    Progress,
+    answer,
+    prepare_edit,
+    stage,
+)
+from gif_core.requests import EditRequest, LabelChange, backdoor_relabel
+from gif_core.retrain import Retrained, retrain
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,60 @@ class Workspace:
     @property
     def weight_decay(self) -> float:
         return float(self.card.recipe.get("weight_decay", 0.0))
+
+    @property
+    def model_info(self) -> dict:
+        """What a report says about the model asked about: where it came from and its content id."""
+        return {"path": self.source, "id": self.model_id}
+
+    def backdoor_for(self, request: EditRequest) -> BackdoorSpec | None:
+        """The backdoor a request undoes (its metrics are then reported): this model's, if ``request`` is the label
+        change that undoes its poisoning, else None."""
+        return self.backdoor if self.backdoor_request is not None and request == self.backdoor_request else None
+
+    def retrain(
+        self, request: EditRequest, progress: Callable[[int, int], None] | None = None, show_bar: bool = True
+    ) -> Retrained:
+        """The model retrained on the training split this model saw, edited by ``request`` (cached; see
+        :func:`gif_core.retrain.retrain`)."""
+        return retrain(self.card, self.bundle, self.train, request, self.model_id, progress=progress, show_bar=show_bar)
+
+    def prepare(
+        self,
+        request: EditRequest,
+        config: EditConfig | None = None,
+        *,
+        retrained: Retrained | None = None,
+        progress: Progress | None = None,
+    ) -> PreparedEdit:
+        """:func:`gif_core.experiment.prepare_edit` for this model, its training split and backdoor, with the
+        retrained ground truth (its seconds and cache state reported) when given."""
+        prepared = prepare_edit(
+            self.model, self.card, self.bundle, request, config, train=self.train,
+            backdoor=self.backdoor_for(request), model_info=self.model_info, progress=progress,
+        )  # fmt: skip
+        if retrained is None:
+            return prepared
+        return prepared.with_retrained(retrained.model, retrained.seconds, retrained.from_cache)
+
+    def answer(
+        self,
+        request: EditRequest,
+        config: EditConfig | None = None,
+        *,
+        retrain: bool = False,
+        progress: Progress | None = None,
+        retrain_progress: Callable[[int, int], None] | None = None,
+        show_bar: bool = True,
+    ) -> EditReport:
+        """The frozen report answering ``request`` with every method of ``config`` on this model; with ``retrain``
+        against the model retrained without the data (trained once, then read from the cache). ``progress(message,
+        fraction)`` is called between the phases of the edit, ``retrain_progress(step, steps)`` while retraining.
+        The model is never modified."""
+        config = config or EditConfig()
+        retrained = self.retrain(request, retrain_progress, show_bar) if retrain else None
+        prepared = self.prepare(request, config, retrained=retrained, progress=stage(progress, 0.0, PREPARE_SHARE))
+        return answer(prepared, config, stage(progress, PREPARE_SHARE, 1 - PREPARE_SHARE))
 
 
 def open_workspace(
@@ -172,6 +237,7 @@ def resolve_local_checkpoint(path: str | Path, roots: Sequence[str | Path] | Non
             f"beside it; put it under one of these folders, or add its folder to the environment variable "
             f"{LOCAL_ROOTS_ENV} ({os.pathsep!r}-separated) before starting the dashboard."
         )
+    assert weights is not None  # a card is looked up only beside found weights
     return weights
 
 

@@ -5,13 +5,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import blobs, dense_gradient, dense_hessian, rel_err, tiny_convnet, tiny_mlp
+from conftest import fit_logreg as _fit_logreg
 from torch import nn
 from torch.nn import functional as F
 
 from gif_core.curvature import CurvatureConfig
 from gif_core.influence import EstimatorConfig, estimate
 from gif_core.params import apply_delta, flat_parameters, state_hash
-from gif_core.requests import ClassRemoval, LabelChange, ProblemConfig, SampleRemoval, prepare
+from gif_core.problem import ProblemConfig, prepare
+from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval
 from gif_core.selection import SelectionConfig, select
 from gif_core.solvers import SolverConfig
 
@@ -47,7 +49,7 @@ def test_estimators_match_dense_closed_forms(make_model, data, weight_decay, req
     problem = prepare(model, data, request_, 3, ProblemConfig(curvature=CurvatureConfig(weight_decay)))
     if isinstance(request_, LabelChange):  # H is the edited objective's: every sample, U with its new labels
         labels = data.labels.clone()
-        labels[list(request_.indices)] = request_.targets()
+        labels[list(request_.indices)] = torch.tensor(request_.new_labels)
         H = dense_hessian(model, data.inputs, labels, weight_decay)
     else:
         keep = problem.retain_rows
@@ -91,25 +93,6 @@ def test_richardson_baseline_and_krylov_reach_the_same_gif_solution():
     assert rel_err(baseline.delta, krylov.delta) < 1e-4
     print(f"GIF solve HVPs: Krylov {krylov.hvps}, Richardson {baseline.hvps}")
     assert krylov.hvps < baseline.hvps
-
-
-def _fit_logreg(inputs: torch.Tensor, labels: torch.Tensor, weight_decay: float, init: nn.Module | None = None):
-    """L2-regularised multinomial logistic regression trained to its exact optimum (L-BFGS, float64)."""
-    model = init or nn.Linear(inputs.shape[1], int(labels.max()) + 1).double()
-    optimizer = torch.optim.LBFGS(
-        model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-13, tolerance_change=0, line_search_fn="strong_wolfe"
-    )
-
-    def closure():
-        optimizer.zero_grad()
-        theta = torch.cat([p.reshape(-1) for p in model.parameters()])
-        loss = F.cross_entropy(model(inputs), labels) + 0.5 * weight_decay * theta.square().sum()
-        loss.backward()
-        return loss
-
-    for _ in range(5):
-        optimizer.step(closure)
-    return model
 
 
 def _retrained(model, inputs, labels, weight_decay):

@@ -8,14 +8,8 @@ from conftest import blobs, rel_err, tiny_mlp
 from torch.nn import functional as F
 
 from gif_core.curvature import CurvatureConfig
-from gif_core.requests import (
-    ClassRemoval,
-    LabelChange,
-    ProblemConfig,
-    SampleRemoval,
-    backdoor_relabel,
-    prepare,
-)
+from gif_core.problem import ProblemConfig, prepare
+from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, backdoor_relabel
 
 WD = 0.02
 
@@ -147,3 +141,32 @@ def test_class_with_every_sample_cannot_be_removed():
     data = SimpleNamespace(inputs=torch.randn(4, 4, dtype=torch.float64), labels=torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="every training sample"):
         prepare(tiny_mlp(), data, ClassRemoval(0), 3)
+
+
+def test_each_kind_states_its_data_edit_once():
+    """The rows, the mask, the edited labels and the edited set, checked against what each question means."""
+    labels = torch.tensor([0, 1, 2, 1, 0, 1])
+    train = SimpleNamespace(labels=labels)  # edit() reads labels only
+    removal = ClassRemoval(1).edit(train.labels, 3)
+    assert removal.rows.tolist() == [1, 3, 5] and removal.in_u.tolist() == [False, True, False, True, False, True]
+    assert removal.retain_rows.tolist() == removal.edited_rows.tolist() == [0, 2, 4]
+    assert not removal.relabels and removal.labels is labels
+    samples = SampleRemoval([4, 0]).edit(labels, 3)
+    assert samples.rows.tolist() == [0, 4] and samples.edited_rows.tolist() == [1, 2, 3, 5]
+    change = LabelChange([5, 2], [0, 1]).edit(labels, 3)
+    assert change.relabels and change.rows.tolist() == [5, 2] and change.new_labels.tolist() == [0, 1]
+    assert change.labels.tolist() == [0, 1, 1, 1, 0, 0] and labels.tolist() == [0, 1, 2, 1, 0, 1]  # a copy
+    assert change.edited_rows.tolist() == [0, 1, 2, 3, 4, 5] and change.retain_rows.tolist() == [0, 1, 3, 4]
+
+
+def test_each_kind_states_its_validation_objective():
+    """Hand-computed values (accuracies in percent): a class removal scores F1(forget 20, retain 80) =
+    2·0.8·0.8/1.6 = 80; a sample removal 80 − |70 − 80| = 70; a label change the harmonic mean 2·60·90/150 = 72."""
+    assert ClassRemoval(0).objective(val_acc=80.0, target_acc=20.0) == pytest.approx(80.0)
+    assert SampleRemoval([1]).objective(val_acc=80.0, target_acc=70.0) == pytest.approx(70.0)
+    assert LabelChange([1], [0]).objective(val_acc=90.0, target_acc=60.0) == pytest.approx(72.0)
+    assert LabelChange([1], [0]).objective(val_acc=0.0, target_acc=0.0) == 0.0
+    assert ClassRemoval(3).held_out_class == 3 and SampleRemoval([1]).held_out_class is None
+    assert ClassRemoval(3).question(("a", "b", "c", "d")) == "remove class d"
+    assert LabelChange([1, 2], [0, 0]).question(()) == "change 2 labels"
+    assert SampleRemoval([1]).question(()) == "remove 1 training sample"

@@ -1,15 +1,18 @@
 """Per-sample influence scores: dense closed forms on a tiny model, and the sign and ranking of real
 leave-one-out retraining on L2-regularised logistic regression."""
 
+from pathlib import Path
+
 import torch
 from conftest import blobs, dense_hessian, rel_err, tiny_mlp
+from conftest import fit_logreg as _fit_logreg
 from scipy.stats import spearmanr
-from test_influence import _fit_logreg
 from torch import nn
 from torch.nn import functional as F
 
 from gif_core.curvature import Curvature, CurvatureConfig
-from gif_core.requests import SampleRemoval, prepare
+from gif_core.problem import prepare
+from gif_core.requests import SampleRemoval
 from gif_core.scores import influence_scores, training_gradients
 from gif_core.selection import SelectionConfig, select
 from gif_core.solvers import SolverConfig
@@ -158,3 +161,25 @@ def test_self_influence_against_dense_algebra():
     ranking = tracin.ranking()
     assert detection_rate(ranking, ranking[:3], 0.05) == 100.0
     assert detection_rate(ranking, ranking[-3:], 0.5) == 0.0
+
+
+def test_the_shown_formula_has_the_sign_the_scores_have():
+    """The formula the Learn page and the Influential samples page show is the one the code computes: evaluated with
+    its own sign on dense algebra, it equals the IF scores (a leading minus in the text would fail here)."""
+    from gif_core.scores import SCORE_FORMULA, SCORE_MEANING
+    from gif_core.teaching import EXPLANATIONS
+
+    assert SCORE_FORMULA in EXPLANATIONS["if"].sign and SCORE_MEANING in EXPLANATIONS["if"].sign
+    page = (Path(__file__).parents[1] / "app" / "pages" / "1_Influential_samples.py").read_text()
+    assert "SCORE_FORMULA" in page and "−∇ℓ_test" not in page
+    shown_sign = -1.0 if SCORE_FORMULA.lstrip().startswith(("−", "-")) else 1.0
+    model, data = tiny_mlp(), blobs()
+    curvature = Curvature(model, (data.inputs, data.labels), CurvatureConfig(weight_decay=0.01))
+    grads = _per_sample_gradients_by_hand(model, data.inputs, data.labels, 0.01)
+    H = dense_hessian(model, data.inputs, data.labels, 0.01)
+    test_x, test_y = data.inputs[:1] + 0.1, data.labels[:1]
+    test_grad = _per_sample_gradients_by_hand(model, test_x, test_y, 0.0)[0]
+    formula = shown_sign * (grads @ torch.linalg.solve(H, test_grad)) / len(data.labels)  # ∇ℓ_testᵀ H⁻¹ ∇ℓ_z / n
+    result = influence_scores(curvature, grads.float(), test_x, test_y, "if", solver=TIGHT)
+    assert rel_err(result.scores[0].double(), formula) < 1e-4
+    assert "helpful" in SCORE_MEANING.split("negative")[0]  # the positive half of the sentence says helpful

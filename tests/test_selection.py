@@ -4,7 +4,8 @@ from conftest import blobs, tiny_convnet, tiny_mlp
 from torch import nn
 
 from gif_core.params import ParamSpace, state_hash
-from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, prepare
+from gif_core.problem import prepare
+from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval
 from gif_core.selection import METHODS, SelectionConfig, _captured_outputs, from_mask, select, select_all
 
 
@@ -144,7 +145,7 @@ def test_a_ratio_smaller_than_one_neuron_still_selects_one_neuron_per_layer():
 def bundled_cnn_class_removal():
     from gif_core.checkpoints import load_checkpoint
     from gif_core.data import load_data
-    from gif_core.requests import ProblemConfig
+    from gif_core.problem import ProblemConfig
     from gif_core.zoo import default_model_path
 
     model, card = load_checkpoint(default_model_path())
@@ -173,7 +174,7 @@ def test_no_layer_of_the_bundled_cnn_is_starved(bundled_cnn_class_removal, metho
 
 
 def test_curvature_selector_uses_retained_rows_only_when_h_covers_all_data():
-    from gif_core.requests import ProblemConfig
+    from gif_core.problem import ProblemConfig
 
     data = blobs(n=90, image=True)
     problem = prepare(_wide_model(), data, SampleRemoval([0, 1, 2]), 3, ProblemConfig(hessian_data="all"))

@@ -3,18 +3,19 @@ everywhere, a per-unit map for every Linear/Conv layer, a note on a layer with n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import blobs
+from conftest import plotly_specs as _charts
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from gif_core.checkpoints import load_checkpoint
 from gif_core.params import ParamSpace
-from gif_core.requests import ClassRemoval, prepare
+from gif_core.problem import prepare
+from gif_core.requests import ClassRemoval
 from gif_core.selection import (
     NEURON_METHODS,
     SelectionConfig,
@@ -121,10 +122,6 @@ def _selected(first: str, second: str, ratio: float = 0.05) -> AppTest:
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     return at
-
-
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
 @pytest.fixture(scope="module")

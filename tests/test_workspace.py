@@ -52,3 +52,37 @@ def test_bad_paths_say_what_to_do(tmp_path):
     weights.write_bytes(bundled_model_path("iris_mlp").read_bytes())
     with pytest.raises(FileNotFoundError, match="JSON card beside it"):
         open_workspace_path(weights)
+
+
+def test_answer_returns_the_frozen_report_with_its_model_and_ground_truth(private_cache):
+    """One entry answers a question end to end: the same numbers as run_edit, the model named, the retrained model's
+    seconds and cache state recorded (the second time from the cache), and the report cannot be patched."""
+    import dataclasses
+
+    loaded = open_workspace_path(bundled_model_path("iris_mlp"))
+    config = EditConfig(methods=("gif", "if"), ratio=0.2, maxiter=10)
+    first = loaded.answer(ClassRemoval(1), config, retrain=True, show_bar=False)
+    again = loaded.answer(ClassRemoval(1), config, retrain=True, show_bar=False)
+    direct = run_edit(
+        loaded.model, loaded.card, loaded.bundle, ClassRemoval(1), config, retrained_model=first.retrained_model
+    )
+    record = first.to_dict()
+    assert record["model"] == {"path": loaded.source, "id": loaded.model_id}
+    assert record["retrained"]["from_cache"] is False and record["retrained"]["seconds"] > 0
+    assert again.to_dict()["retrained"]["from_cache"] is True
+    assert [o.metrics for o in first.outcomes] == [o.metrics for o in direct.outcomes]
+    assert first.retrained == direct.retrained
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.retrain_seconds = 0.0
+
+
+def test_the_public_face_exports_what_it_lists_and_shadows_no_module():
+    """``from gif_core import X`` works for every name of ``__all__``, and no exported name hides a submodule
+    (``import gif_core.retrain`` must stay the module, not a function of that name)."""
+    import pkgutil
+
+    import gif_core
+
+    modules = {module.name for module in pkgutil.iter_modules(gif_core.__path__)}
+    assert [name for name in gif_core.__all__ if not hasattr(gif_core, name)] == []
+    assert [name for name in gif_core.__all__ if name in modules] == []

@@ -29,6 +29,7 @@ from gif_core.browse import (
 from gif_core.data import LabelledSet, seeded_subset
 from gif_core.evaluate import predict_proba
 from gif_core.interrupt import StopCheck
+from gif_core.scores import SCORE_FORMULA
 from gif_core.solvers import SolverConfig
 
 MODES = ("one test image", "a set of test images", "a whole class")
@@ -37,7 +38,8 @@ Target = int | tuple[int, ...]  # one test row, or a set of test rows (the influ
 st.set_page_config(page_title="Influential samples · GIF Explorer", layout="wide")
 st.title("Influential samples")
 st.caption(
-    "Score = predicted change of the test loss if the training sample were removed: **helpful** (positive) samples "
+    f"Score = {SCORE_FORMULA}, the predicted change of the test loss if the training sample were removed: "
+    "**helpful** (positive) samples "
     "hold the prediction up, **harmful** (negative) ones pull it down. Influence functions are fragile in deep "
     "networks (Basu et al. 2021): compare methods before trusting one."
 )
@@ -91,12 +93,12 @@ def choose_target(test: LabelledSet, predicted: torch.Tensor, classes: Sequence[
     """One test row, a set of rows or a whole class (sampled down to SET_LIMIT), as the user picks it."""
     mode = st.radio("Explain", MODES, horizontal=True, key="explain_mode")
     if mode == "a whole class":
-        name = st.selectbox("Class", classes, key="set_class")
-        rows = torch.nonzero(test.labels == classes.index(name)).flatten()
-        chosen = seeded_subset(rows, SET_LIMIT, 0).tolist()
+        class_name = st.selectbox("Class", classes, key="set_class")
+        class_rows = torch.nonzero(test.labels == classes.index(class_name)).flatten()
+        chosen = seeded_subset(class_rows, SET_LIMIT, 0).tolist()
         st.caption(
-            f"{len(chosen)} of the {len(rows)} test images of class {name}"
-            + (f" (a seeded sample: at most {SET_LIMIT} points)" if len(rows) > SET_LIMIT else "")
+            f"{len(chosen)} of the {len(class_rows)} test images of class {class_name}"
+            + (f" (a seeded sample: at most {SET_LIMIT} points)" if len(class_rows) > SET_LIMIT else "")
             + "; the scores are the influence on their mean test loss."
         )
         return tuple(chosen) if chosen else None
@@ -258,9 +260,10 @@ with session.errors_shown():
     predicted = predict_proba(loaded.model, test.inputs).argmax(1)
     left, right = st.columns([1, 2])
     with left:
-        target = choose_target(test, predicted, bundle.classes)
-        if target is None:
+        chosen = choose_target(test, predicted, bundle.classes)
+        if chosen is None:
             st.stop()
+        target: Target = chosen  # not Optional, also inside the job's lambda below
         session.linked_input("browse_method", BROWSE_METHODS, "if-lowrank")
         method = st.radio(
             "Method",

@@ -9,7 +9,7 @@ from app import charts, session
 from app.request_form import request_form
 from gif_core.curvature import CurvatureConfig
 from gif_core.experiment import EditConfig
-from gif_core.requests import ProblemConfig, prepare
+from gif_core.problem import ProblemConfig, prepare
 from gif_core.selection import (
     BUDGETS,
     METHODS,
@@ -78,6 +78,7 @@ with session.errors_shown():
     )
     budget = c.radio("Budget", BUDGETS, index=BUDGETS.index(DEFAULTS.budget), horizontal=True, key="sel_budget")
     if st.button("Select parameters", type="primary", key="run_select", disabled=request is None):
+        assert request is not None  # the button is disabled without a request
         with st.spinner("Scoring neurons on the questioned data…"):
             problem = prepare(  # the Hessian sample of the What-if page's default edit (the curvature selector's F)
                 loaded.model,
@@ -96,7 +97,7 @@ with session.errors_shown():
     if stored is not None and stored[0] == loaded.model_id:
         _, asked, (sel_a, sel_b) = stored
         st.caption(
-            f"Question: {asked.kind}, {len(asked.forget_rows(loaded.train.labels, loaded.bundle.num_classes))} training samples questioned"
+            f"Question: {asked.kind}, {len(asked.edit(loaded.train.labels, loaded.bundle.num_classes).rows)} training samples questioned"
         )
         by_letter = {"A": sel_a, "B": sel_b}
         labelled = {f"{letter}: {s.method}": s for letter, s in by_letter.items()}  # "A: gradient", "B: output"

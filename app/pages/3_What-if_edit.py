@@ -22,8 +22,6 @@ from gif_core.data import DataBundle
 from gif_core.evaluate import predict_proba
 from gif_core.experiment import EditConfig, EditReport, MethodOutcome, answer
 from gif_core.influence import METHODS
-from gif_core.requests import ClassRemoval
-from gif_core.retrain import retrain
 from gif_core.selection import METHODS as SELECTORS
 from gif_core.solvers import LEAST_SQUARES_METHODS
 from gif_core.workspace import Workspace, edited_card
@@ -126,6 +124,7 @@ def show_backdoor(loaded: Workspace, report: EditReport, finished: Sequence[Meth
     """The trigger, a few triggered test images (one per class other than the target), and what each model predicts
     on them: the original (before), the retrained model and every edit (after), with their attack success."""
     spec, test, classes = loaded.backdoor, loaded.bundle.test, loaded.bundle.classes
+    assert spec is not None and test.images is not None  # shown only for a backdoored model (of images)
     st.subheader("The backdoor: its trigger and triggered test images")
     show_trigger(spec, classes)
     labels = test.labels.numpy()
@@ -138,8 +137,11 @@ def show_backdoor(loaded: Workspace, report: EditReport, finished: Sequence[Meth
     )
     models = {"original (before)": (loaded.model, report.original)}
     if report.retrained_model is not None:
+        assert report.retrained is not None  # its metrics come with the retrained model
         models["retrained"] = (report.retrained_model, report.retrained)
-    models.update({f"{METHOD_NAMES[o.method]} (after)": (o.model, o.metrics) for o in finished})
+    for o in finished:
+        assert o.model is not None  # set unless diverged
+        models[f"{METHOD_NAMES[o.method]} (after)"] = (o.model, o.metrics)
     st.markdown("**Predicted class of each triggered image, before and after the edit**")
     table = triggered_predictions(models, spec.trigger.stamp(test.inputs[rows]), rows, spec, classes)
     st.dataframe(table, hide_index=True, key="backdoor_predictions")
@@ -187,6 +189,7 @@ def show_downloads(loaded: Workspace, report: EditReport, finished: Sequence[Met
         return
     st.subheader("Downloads")
     first = finished[0]
+    assert first.model is not None  # set unless diverged
     d1, d2, d3 = st.columns(3)
     d1.download_button(
         f"Edited model ({METHOD_NAMES[first.method]}) .safetensors",
@@ -214,7 +217,9 @@ with session.errors_shown():
     st.markdown(session.model_caption(loaded))
     request = request_form(loaded, "edit")
     a, b, c = st.columns(3)
-    methods = a.multiselect("Methods", METHODS, default=["gif", "if"], format_func=METHOD_NAMES.get, key="methods")
+    methods = a.multiselect(
+        "Methods", METHODS, default=["gif", "if"], format_func=lambda m: METHOD_NAMES[m], key="methods"
+    )
     selector = b.selectbox(
         "Selector (GIF/FIF/PIF)", SELECTORS, index=SELECTORS.index(DEFAULTS.selector), key="selector"
     )
@@ -227,11 +232,13 @@ with session.errors_shown():
     with st.expander("Solver settings (defaults chosen by benchmarks/defaults.py)"):
         s1, s2, s3, s4, s5 = st.columns(5)
         n_train = len(loaded.train)
+        default_samples = warmup.page_defaults(loaded).hessian_samples
+        assert default_samples is not None  # page_defaults caps the library's default number
         hessian_samples = s1.number_input(
             "Hessian samples",
             min(16, n_train),
             n_train,
-            warmup.page_defaults(loaded).hessian_samples,
+            default_samples,
             step=16,
             key="hess_n",
         )
@@ -270,28 +277,22 @@ with session.errors_shown():
         warmup.show(job)
     elif run:
         clicked = time.perf_counter()
+        assert job is not None and request is not None  # the button is disabled without a request (and job)
         with st.status("Running the edit…", expanded=True) as status:
             warmed = warmup.wait(job, status.write)
             prepared, retrained = warmed.prepared, warmed.retrained
             if with_retrain and retrained is None:
                 status.write("Retraining without the data (cached after the first time)…")
                 bar = st.progress(0.0)
-                retrained = retrain(
-                    loaded.card,
-                    bundle,
-                    loaded.train,
-                    request,
-                    loaded.model_id,
-                    progress=lambda done, total: bar.progress(done / total, text=f"Retraining: step {done}/{total}"),
-                    show_bar=False,
-                )
+
+                def show_retraining(done: int, total: int) -> None:
+                    bar.progress(done / total, text=f"Retraining: step {done}/{total}")
+
+                retrained = loaded.retrain(request, progress=show_retraining, show_bar=False)
                 bar.empty()
-                prepared = prepared.with_retrained(retrained.model)
+                prepared = prepared.with_retrained(retrained.model, retrained.seconds, retrained.from_cache)
             report = answer(prepared, config, progress=session.phase_writer(status))
             status.update(label=f"Edit done in {time.perf_counter() - clicked:.1f} s", state="complete", expanded=False)
-        if retrained is not None:
-            report.retrain_seconds, report.retrain_from_cache = retrained.seconds, retrained.from_cache
-        report.extra["model"] = {"path": loaded.source, "id": loaded.model_id}
         st.session_state["edit"] = (loaded.model_id, report)
         remember(loaded, report)
 
@@ -317,11 +318,12 @@ with session.errors_shown():
     probabilities.update({METHOD_NAMES[o.method]: o.test_probs for o in finished})
     predictions = predictions_of(probabilities, bundle.test, bundle.num_classes)
     st.plotly_chart(charts.per_class_accuracy(predictions, bundle.classes), key="edit_per_class")
-    if isinstance(report.request, ClassRemoval):
-        removed_rows = np.flatnonzero(bundle.test.labels.numpy() == report.request.cls)
-        counts = {p.name: p.predicted_counts(removed_rows, bundle.num_classes) for p in predictions}
+    removed_class = report.request.held_out_class
+    if removed_class is not None:
+        removed_rows = np.flatnonzero(bundle.test.labels.numpy() == removed_class)
+        counts = {p.name: p.predicted_counts(torch.as_tensor(removed_rows), bundle.num_classes) for p in predictions}
         st.plotly_chart(
-            charts.predicted_histogram(counts, bundle.classes, bundle.classes[report.request.cls]), key="histogram"
+            charts.predicted_histogram(counts, bundle.classes, bundle.classes[removed_class]), key="histogram"
         )
     tabs = st.tabs([p.name for p in predictions])
     for tab, p in zip(tabs, predictions, strict=True):
@@ -330,7 +332,7 @@ with session.errors_shown():
         show_backdoor(loaded, report, finished)
     # ---- chosen test images
     st.subheader("Probability changes for chosen test images")
-    default_rows = removed_rows[:3].tolist() if isinstance(report.request, ClassRemoval) else list(range(3))
+    default_rows = removed_rows[:3].tolist() if removed_class is not None else list(range(3))
     chosen = st.multiselect("Test images", list(range(len(bundle.test))), default=default_rows, key="prob_rows")
     show_probability_grid(predictions, bundle, chosen)
     # ---- solver and step
