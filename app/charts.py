@@ -68,7 +68,7 @@ def predicted_histogram(counts: dict[str, np.ndarray], classes: Sequence[str], r
     return _layout(fig, f"What the test images of class {removed} are predicted as", "predicted class", "images")
 
 
-def probabilities(rows: dict[str, np.ndarray], classes: Sequence[str], title: str) -> go.Figure:
+def probabilities(rows: Mapping[str, Sequence[float] | np.ndarray], classes: Sequence[str], title: str) -> go.Figure:
     fig = go.Figure([go.Bar(name=name, x=list(classes), y=p, marker_color=colour_of(name)) for name, p in rows.items()])
     fig.update_layout(barmode="group", yaxis_range=[0, 1])
     fig.update_xaxes(type="category")
@@ -129,12 +129,6 @@ def channel_map(selection: Selection, module: str, label: str, title: str) -> go
     unit = "channel" if layer.kind == "conv" else "neuron"
     heading = f"{label} · {title}: {int(chosen.sum())} of {layer.n_neurons} {unit}s selected"
     return _layout(fig, heading, unit, "", 220)
-
-
-def score_bars(values: Sequence[float], labels: Sequence[str], title: str) -> go.Figure:
-    colours = ["#2a9d8f" if v >= 0 else "#e76f51" for v in values]
-    fig = go.Figure(go.Bar(x=list(labels), y=list(values), marker_color=colours))
-    return _layout(fig, title, "training sample", "score (+ helpful / − harmful)", height=300)
 
 
 KIND_COLOURS = {"helpful": "#2a9d8f", "tie": "#bbbbbb", "harmful": "#e76f51"}

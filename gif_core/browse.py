@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from gif_core.cache_files import InvalidEntry, load_entry, read_or_miss, save_entry, tensors_sha256
-from gif_core.captum_baselines import CaptumConfig, captum_estimator
+from gif_core.captum_baselines import CaptumConfig, CaptumEstimator, captum_estimator
 from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import LabelledSet, seeded_subset
+from gif_core.evaluate import predict_proba
 from gif_core.gradient_store import DTYPE, GradientStore, default_gradient_dir, gradient_key, gradient_store
 from gif_core.interrupt import ForwardWatch, StopCheck, check
 from gif_core.scores import (
@@ -230,13 +231,13 @@ class InfluenceBrowser:
             model, (train.inputs[self.hessian_rows], train.labels[self.hessian_rows]), curvature_config
         )
         self._model = copy.deepcopy(model).eval()
-        self.num_classes = int(self.predict(train.inputs[:1]).shape[1])
+        self.num_classes = int(predict_proba(self._model, train.inputs[:1]).shape[1])
         self.gradient_key = gradient_key(self.curvature, train.inputs, train.labels)
         self.cache_dir = self.config.cache_dir or default_gradient_dir()
         self._gradient_progress = progress
         self._gradients: GradientStore | None = None
         self._lock = threading.RLock()
-        self._captum: dict[str, object] = {}
+        self._captum: dict[str, CaptumEstimator] = {}
         self._self_influence: dict[str, SelfInfluence] = {}
         self._lowrank: LowRankInverse | None = None
         self._timings: dict[str, float] = {}
@@ -435,18 +436,12 @@ class InfluenceBrowser:
         if products:
             what = f"the solve: at most {products} Hessian-vector products"
             phases.append((what, _times_or_none(products, self._timed("product"))))
-        seconds = [value for _, value in phases]
-        total = None if None in seconds else sum(seconds)
+        seconds = [value for _, value in phases if value is not None]
+        total = sum(seconds) if len(seconds) == len(phases) else None
         note = "" if total is not None else "Another computation on this model is running; its time is measured after."
         return CostEstimate(method, tuple(phases), total, disk, note=note)
 
     # -- scores ------------------------------------------------------------------------------------------------
-    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [B, classes] of the (private copy of the) model."""
-        param = next(self._model.parameters())
-        with torch.no_grad():
-            return torch.softmax(self._model(inputs.to(param.device, param.dtype)), dim=1).cpu()
-
     def explain(
         self,
         inputs: torch.Tensor,
@@ -482,7 +477,7 @@ class InfluenceBrowser:
             scores, report, note = self._scores(inputs, labels, method, selection, solver, stop, progress)
             if method in CACHED_SCORE_METHODS:
                 self._save_scores(path, scores, report, note)
-        probabilities = self.predict(inputs)[0]
+        probabilities = predict_proba(self._model, inputs)[0]
         helpful, harmful = helpful_and_harmful(scores, k)
         return Explanation(
             method=method,
@@ -616,7 +611,7 @@ class InfluenceBrowser:
             scores = rows.mean(0)
         if not torch.isfinite(scores).all():
             raise FloatingPointError(f"{METHOD_LABELS[method]} produced NaN or inf scores; add damping and retry.")
-        predicted = self.predict(inputs).argmax(1)
+        predicted = predict_proba(self._model, inputs).argmax(1)
         helpful, harmful = helpful_and_harmful(scores, k)
         return SetExplanation(
             method=method,
@@ -686,7 +681,7 @@ class InfluenceBrowser:
             for r in rows
         )
 
-    def _captum_estimator(self, method: str, progress: Progress | None = None) -> tuple[object, str]:
+    def _captum_estimator(self, method: str, progress: Progress | None = None) -> tuple[CaptumEstimator, str]:
         """Captum's estimator for ``method`` (built once), on the model's own dtype, with a note on any restriction."""
         name = method.removeprefix("captum-")
         layers, note = None, ""

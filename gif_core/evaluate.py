@@ -12,16 +12,16 @@ Conventions
 * A model whose logits are NaN or ±inf has no accuracy: :func:`predict_proba` raises :class:`NonFiniteOutput`
   (the argmax of NaN is 0, which would score as a prediction of class 0).
 
-Data splits are duck-typed: any object with ``.inputs`` (float [N, C, H, W]) and ``.labels`` (int [N])
-works, and :func:`split_by_class` additionally needs ``.subset(rows)``.
+A data split is duck-typed (:class:`LabelledData`): any object with ``.inputs`` (float [N, C, H, W]) and
+``.labels`` (int [N]); score it as ``accuracy(predict_proba(model, split.inputs), split.labels)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -47,15 +47,6 @@ class LabelledData(Protocol):
 
     @property
     def labels(self) -> torch.Tensor: ...
-
-
-class SubsettableData(LabelledData, Protocol):
-    """A data split that can also select rows (``LabelledSet.subset``)."""
-
-    def subset(self, rows: torch.Tensor) -> Any: ...
-
-
-DataT = TypeVar("DataT", bound=SubsettableData)
 
 
 # --------------------------------------------------------------------------- array helpers
@@ -318,63 +309,6 @@ def avg_gap(
             f"{sorted(retrained)}); pass metrics with matching names or choose keys="
         )
     return float(np.mean([abs(edited[k] - retrained[k]) for k in shared]))
-
-
-# --------------------------------------------------------------------------- removal metrics
-
-
-@dataclass(frozen=True)
-class SplitMetrics:
-    """Accuracies (percent) after a removal, and the paper's F1 = forget_f1(forget_acc, retain_acc)."""
-
-    forget_acc: float
-    retain_acc: float
-    test_acc: float
-    f1: float
-
-    def to_dict(self) -> dict[str, float]:
-        """Plain dict, keyed like :data:`AVG_GAP_KEYS` (add ``"mia"`` yourself for :func:`avg_gap`)."""
-        return asdict(self)
-
-
-def split_by_class(data: DataT, classes: Sequence[int]) -> tuple[DataT, DataT]:
-    """``(data.subset(rows with label in classes), data.subset(the other rows))``.
-
-    For a CLASS removal, apply it to the TEST split: the first part is the forget set (removed classes'
-    test images), the second the retain set (the other classes' test images) — DESIGN.md section 3.
-    """
-    if len(classes) == 0:
-        raise ValueError("classes is empty; name at least one class to split off")
-    chosen = torch.isin(data.labels, torch.as_tensor(list(classes), dtype=data.labels.dtype))
-    return data.subset(torch.nonzero(chosen).flatten()), data.subset(torch.nonzero(~chosen).flatten())
-
-
-def removal_metrics(
-    model: nn.Module,
-    forget: LabelledData,
-    retain: LabelledData,
-    test: LabelledData,
-    *,
-    batch_size: int = 1024,
-    device: torch.device | str | None = None,
-) -> SplitMetrics:
-    """Forget, retain and test accuracy of ``model`` (percent) and their F1, on explicitly given sets.
-
-    Which sets to pass (DESIGN.md section 3):
-    * class removal: ``forget, retain = split_by_class(test, removed_classes)`` — both from TEST;
-    * sample removal: forget = the removed training samples, retain = the remaining training samples.
-    ``test`` is always the whole test split.
-    """
-    accs = {
-        name: accuracy(predict_proba(model, split.inputs, batch_size, device), split.labels)
-        for name, split in (("forget", forget), ("retain", retain), ("test", test))
-    }
-    return SplitMetrics(
-        forget_acc=accs["forget"],
-        retain_acc=accs["retain"],
-        test_acc=accs["test"],
-        f1=forget_f1(accs["forget"], accs["retain"]),
-    )
 
 
 # --------------------------------------------------------------------------- backdoor

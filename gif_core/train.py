@@ -1,4 +1,4 @@
-"""Deterministic training of a classifier, and batched prediction.
+"""Deterministic training of a classifier (predictions and accuracy: :mod:`gif_core.evaluate`).
 
 The training objective is ``mean cross-entropy + λ/2·|θ|²`` with ``λ = Recipe.weight_decay``, applied as the
 optimizer's coupled L2 ``weight_decay`` argument (Adam or SGD, never AdamW's decoupled decay). The influence
@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from gif_core.data import DataBundle, LabelledSet
 from gif_core.models import build_model
+from gif_core.objective import data_loss, l2_penalty
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 
@@ -142,7 +142,7 @@ def train_model(
                 inputs = data.inputs[batch].to(target, non_blocking=True)
                 labels = data.labels[batch].to(target, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(inputs), labels)
+                loss = data_loss(model(inputs), labels)  # λθ: the optimiser's weight decay
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach() * len(batch)
@@ -163,7 +163,7 @@ def train_model(
 
 def _l2_term(model: nn.Module, weight_decay: float) -> float:
     with torch.no_grad():
-        return 0.5 * weight_decay * float(sum(p.pow(2).sum() for p in model.parameters()))
+        return float(l2_penalty(model.parameters(), weight_decay))
 
 
 def build_and_train(
@@ -184,35 +184,3 @@ def build_and_train(
         model = build_model(arch, bundle.input_shape, bundle.num_classes)
     report = train_model(model, bundle.train, recipe, device=device, progress=progress, show_bar=show_bar)
     return model, report
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    batch_size: int = 1024,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Logits ``[N, classes]`` on the CPU, computed in batches in eval mode.
-
-    ``device=None`` runs where the model's parameters are; a given ``device`` moves the model there.
-    """
-    target = _model_device(model) if device is None else torch.device(device)
-    model.to(target)
-    model.eval()
-    outputs = [model(chunk.to(target)).float().cpu() for chunk in inputs.split(batch_size)]
-    if not outputs:
-        raise ValueError("no inputs to predict")
-    return torch.cat(outputs)
-
-
-def accuracy(
-    model: nn.Module, data: LabelledSet, batch_size: int = 1024, device: str | torch.device | None = None
-) -> float:
-    """Percentage of ``data`` whose arg-max prediction equals its label."""
-    predictions = predict_logits(model, data.inputs, batch_size, device).argmax(dim=1)
-    return 100.0 * float((predictions == data.labels).float().mean())

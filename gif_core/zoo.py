@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.resources
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,21 @@ import torch
 from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
 from gif_core.checkpoints import ModelCard, card_path_for, check_new_checkpoint_path, save_checkpoint
 from gif_core.data import load_data
-from gif_core.train import Recipe, accuracy, build_and_train
+from gif_core.evaluate import accuracy, predict_proba
+from gif_core.train import Recipe, build_and_train
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+def _assets_dir() -> Path:
+    """Where the bundled checkpoints are: ``gif_core/assets/`` in an installed package (pyproject.toml ships the
+    repository's ``assets/`` there as package data), else the top-level ``assets/`` of this source checkout (also
+    what an editable install uses)."""
+    installed = Path(str(importlib.resources.files("gif_core") / "assets"))
+    if installed.is_dir():
+        return installed.resolve()
+    return Path(__file__).resolve().parent.parent / "assets"
+
+
+ASSETS_DIR = _assets_dir()
 DEFAULT_MODEL = "mnist_cnn"
 
 
@@ -133,7 +146,7 @@ def train_and_save(
         dataset=dataset,
         split_seed=split_seed,
         recipe=recipe.to_dict(),
-        accuracy={split: round(accuracy(model, subset), 4) for split, subset in splits.items()},
+        accuracy={split: round(accuracy(predict_proba(model, s.inputs), s.labels), 4) for split, s in splits.items()},
         train_seconds=round(report.seconds, 2),
         notes=notes,
         extra=card_extra,

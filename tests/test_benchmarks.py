@@ -50,7 +50,7 @@ def test_point_losses_stay_exact_where_cross_entropy_rounds_to_zero():
     from torch import nn
     from torch.nn import functional as F
 
-    from benchmarks.loo import point_losses
+    from benchmarks.loo_protocol import point_losses
 
     model = nn.Linear(2, 3).double()
     with torch.no_grad():

@@ -2,7 +2,6 @@
 
 import hashlib
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ from torch import nn
 
 from gif_core.evaluate import (
     BackdoorMetrics,
-    SplitMetrics,
     accuracy,
     agreement,
     attack_success_rate,
@@ -24,20 +22,7 @@ from gif_core.evaluate import (
     mia_efficacy,
     per_class_accuracy,
     predict_proba,
-    removal_metrics,
-    split_by_class,
 )
-
-
-@dataclass(frozen=True)
-class Split:
-    """Minimal stand-in for gif_core.data.LabelledSet."""
-
-    inputs: torch.Tensor
-    labels: torch.Tensor
-
-    def subset(self, rows: torch.Tensor) -> "Split":
-        return Split(self.inputs[rows], self.labels[rows])
 
 
 def one_hot_inputs(preds: list[int], k: int = 3) -> torch.Tensor:
@@ -200,28 +185,6 @@ def test_predict_proba_errors():
         predict_proba(small_model(), torch.zeros(1, 1, 1, 2), device="cuda")
     with pytest.raises(ValueError, match="batch_size"):
         predict_proba(small_model(), torch.zeros(1, 1, 1, 2), batch_size=0)
-
-
-def test_removal_metrics_class_removal():
-    # identity model: prediction = argmax of the 3 pixels
-    test = Split(one_hot_inputs([0, 1, 1, 1, 2, 0]), torch.tensor([0, 0, 1, 1, 2, 2]))
-    forget, retain = split_by_class(test, [0])
-    assert forget.labels.tolist() == [0, 0] and retain.labels.tolist() == [1, 1, 2, 2]
-    metrics = removal_metrics(nn.Flatten(), forget, retain, test)
-    # forget 1/2, retain 3/4, test 4/6, F1 = 2·0.5·0.75 / 1.25 = 0.6
-    assert metrics == SplitMetrics(
-        forget_acc=50.0, retain_acc=75.0, test_acc=pytest.approx(400 / 6), f1=pytest.approx(60.0)
-    )
-    assert set(metrics.to_dict()) == {"forget_acc", "retain_acc", "test_acc", "f1"}
-
-
-def test_removal_metrics_sample_removal():
-    train = Split(one_hot_inputs([0, 1, 2, 2, 1]), torch.tensor([0, 1, 1, 2, 1]))
-    forget, retain = train.subset(torch.tensor([1, 2])), train.subset(torch.tensor([0, 3, 4]))
-    test = Split(one_hot_inputs([2, 2]), torch.tensor([2, 0]))
-    metrics = removal_metrics(nn.Flatten(), forget, retain, test)
-    assert (metrics.forget_acc, metrics.retain_acc, metrics.test_acc) == (50.0, 100.0, 50.0)
-    assert metrics.f1 == pytest.approx(100 * 2 * 0.5 * 1.0 / 1.5)
 
 
 def test_attack_success_rate_excludes_target_class():
