@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from types import SimpleNamespace
 
@@ -57,18 +58,71 @@ def dense_gradient(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
     return torch.autograd.functional.jacobian(objective, theta)
 
 
+def fit_logreg(inputs: torch.Tensor, labels: torch.Tensor, weight_decay: float, init: nn.Module | None = None):
+    """L2-regularised multinomial logistic regression trained to its exact optimum of mean CE + (λ/2)|θ|² (full-batch
+    L-BFGS, float64), written independently of gif_core. ``init`` (trained in place) is the starting model, else a
+    fresh ``nn.Linear``."""
+    model = init or nn.Linear(inputs.shape[1], int(labels.max()) + 1).double()
+    optimizer = torch.optim.LBFGS(
+        model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-13, tolerance_change=0, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        theta = torch.cat([p.reshape(-1) for p in model.parameters()])
+        loss = F.cross_entropy(model(inputs), labels) + 0.5 * weight_decay * theta.square().sum()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        optimizer.step(closure)
+    return model
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """One torch thread for a module of tiny dense matrices: a second thread only adds contention on a shared
-    2-core machine. The previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
+MACHINE_TORCH_THREADS = torch.get_num_threads()
+"""torch's thread count before the suite changed it (its default: one per core, or ``OMP_NUM_THREADS``)."""
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "torch_threads(n): run the test with n torch threads instead of the suite's one; without n, with "
+        "MACHINE_TORCH_THREADS",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_for_the_session():
+    """One torch thread from the start, so module- and session-scoped fixtures (set up before any test's own
+    fixtures) compute with it too; the machine's setting is restored at the end."""
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(MACHINE_TORCH_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(request):
+    """Every test runs with one torch thread: the suite's matrices are small, and a second thread only adds
+    contention on a shared 2-core machine (other tests, other processes). A test that needs more threads says so
+    with ``@pytest.mark.torch_threads(n)`` (or sets them itself, as the distributed benchmark does); the count
+    before the test is restored after it either way, so no test leaks its setting into the next."""
+    marker = request.node.get_closest_marker("torch_threads")
+    wanted = 1 if marker is None else (marker.args[0] if marker.args else MACHINE_TORCH_THREADS)
+    before = torch.get_num_threads()
+    torch.set_num_threads(wanted)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """Gradient, eigenpair, score and retrain caches in this test's own folder (``GIF_CACHE_DIR``); a module asks
+    for it with ``pytestmark = pytest.mark.usefixtures("isolated_cache")``."""
+    monkeypatch.setenv("GIF_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture
@@ -79,6 +133,17 @@ def mlp_data():
 @pytest.fixture
 def conv_data():
     return tiny_convnet(), blobs(image=True)
+
+
+def no_errors(at) -> None:
+    """An AppTest page ran without an exception and shows no error message."""
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def plotly_specs(at) -> list[dict]:
+    """The figures an AppTest page drew with ``st.plotly_chart``, as Plotly JSON (``data``, ``layout``)."""
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
 def finish_jobs(at):

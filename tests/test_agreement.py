@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from conftest import blobs
-from test_influence import _fit_logreg
+from conftest import fit_logreg as _fit_logreg
 
 from gif_core.agreement import pairwise_agreement, spearman, top_k, top_k_overlap
 from gif_core.browse import SET_LIMIT, BrowserConfig, InfluenceBrowser, ranking_table, relative_scores, score_kinds

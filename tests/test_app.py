@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import finish_jobs
+from conftest import finish_jobs, no_errors
 from streamlit.testing.v1 import AppTest
 
 APP = Path(__file__).resolve().parents[1] / "app"
@@ -22,15 +22,17 @@ PAGES = {
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_cache")]
 
 
-def page(name: str) -> AppTest:
-    at = AppTest.from_file(str(PAGES[name]), default_timeout=600).run()
+def page(name: str, bundled: str | None = None) -> AppTest:
+    """A new session on page ``name``; with ``bundled``, opened on that bundled model by its URL (as a shared link
+    would), so the default CNN is never loaded first."""
+    at = AppTest.from_file(str(PAGES[name]), default_timeout=600)
+    if bundled is not None:
+        at.query_params["bundled"] = bundled
+    at.run()
     assert not at.exception, at.exception
+    if bundled is not None:  # a link that failed would fall back to the default model with a warning
+        assert at.session_state["workspace"].source.endswith(f"{bundled}.safetensors") and not at.warning
     return at
-
-
-def no_errors(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
 
 
 def load_bundled(at: AppTest, name: str) -> AppTest:
@@ -165,9 +167,7 @@ def test_influence_page_filters():
     "method", ["if", "if-lowrank", "gif", "tracin", "captum-tracincp", "captum-naive", "captum-arnoldi"]
 )
 def test_influence_page_every_method_on_the_small_model(method):
-    at = page("model")
-    load_bundled(at, "iris_mlp")
-    at.switch_page(str(PAGES["influence"])).run()
+    at = page("influence", bundled="iris_mlp")
     no_errors(at)
     at.radio(key="browse_method").set_value(method)
     finish_jobs(at.button(key="explain").click().run())
@@ -179,9 +179,7 @@ def test_influence_page_every_method_on_the_small_model(method):
 
 def test_influence_page_says_when_the_solve_did_not_converge():
     """Issue 18, bug 4: exact IF stopped at its iteration limit (residual 6.6e-2) and only a caption said so."""
-    at = page("model")
-    load_bundled(at, "iris_mlp")
-    at.switch_page(str(PAGES["influence"])).run()
+    at = page("influence", bundled="iris_mlp")
     at.radio(key="browse_method").set_value("if")
     at.number_input(key="browse_maxiter").set_value(2)
     finish_jobs(at.button(key="explain").click().run())
@@ -227,27 +225,31 @@ def test_selection_page_error_paths():
 
 
 def test_edit_page_class_removal_with_retraining_charts_and_downloads():
-    at = page("edit")
-    at.selectbox(key="edit_cls").select(3)
+    """The page's tables, charts and downloads, and the retrain cache: nothing here needs the CNN, so the iris MLP
+    answers (its retrain takes a second; the CNN's per-layer table is checked by the default demo below)."""
+    at = page("edit", bundled="iris_mlp")
+    at.selectbox(key="edit_cls").select(2)
     small_solver(at)
     at.button(key="run_edit").click().run()
     no_errors(at)
     _, report = at.session_state["edit"]
-    assert report.request.cls == 3 and report.retrained is not None
-    assert report.retrained["forget_acc"] < 5  # the retrained model never saw class 3
+    assert report.request.cls == 2 and report.retrained is not None
+    assert report.retrained["forget_acc"] < 5  # the retrained model never saw class 2
     table = at.dataframe[0].value
     assert list(table["model"])[:2] == ["original", f"retrained ({report.retrain_seconds:.1f} s)"]
     assert {"GIF", "IF"} <= set(table["model"])
     layers = at.dataframe[1].value  # the selection's per-layer counts, as in the JSON report
-    assert list(layers["layer"]) == ["0", "3", "7", "9"] and (layers["units_selected"] >= 1).all()
-    assert report.to_dict()["selection"]["layers"]["9"]["units_selected"] >= 1
+    # Flatten, Linear(4→64), ReLU, Linear(64→64), ReLU, Linear(64→3): the three Linear layers and their units
+    assert list(layers["layer"]) == ["1", "3", "5"] and list(layers["units"]) == [64, 64, 3]
+    assert (layers["units_selected"] >= 1).all()
+    assert report.to_dict()["selection"]["layers"]["5"]["units_selected"] >= 1
     # per-class bars, histogram, 4 confusion matrices, 3 probability charts, residual curve, step curve
     assert len(at.get("plotly_chart")) == 1 + 1 + 4 + 3 + 1 + 1
     assert len(at.get("download_button")) == 3
     at.multiselect(key="prob_rows").set_value([0]).run()
     no_errors(at)
-    again = AppTest.from_file(str(PAGES["edit"]), default_timeout=600).run()
-    again.selectbox(key="edit_cls").select(3)
+    again = page("edit", bundled="iris_mlp")
+    again.selectbox(key="edit_cls").select(2)
     again.checkbox(key="with_retrain").check()
     small_solver(again)
     again.button(key="run_edit").click().run()
@@ -287,12 +289,13 @@ def test_edit_page_default_demo_shows_gif_forgetting():
     assert not gif.step_search.cap_hit and gif.result.solver_summary()["hvps"] <= 30
     row = at.dataframe[0].value.set_index("model").loc["GIF"]
     assert row["Forget accuracy (%)"] == gif.metrics["forget_acc"]
+    layers = at.dataframe[1].value  # the CNN's per-layer selection: both convolutions and both Linear layers
+    assert list(layers["layer"]) == ["0", "3", "7", "9"] and list(layers["units"]) == [16, 32, 64, 10]
+    assert (layers["units_selected"] >= 1).all() and report.to_dict()["selection"]["layers"]["9"]["units_selected"] >= 1
 
 
 def test_edit_page_every_method_and_fixed_step_on_the_small_model():
-    at = page("model")
-    load_bundled(at, "iris_mlp")
-    at.switch_page(str(PAGES["edit"])).run()
+    at = page("edit", bundled="iris_mlp")
     at.multiselect(key="methods").set_value(["gif", "fif", "pif", "if", "sif"])
     at.select_slider(key="ratio").set_value(0.2)
     at.radio(key="step_mode").set_value("fixed").run()
@@ -307,9 +310,7 @@ def test_edit_page_every_method_and_fixed_step_on_the_small_model():
 
 def test_edit_page_shows_a_diverged_edit_as_such_never_as_an_accuracy():
     """A fixed α = 1e37 overflows the iris MLP: the row says diverged, no metric, no chart, no download of it."""
-    at = page("model")
-    load_bundled(at, "iris_mlp")
-    at.switch_page(str(PAGES["edit"])).run()
+    at = page("edit", bundled="iris_mlp")
     at.multiselect(key="methods").set_value(["gif", "if"])
     at.radio(key="step_mode").set_value("fixed").run()
     at.number_input(key="step_value").set_value(1e37)
@@ -327,9 +328,7 @@ def test_edit_page_shows_a_diverged_edit_as_such_never_as_an_accuracy():
 @pytest.mark.parametrize("text", ["", "abc", "1;2", "0-10"])
 def test_edit_page_form_stays_on_empty_or_bad_rows_and_keeps_the_last_result(text):
     """Issue 18, bug 2: the ValueError replaced Methods, Selector, *Run the edit* and the earlier result."""
-    at = page("model")
-    load_bundled(at, "iris_mlp")
-    at.switch_page(str(PAGES["edit"])).run()
+    at = page("edit", bundled="iris_mlp")
     at.checkbox(key="with_retrain").uncheck()
     at.button(key="run_edit").click().run()
     no_errors(at)
@@ -347,9 +346,7 @@ def test_edit_page_form_stays_on_empty_or_bad_rows_and_keeps_the_last_result(tex
 
 def test_edit_page_flags_a_no_op_edit_on_its_row():
     """Issue 18, bug 3: an edit whose metrics equal the original's looked like a result."""
-    at = page("model")
-    load_bundled(at, "iris_mlp")
-    at.switch_page(str(PAGES["edit"])).run()
+    at = page("edit", bundled="iris_mlp")
     at.radio(key="edit_kind").set_value("Remove training samples").run()
     at.text_input(key="edit_samples").input("0,1,2,3,4,5,6,7")
     at.radio(key="step_mode").set_value("fixed").run()
@@ -363,9 +360,7 @@ def test_edit_page_flags_a_no_op_edit_on_its_row():
 
 
 def test_edit_page_undoes_the_backdoor():
-    at = page("model")
-    load_bundled(at, "mnist_cnn_backdoor")
-    at.switch_page(str(PAGES["edit"])).run()
+    at = page("edit", bundled="mnist_cnn_backdoor")
     at.radio(key="edit_kind").set_value("Undo the backdoor")
     at.multiselect(key="methods").set_value(["gif"])
     at.checkbox(key="with_retrain").uncheck()

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import streamlit as st
 import torch
-from conftest import finish_jobs
+from conftest import finish_jobs, no_errors
 from scipy.stats import spearmanr
 from streamlit.testing.v1 import AppTest
 
@@ -50,11 +50,6 @@ def iris_page() -> AppTest:
     at.run()
     no_errors(at)
     return at
-
-
-def no_errors(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
 
 
 def explain(at: AppTest, method: str) -> Explanation | SetExplanation:

@@ -8,11 +8,11 @@ itself runs (``switch_page`` before the first ``run`` does not execute the entry
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import streamlit as st
+from conftest import plotly_specs as _charts
 from streamlit.testing.v1 import AppTest
 
 from gif_core import teaching
@@ -21,18 +21,11 @@ ENTRY = Path(__file__).resolve().parents[1] / "app" / "Model_and_data.py"
 PAGE = "pages/5_Learn.py"
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def _open() -> AppTest:
     at = AppTest.from_file(str(ENTRY), default_timeout=60).switch_page(PAGE)
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     return at
-
-
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
 @pytest.fixture(scope="module")

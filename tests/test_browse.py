@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import blobs, dense_hessian, rel_err, tiny_convnet
-from test_influence import _fit_logreg
+from conftest import fit_logreg as _fit_logreg
 
 from gif_core.browse import BrowserConfig, InfluenceBrowser
 from gif_core.captum_baselines import CaptumConfig, captum_scores, captum_self_influence

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import blobs, rel_err
+from conftest import fit_logreg as _fit_logreg
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_influence import _fit_logreg
 
 from gif_core.backdoor import BackdoorSpec
 from gif_core.browse import EIGENPAIRS_KIND, BrowserConfig, InfluenceBrowser

@@ -1,25 +1,27 @@
-"""The `gif` command end to end on the bundled default, and its argument errors."""
+"""The `gif` command end to end (its report and saved model on the bundled iris MLP), and its argument errors."""
 
 import json
 
 import pytest
 
 from gif_core.cli import main
+from gif_core.zoo import bundled_model_path
 
 FAST = ["--hessian-samples", "200", "--maxiter", "40", "--quiet"]
+IRIS = ["--model", str(bundled_model_path("iris_mlp"))]
+"""The report's keys and structure need no CNN: on the iris MLP a retrain takes a second, not a minute and a half."""
+IRIS_PARAMETERS = (4 * 64 + 64) + (64 * 64 + 64) + (64 * 3 + 3)  # 4 → 64 → 64 → 3 weights and biases: 4,675
 
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GIF_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_remove_class_with_retrain_writes_a_well_formed_report(tmp_path, capsys):
     out = tmp_path / "report.json"
-    assert main(["remove", "--class", "3", "--method", "gif,if", "--retrain", "--json", str(out), *FAST]) == 0
+    argv = ["remove", *IRIS, "--class", "0", "--method", "gif,if", "--retrain", "--json", str(out), *FAST]
+    assert main(argv) == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"request", "original", "retrained", "results"}
-    assert report["request"] == {"kind": "class-removal", "class": 3}
+    assert report["request"] == {"kind": "class-removal", "class": 0}
     assert [r["method"] for r in report["results"]] == ["gif", "if"]
     for result in report["results"]:
         assert set(result) >= {
@@ -39,9 +41,10 @@ def test_remove_class_with_retrain_writes_a_well_formed_report(tmp_path, capsys)
         assert set(result["vs_retrain"]) == {"agreement", "kl", "avg_gap"}
         assert 0 <= result["forget_acc"] <= 100 and 0 <= result["test_acc"] <= 100
     gif, full = report["results"]
-    assert gif["ratio"] == 0.05 and 0 < gif["n_selected"] < 0.06 * 46730
-    assert full["selector"] == "all" and full["n_selected"] == 46730
-    assert report["retrained"]["forget_acc"] == 0.0  # a model never shown class 3 never predicts it
+    assert gif["ratio"] == 0.05 and 0 < gif["n_selected"] < 0.06 * IRIS_PARAMETERS
+    assert gif["n_selected"] == round(gif["ratio_obtained"] * IRIS_PARAMETERS)
+    assert full["selector"] == "all" and full["n_selected"] == IRIS_PARAMETERS == 4675
+    assert report["retrained"]["forget_acc"] == 0.0  # a model never shown class 0 never predicts it
     assert report["original"]["forget_acc"] > 90
     assert gif["forget_acc"] < report["original"]["forget_acc"]  # the edit forgets
     printed = capsys.readouterr().out
@@ -51,13 +54,15 @@ def test_remove_class_with_retrain_writes_a_well_formed_report(tmp_path, capsys)
 def test_relabel_and_save_edited_model(tmp_path):
     saved = tmp_path / "edited.safetensors"
     report = tmp_path / "report.json"
-    argv = ["remove", "--relabel", "0:1,2:3", "--method", "fif", "--iterations", "2", "--json", str(report)]
+    # iris training rows 0 and 2 are setosas (class 0): relabelled as versicolor and virginica
+    argv = ["remove", *IRIS, "--relabel", "0:1,2:2", "--method", "fif", "--iterations", "2", "--json", str(report)]
     assert main([*argv, "--save", str(saved), *FAST]) == 0
     assert saved.is_file() and saved.with_suffix(".json").is_file()
     (result,) = json.loads(report.read_text())["results"]
     assert [s["solver"]["hvps"] > 0 for s in result["later_steps"]] == [True]  # one re-linearised step after the first
     card = json.loads(saved.with_suffix(".json").read_text())
     assert card["extra"]["edit"]["method"] == "fif"
+    assert card["arch"] == "mlp" and card["dataset"] == "iris"  # the edited model's card is the edited model's
     assert main(["info", str(saved)]) == 0
 
 

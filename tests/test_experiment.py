@@ -2,12 +2,15 @@
 
 import pytest
 import torch
+from conftest import fit_logreg
+from torch import nn
+from torch.nn import functional as F
 
 import gif_core.retrain as retrain_module
 from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
 from gif_core.checkpoints import checkpoint_id, load_checkpoint
-from gif_core.data import load_data
-from gif_core.experiment import EditConfig, build_scenario, run_edit, step_objective
+from gif_core.data import DataBundle, LabelledSet, load_data
+from gif_core.experiment import EditConfig, build_scenario, evaluate_model, run_edit, step_objective
 from gif_core.params import apply_delta, state_hash
 from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval
 from gif_core.retrain import edited_training_set, retrain
@@ -120,8 +123,6 @@ def test_backdoor_scenario_reports_attack_success(tmp_path):
     train, poisoned = poison_training_set(data.train, spec, data.num_classes)
     request = LabelChange(poisoned.poisoned_rows[:20], poisoned.true_labels[:20])
     scenario = build_scenario(request, data, train, spec)
-    from gif_core.experiment import evaluate_model
-
     metrics = evaluate_model(model, scenario)
     assert metrics["attack_success_rate"] > 90  # the bundled model did learn the backdoor
     assert metrics["clean_acc"] > 95 and metrics["forget_acc"] > 90  # it fits the poisoned labels
@@ -138,26 +139,6 @@ def test_invalid_edit_config():
         EditConfig(ratio=2.0)
     with pytest.raises(ValueError, match="iterations"):
         EditConfig(iterations=0)
-
-
-def _fit_logreg(model, data, weight_decay):
-    """The exact optimum of mean CE + (λ/2)|θ|² by full-batch L-BFGS, in place (independent of gif_core)."""
-    from torch.nn import functional as F
-
-    optimizer = torch.optim.LBFGS(
-        model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=0, line_search_fn="strong_wolfe"
-    )
-
-    def closure():
-        optimizer.zero_grad()
-        theta = torch.cat([p.reshape(-1) for p in model.parameters()])
-        loss = F.cross_entropy(model(data.inputs), data.labels) + 0.5 * weight_decay * theta.square().sum()
-        loss.backward()
-        return loss
-
-    for _ in range(5):
-        optimizer.step(closure)
-    return model
 
 
 @pytest.mark.parametrize(("request_", "removes"), [(SampleRemoval(list(range(0, 60, 2))), True), (None, False)])
@@ -182,12 +163,14 @@ def test_iterated_steps_converge_to_the_retrained_optimum_on_a_convex_model(requ
     )
     weight_decay = 0.05
     torch.manual_seed(0)
-    model = _fit_logreg(build_model("logreg", data.input_shape, 3).double(), data.train, weight_decay)
+    start = build_model("logreg", data.input_shape, 3).double()
+    model = fit_logreg(data.train.inputs, data.train.labels, weight_decay, start)
     if request_ is None:  # a label change: 8 samples of class 0 relabelled as class 1
         rows = torch.nonzero(data.train.labels == 0).reshape(-1)[:8].tolist()
         request_ = LabelChange(rows, [1] * len(rows))
     card = ModelCard("logreg", data.input_shape, 3, data.classes, "iris", 0, recipe={"weight_decay": weight_decay})
-    truth = _fit_logreg(copy.deepcopy(model), edited_training_set(data.train, request_, 3), weight_decay)
+    edited = edited_training_set(data.train, request_, 3)
+    truth = fit_logreg(edited.inputs, edited.labels, weight_decay, copy.deepcopy(model))
     theta, target = flat_parameters(model), flat_parameters(truth)
     errors = {}
     for k in (1, 5):
@@ -215,29 +198,69 @@ def test_iterated_steps_converge_to_the_retrained_optimum_on_a_convex_model(requ
     assert torch.equal(flat_parameters(model), theta)  # the original is never modified
 
 
-def test_step_objective_per_request_kind(iris):
-    """By hand from the accuracies: F1 for a class removal, held-out likeness for a sample removal, harmonic mean
-    for a label change. A sample removal must not reward pushing the removed samples to 0% (retraining does not)."""
-    from gif_core.evaluate import accuracy as acc
-    from gif_core.evaluate import forget_f1, predict_proba
+def _split(predicted: list[int], labels: list[int]) -> LabelledSet:
+    """Samples whose input is the one-hot code of the class the model below predicts for them, with ``labels``."""
+    inputs = F.one_hot(torch.tensor(predicted), 3).float()
+    return LabelledSet(inputs, torch.tensor(labels), torch.arange(len(labels)))
 
-    model, _, data, _ = iris
 
-    def accuracy_on(split):
-        return acc(predict_proba(model, split.inputs), split.labels)
+SCRIPTED = nn.Identity()
+"""Logits = the one-hot input: the model predicts exactly the class each :func:`_split` sample names."""
+# 10 samples of classes 0 and 2, 8 predicted right (the last two swapped): 80 % accuracy
+KEPT = ([0, 2, 0, 2, 0, 2, 0, 2, 2, 0], [0, 2, 0, 2, 0, 2, 0, 2, 0, 2])
+# 4 samples of class 1, one predicted as 1: 25 %
+CLASS_1 = ([1, 0, 2, 0], [1, 1, 1, 1])
+# 4 training rows: rows 0 and 2 predicted right, rows 1 and 3 wrong
+TRAIN = ([0, 1, 2, 0], [0, 2, 2, 1])
 
-    cases = [ClassRemoval(1), SampleRemoval([0, 1, 2, 3]), LabelChange([0, 1], [2, 2])]
-    for request in cases:
-        scenario = build_scenario(request, data)
-        val, target = accuracy_on(scenario.validation), accuracy_on(scenario.step_forget)
-        expected = {
-            ClassRemoval: forget_f1(target, val),
-            SampleRemoval: val - abs(target - val),
-            LabelChange: 2 * target * val / (target + val) if target + val else 0.0,
-        }[type(request)]
-        assert step_objective(model, scenario) == pytest.approx(expected)
+
+def _scripted_bundle(val: tuple[list[int], list[int]], test: tuple[list[int], list[int]]) -> DataBundle:
+    classes = ("a", "b", "c")
+    return DataBundle("scripted", classes, (3,), 0, _split(*TRAIN), _split(*val), _split(*test))
+
+
+def _joined(*splits: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
+    return [p for s in splits for p in s[0]], [y for s in splits for y in s[1]]
+
+
+def test_step_objective_per_request_kind_by_hand():
+    """The step objective of each request kind from accuracies set by hand (80 % on the validation data the edit
+    must keep, 25 %, 50 %, 100 % or 0 % on the samples it is about), worked out here, not by the library's formulas:
+    F1 of (1 − forget, retain) for a class removal, held-out likeness for a sample removal, harmonic mean for a label
+    change. A sample removal must not reward pushing the removed samples to 0 % (retraining does not)."""
+    bundle = _scripted_bundle(val=_joined(KEPT, CLASS_1), test=KEPT)
+    # class 1 removed: retain = 80 % on the validation samples of classes 0 and 2, forget = 25 % on those of class 1;
+    # F1 = 2·(1 − 0.25)·0.8 / ((1 − 0.25) + 0.8) = 1.2 / 1.55 = 0.774193548… → 77.42 %
+    assert step_objective(SCRIPTED, build_scenario(ClassRemoval(1), bundle)) == pytest.approx(77.41935483870968)
+
+    bundle = _scripted_bundle(val=KEPT, test=KEPT)  # validation accuracy 80 %
+    # removed rows 0 and 1: 50 % of them right → 80 − |50 − 80| = 50
+    assert step_objective(SCRIPTED, build_scenario(SampleRemoval([0, 1]), bundle)) == pytest.approx(50.0)
+    # rows 0 and 2: 100 %, remembered better than held-out data → 80 − |100 − 80| = 60
+    assert step_objective(SCRIPTED, build_scenario(SampleRemoval([0, 2]), bundle)) == pytest.approx(60.0)
+    # rows 1 and 3: 0 %, destroyed rather than forgotten → 80 − |0 − 80| = 0, the worst score, not the best
+    assert step_objective(SCRIPTED, build_scenario(SampleRemoval([1, 3]), bundle)) == pytest.approx(0.0)
+
+    # rows 1 and 3 (predicted 1 and 0) relabelled 1 and 2: 50 % right against the new labels;
+    # harmonic mean 2·50·80 / (50 + 80) = 8000 / 130 = 61.538461…
+    change = LabelChange([1, 3], [1, 2])
+    assert step_objective(SCRIPTED, build_scenario(change, bundle)) == pytest.approx(61.53846153846154)
+    # rows 0 and 2 (predicted 0 and 2) relabelled 1 and 0: 0 % right; the harmonic mean of 0 and 80 is 0
+    assert step_objective(SCRIPTED, build_scenario(LabelChange([0, 2], [1, 0]), bundle)) == 0.0
+    # and of 0 and 0 (defined as 0, not a division by zero): nothing right on validation either
+    none_right = _scripted_bundle(val=([1] * 10, KEPT[1]), test=KEPT)
+    assert step_objective(SCRIPTED, build_scenario(LabelChange([0, 2], [1, 0]), none_right)) == 0.0
+
+
+def test_step_objective_of_the_bundled_iris_mlp(iris):
+    """The bundled model fits its training split (100 %) and gets 14 of 15 validation flowers (its card: 93.33 %):
+    a sample removal scores 93.33 − |100 − 93.33| = 86.67, a good score for a well-fitted model."""
+    model, card, data, _ = iris
+    assert card.accuracy["train"] == 100.0 and card.accuracy["val"] == pytest.approx(93.3333)
     scenario = build_scenario(SampleRemoval([0, 1, 2, 3]), data)
-    assert accuracy_on(scenario.step_forget) > 50 and step_objective(model, scenario) > 50  # well fitted: a good score
+    assert evaluate_model(model, scenario)["forget_acc"] == 100.0  # the removed rows, as fitted as the rest
+    val = 100 * 14 / 15  # 93.33 %
+    assert step_objective(model, scenario) == pytest.approx(val - (100 - val)) == pytest.approx(86.6667, abs=1e-4)
 
 
 def test_one_preparation_serves_several_answers_with_the_numbers_of_run_edit(iris, monkeypatch):
@@ -284,13 +307,22 @@ def test_linearized_products_leave_the_edit_unchanged(iris):
 
 def test_class_removal_scores_forget_and_retain_from_one_pass_over_the_test_split(iris):
     from gif_core.evaluate import accuracy, predict_proba
-    from gif_core.experiment import evaluate_model
 
     model, _, data, _ = iris
     scenario = build_scenario(ClassRemoval(1), data)
     metrics = evaluate_model(model, scenario)
     assert metrics["forget_acc"] == accuracy(predict_proba(model, scenario.forget.inputs), scenario.forget.labels)
     assert metrics["retain_acc"] == accuracy(predict_proba(model, scenario.retain.inputs), scenario.retain.labels)
+    # by hand, on the scripted model: test split = 10 samples of classes 0 and 2 (8 right) + 4 of class 1 (1 right)
+    scripted = build_scenario(ClassRemoval(1), _scripted_bundle(val=KEPT, test=_joined(KEPT, CLASS_1)))
+    assert evaluate_model(SCRIPTED, scripted) == pytest.approx(
+        {
+            "forget_acc": 25.0,  # 1 of the 4 class-1 samples
+            "retain_acc": 80.0,  # 8 of the 10 others
+            "test_acc": 100 * 9 / 14,  # 64.29 %: 9 of all 14
+            "f1": 77.41935483870968,  # 2·0.75·0.8 / (0.75 + 0.8) = 1.2 / 1.55
+        }
+    )
 
 
 def test_a_no_op_edit_is_flagged_on_its_row():

@@ -21,9 +21,7 @@ from gif_core.zoo import default_model_path
 FAST = ["--hessian-samples", "64", "--maxiter", "3", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GIF_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ from conftest import dense_gradient, dense_hessian, dense_objective
 
 from gif_core import teaching
 from gif_core.influence import METHODS
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+from gif_core.scores import SCORE_FORMULA, SCORE_MEANING
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,9 @@ def test_theta_star_is_stationary(toy):
 def test_removed_rows_are_the_asked_fraction_of_one_cluster(toy):
     cluster_rows = torch.nonzero(toy.data.cluster == 0).reshape(-1)
     assert set(toy.removed_rows.tolist()) <= set(cluster_rows.tolist())
-    assert len(toy.removed_rows) == round(0.8 * len(cluster_rows))
+    assert len(cluster_rows) == 25 and len(toy.data.labels) == 100  # 4 clusters of 25 points
+    assert len(toy.removed_rows) == round(0.8 * len(cluster_rows)) == 20  # 0.8 · 25
+    assert len(set(toy.removed_rows.tolist())) == 20 and toy.removed_rows.tolist() == sorted(toy.removed_rows.tolist())
 
 
 def test_if_update_is_the_newton_step_of_the_retained_objective(toy):
@@ -84,6 +85,9 @@ def test_gif_moves_only_the_chosen_parameter(selected):
     moved = result.updates["gif"] - result.theta_star
     assert float(moved[1 - selected]) == 0.0
     assert float(moved[selected]) != 0.0
+    hessian, g = _closed_forms(result)
+    column = hessian[:, selected]  # argmin_x ‖H[:, t] x − g‖² of one column t: x = H[:, t]·g / |H[:, t]|²
+    assert float(moved[selected]) == pytest.approx(float(column @ g / (column @ column)), abs=1e-6)
 
 
 def test_retrained_point_is_the_optimum_of_the_retained_objective(toy):
@@ -176,12 +180,37 @@ def test_spectra_reject_bad_weight_decays():
         teaching.hessian_spectra([-0.1])
 
 
+# What each estimator's formula must state: the closed forms test_if_update_is_the_newton_step_of_the_retained_objective
+# and test_selective_updates_match_their_closed_forms check numerically (Δ solves H·Δ ≈ +g; T selected, F frozen).
+FORMULA_PARTS = {
+    "if": [r"\Delta = H^{-1} g"],
+    "pif": [r"\Delta_T = \left(H^{-1} g\right)_T", r"\Delta_F = 0"],
+    "fif": [r"\Delta_T = H_{TT}^{-1}\, g_T", r"\Delta_F = 0"],
+    "gif": [
+        r"\arg\min_x \left\lVert H_{:,T}\, x - g \right\rVert^2",
+        r"H_{:,T}^\top H_{:,T}\, \Delta_T = H_{:,T}^\top g",
+    ],
+    "sif": [r"I_1 = H_L^{-1} g", r"\Delta = I_1 + I_2", r"c = \tfrac{r}{1-r}"],
+}
+
+
 def test_explanations_cover_every_estimator():
-    assert set(teaching.EXPLANATIONS) == set(METHODS)
-    for explanation in teaching.EXPLANATIONS.values():
-        assert explanation.name and explanation.idea and explanation.formula and explanation.sign
-        assert "g" in explanation.formula
-    assert "θ + Δ" in teaching.SIGN_CONVENTION
+    assert set(teaching.EXPLANATIONS) == set(METHODS) == set(FORMULA_PARTS)
+    for method, explanation in teaching.EXPLANATIONS.items():
+        assert f"({method.upper()}" in explanation.name  # "Generalized influence function (GIF, Lyu et al. 2023)"
+        for part in FORMULA_PARTS[method]:
+            assert part in explanation.formula, (method, part)
+        # Only the selective estimators freeze F; IF and SIF move every parameter
+        assert (r"\Delta_F = 0" in explanation.formula) == (method in ("pif", "fif", "gif")), method
+        assert explanation.formula.count("{") == explanation.formula.count("}") and explanation.formula.count(
+            r"\left"
+        ) == explanation.formula.count(r"\right"), f"{method}: unbalanced LaTeX"
+        assert len(explanation.idea.split()) >= 10 and len(explanation.sign.split()) >= 10  # sentences, not labels
+    assert "every parameter moves" in teaching.EXPLANATIONS["if"].idea.lower()
+    assert SCORE_FORMULA in teaching.EXPLANATIONS["if"].sign and SCORE_MEANING in teaching.EXPLANATIONS["if"].sign
+    assert "r = m/n" in teaching.EXPLANATIONS["sif"].sign  # c = r/(1−r) = m/(n−m): the scale of g
+    for part in ("θ + Δ", "g = m/(n−m) · mean of their gradients", "H·Δ ≈ +g"):
+        assert part in teaching.SIGN_CONVENTION, part
 
 
 def test_dense_hessian_beside_a_thread_of_hessian_products(mlp_data):
