@@ -9,15 +9,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
+# Dependencies are listed once, in pyproject.toml: the package's own, and the extras dev (tests, lint) and bench.
 install: $(BIN)/python
-	$(BIN)/pip install -r requirements.txt -e .
+	$(BIN)/pip install -e .
 
-install-dev: install
-	$(BIN)/pip install -r requirements-dev.txt
+install-dev: $(BIN)/python
+	$(BIN)/pip install -e ".[dev,bench]"
 
 run: install
 	$(BIN)/streamlit run app/Model_and_data.py
 
 test: install-dev
 	$(BIN)/ruff check gif_core app tests benchmarks
+	$(BIN)/ruff format --check gif_core app tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest

@@ -91,10 +91,10 @@ with session.errors_shown():
         if st.button("Load from path", key="load_path"):
             if not path.strip():
                 raise ValueError("Type the path of a checkpoint first.")
-            weights = resolve_local_checkpoint(path.strip())  # only under the allowed folders; one message else
+            weights_path = resolve_local_checkpoint(path.strip())  # only under the allowed folders; one message else
             data_root = resolve_local_folder(root.strip()) if root.strip() else None
             link = {"path": path.strip(), **({"data": root.strip()} if data_root else {})}
-            session.use_workspace(open_workspace_path(weights, data_root), link)
+            session.use_workspace(open_workspace_path(weights_path, data_root), link)
     else:
         weights = st.file_uploader(
             "Weights (.safetensors, or a .pt state dict, also as {'state_dict': ...})",
@@ -102,7 +102,7 @@ with session.errors_shown():
         )
         card = st.file_uploader("Model card (.json)", type=["json"])
         write = card is None and st.checkbox("No model card? Write one here", key="write_card")
-        card_json = card.getvalue() if card is not None else None
+        card_json: bytes | str | None = card.getvalue() if card is not None else None
         if write:
             card_json = written_card(f"{Path(weights.name).stem}.json" if weights is not None else "model_card.json")
         st.caption(
@@ -127,6 +127,7 @@ with session.errors_shown():
         st.json(loaded.card.to_dict(), expanded=False)
         st.metric("Training samples", len(loaded.train))
         if loaded.backdoor is not None:
+            assert loaded.backdoor_request is not None  # a workspace sets both or neither
             st.warning(
                 f"This model was trained with a backdoor: {len(loaded.backdoor_request.indices)} poisoned training "
                 f"images relabelled as class {loaded.backdoor.target}. Undo it on the What-if edit page."

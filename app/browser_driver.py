@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -83,6 +87,7 @@ def running_dashboard(env: dict[str, str] | None = None, timeout: float = 120) -
                         break
             except OSError:
                 if process.poll() is not None:
+                    assert process.stderr is not None  # opened with stderr=PIPE
                     raise RuntimeError(f"streamlit exited: {process.stderr.read().decode()[-2000:]}") from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the dashboard did not answer on {url} within {timeout} s") from None
@@ -97,7 +102,7 @@ def running_dashboard(env: dict[str, str] | None = None, timeout: float = 120) -
 
 
 @contextmanager
-def chromium_page(width: int = 1400, height: int = 1000) -> Iterator[object]:
+def chromium_page(width: int = 1400, height: int = 1000) -> Iterator[Page]:
     """A Playwright page in Debian's chromium (``/usr/bin/chromium``), headless."""
     from playwright.sync_api import sync_playwright
 
@@ -109,7 +114,7 @@ def chromium_page(width: int = 1400, height: int = 1000) -> Iterator[object]:
             browser.close()
 
 
-def wait_idle(page: object, timeout_ms: int = 600_000) -> None:
+def wait_idle(page: Page, timeout_ms: int = 600_000) -> None:
     """Wait until Streamlit has finished running the script (no 'running' status widget)."""
     page.wait_for_timeout(300)
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=timeout_ms)

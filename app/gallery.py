@@ -30,7 +30,7 @@ def show_grid(
         st.info("Nothing to show.")
         return
     if images[0] is None:
-        table = {"sample": list(captions)}
+        table: dict[str, list[str] | list[float]] = {"sample": list(captions)}
         if features is not None:
             table |= feature_columns(features, feature_names)
         st.dataframe(table, hide_index=True)
@@ -40,4 +40,5 @@ def show_grid(
         for cell, image, caption in zip(
             cells, images[start : start + columns], captions[start : start + columns], strict=False
         ):
+            assert image is not None  # a set is all images or all tabular samples (checked on images[0])
             cell.image(image, caption=caption, width=72, clamp=True)

@@ -102,7 +102,7 @@ def start(
     jobs: dict[str, Job] = st.session_state.setdefault(JOBS, {})
     old = jobs.get(slot)
     reusable = old is not None and old.key == key and not old.state.cancel.is_set()
-    if reusable and (old.running() or old.future.exception() is None):
+    if old is not None and reusable and (old.running() or old.future.exception() is None):
         return old
     if old is not None:
         old.state.stop("a new question replaced it")

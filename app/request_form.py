@@ -42,6 +42,7 @@ def request_form(loaded: Workspace, prefix: str) -> EditRequest | None:
     if kind == KINDS[2]:
         text = st.text_input("Label changes ROW:NEW_LABEL, comma-separated", value="5:3,9:1", key=f"{prefix}_relabel")
         return _parsed(parse_label_change, text)
+    assert loaded.backdoor_request is not None  # KINDS[3] is offered only for a backdoored model
     st.caption(f"Relabel the {len(loaded.backdoor_request.indices)} poisoned training images to their true classes.")
     return loaded.backdoor_request
 

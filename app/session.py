@@ -119,7 +119,14 @@ def browser(loaded: Workspace) -> InfluenceBrowser:
 def progress_bar(text: str) -> tuple[Callable[[str, float], None], Callable[[], None]]:
     """A Streamlit progress bar as a gif_core ``progress(message, fraction)`` callback, and a function to clear it."""
     bar = st.progress(0.0, text=text)
-    return (lambda message, fraction: bar.progress(min(1.0, max(0.0, fraction)), text=message)), bar.empty
+
+    def report(message: str, fraction: float) -> None:
+        bar.progress(min(1.0, max(0.0, fraction)), text=message)
+
+    def clear() -> None:
+        bar.empty()
+
+    return report, clear
 
 
 def phase_writer(status: Any) -> Callable[[str, float], None]:

@@ -95,11 +95,11 @@ class Trigger:
             )
         rows, cols = self.region(images.shape[1], images.shape[2])
         square = (self.pattern() * 255).to(torch.uint8)
-        if is_tensor:
-            out, square = images.clone(), square.to(images.device)
+        if isinstance(images, torch.Tensor):
+            out, patch = images.clone(), square.to(images.device)
         else:
-            out, square = images.copy(), square.numpy()
-        out[:, rows, cols] = square if images.ndim == 3 else square[:, :, None]
+            out, patch = images.copy(), square.numpy()
+        out[:, rows, cols] = patch if images.ndim == 3 else patch[:, :, None]
         return out
 
     def to_dict(self) -> dict[str, Any]:

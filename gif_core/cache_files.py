@@ -77,7 +77,7 @@ class TensorDigest:
             data = tensor_bytes(data)
         elif isinstance(data, np.ndarray):
             data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-        self._digest.update(data)
+        self._digest.update(data)  # type: ignore[arg-type]  # numpy stubs give ndarray __buffer__ only on 3.12+
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """One whole tensor: :meth:`begin` and :meth:`update`."""

@@ -30,7 +30,7 @@ import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import safetensors.torch
 import torch
@@ -309,7 +309,7 @@ def unwrap_state_dict(loaded: object, filename: str) -> dict[str, torch.Tensor]:
             f"{filename!r} holds both {wrapped[0]!r} and {wrapped[1]!r}, so which weights to load is ambiguous; "
             "save only the model's weights with torch.save(model.state_dict(), path)"
         )
-    inner = loaded[wrapped[0]] if wrapped else loaded
+    inner = loaded[wrapped[0]] if wrapped and isinstance(loaded, dict) else loaded  # wrapped implies a dict
     if wrapped and _is_state_dict(inner):
         return inner
     where = f"its {wrapped[0]!r} entry" if wrapped else "it"
@@ -320,7 +320,7 @@ def unwrap_state_dict(loaded: object, filename: str) -> dict[str, torch.Tensor]:
     )
 
 
-def _is_state_dict(value: object) -> bool:
+def _is_state_dict(value: object) -> TypeGuard[dict[str, torch.Tensor]]:
     """Whether ``value`` is a mapping of parameter names (strings) to tensors."""
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 

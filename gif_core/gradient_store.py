@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import struct
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -113,11 +114,11 @@ def _read_layout(handle: BinaryIO) -> _Layout:
     return layout
 
 
-def _read_rows(handle: BinaryIO, path: Path, layout: _Layout, start: int, count: int) -> np.ndarray:
+def _read_rows(handle: io.RawIOBase, path: Path, layout: _Layout, start: int, count: int) -> np.ndarray:
     """Rows start … start + count − 1 of G, read with ordinary file reads (never a memory map); a short read
     raises :class:`InvalidEntry` instead of returning garbage or crashing."""
     out = np.empty((count, layout.columns), dtype=DTYPE)
-    buffer = memoryview(out).cast("B")
+    buffer = out.data.cast("B")  # ndarray.data: a memoryview of out
     handle.seek(layout.offset + start * layout.columns * DTYPE.itemsize)
     done = 0
     while done < len(buffer):
@@ -149,7 +150,7 @@ class GradientStore:
         with self._open() as handle:
             object.__setattr__(self, "_layout", _read_layout(handle))
 
-    def _open(self) -> BinaryIO:
+    def _open(self) -> io.FileIO:
         return self.path.open("rb", buffering=0)
 
     @property
@@ -214,7 +215,7 @@ def write_gradient_file(path: Path, key: str, shape: tuple[int, int], blocks: It
     G's checksum, atomically (a temporary file in the same folder, then ``os.replace``). Memory: one block."""
     n, p = shape
     placeholder = "0" * 64  # the checksum is known at the end; a hex SHA-256 has this length, so the header keeps it
-    header = {
+    header: dict[str, dict[str, Any]] = {
         "__metadata__": {"format": "pt", KIND_FIELD: ENTRY_KIND, KEY_FIELD: key, CHECKSUM_FIELD: placeholder},
         TENSOR: {"dtype": "F32", "shape": [n, p], "data_offsets": [0, n * p * DTYPE.itemsize]},
     }
@@ -233,7 +234,7 @@ def write_gradient_file(path: Path, key: str, shape: tuple[int, int], blocks: It
             values = block.detach().to("cpu", torch.float32).contiguous().numpy().astype(DTYPE, copy=False)
             if values.ndim != 2 or values.shape[1] != p or done + len(values) > n:
                 raise ValueError(f"a block of shape {values.shape} does not fit G of shape {shape} at row {done}")
-            handle.write(memoryview(values).cast("B"))
+            handle.write(values.data.cast("B"))
             digest.update(values)
             done += len(values)
         if done != n:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, NoReturn, TypeGuard
 
 import torch
 
@@ -147,7 +147,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value: object) -> bool:
+def _is_real(value: object) -> TypeGuard[numbers.Real]:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -158,7 +158,7 @@ def _is_finite(value: object) -> bool:
         return False
 
 
-def _field_error(name: str, value: object, expected: str) -> None:
+def _field_error(name: str, value: object, expected: str) -> NoReturn:
     raise ValueError(f"model card field {name!r} must be {expected}, got {_show(value)}; {_CARD_HINT}")
 
 
@@ -219,6 +219,7 @@ def _nesting(value: object) -> int:
     deepest, stack = 0, [(value, 0)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[object]
         if isinstance(item, Mapping):
             children = item.values()
         elif isinstance(item, list | tuple):
