@@ -602,7 +602,7 @@ def run_edit(
 
 
 PREPARE_SHARE = 0.15
-"""The share of an edit's progress bar that :func:`prepare_edit` fills (measured: about that share of the time)."""
+"""The share of an edit's progress bar that :func:`prepare_edit` fills in :func:`run_edit` and ``Workspace.answer``."""
 
 
 def stage(progress: Progress | None, start: float, share: float) -> Progress:

@@ -64,27 +64,34 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
-class HessianOperator(LinearMap):
-    """H of a :class:`~gif_core.curvature.Curvature` (damping and weight decay included), p×p and symmetric."""
+class SymmetricOperator(LinearMap):
+    """A symmetric n×n operator given by its product (its own transpose), restrictable to rows and columns."""
 
-    def __init__(self, curvature: Curvature) -> None:
-        self.curvature = curvature
-        p = curvature.space.numel
-        self.shape, self.device, self.dtype = (p, p), curvature.device, curvature.dtype
+    def __init__(self, product: TorchMap, n: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.product, self.shape, self.device, self.dtype = product, (n, n), device, dtype
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
-        return self.curvature.hvp(x)
+        return self.product(x)
 
     def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
-        return self.curvature.hvp(y)
+        return self.product(y)
 
     @property
     def T(self) -> LinearMap:
         return self
 
     def restrict(self, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> Submatrix:
-        """H[rows, cols] (None: every row / column)."""
+        """A[rows, cols] (None: every row / column)."""
         return Submatrix(self, rows, cols)
+
+
+class HessianOperator(SymmetricOperator):
+    """H of a :class:`~gif_core.curvature.Curvature` (damping and weight decay included), p×p: one Hessian-vector
+    product per ``matvec`` or ``rmatvec``."""
+
+    def __init__(self, curvature: Curvature) -> None:
+        super().__init__(curvature.hvp, curvature.space.numel, curvature.device, curvature.dtype)
+        self.curvature = curvature
 
 
 class Submatrix(LinearMap):
@@ -128,19 +135,6 @@ class Transposed(LinearMap):
     @property
     def T(self) -> LinearMap:
         return self.operator
-
-
-class SymmetricFunction(LinearMap):
-    """A symmetric n×n operator given by its product (e.g. SIF's ∇²L, assembled from several Hessians)."""
-
-    def __init__(self, product: TorchMap, n: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.product, self.shape, self.device, self.dtype = product, (n, n), device, dtype
-
-    def matvec(self, x: torch.Tensor) -> torch.Tensor:
-        return self.product(x)
-
-    def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
-        return self.product(y)
 
 
 class DenseMatrix(LinearMap):

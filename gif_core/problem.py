@@ -32,7 +32,7 @@ from torch import nn
 from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import seeded_subset
 from gif_core.evaluate import LabelledData
-from gif_core.operators import SymmetricFunction
+from gif_core.operators import SymmetricOperator
 from gif_core.params import ParamSpace
 from gif_core.requests import DataEdit, EditRequest
 
@@ -150,9 +150,9 @@ class EditProblem:
             return self.hessian.hvp(v) - self.perturbation_hvp(v)
         return (1 - self.r) * self.hessian.hvp(v) + self.r * self._forget_hessian("old").hvp(v)
 
-    def full_hessian(self) -> SymmetricFunction:
+    def full_hessian(self) -> SymmetricOperator:
         """∇²L of the original objective as an operator (:meth:`full_hvp`; :attr:`full_hvp_products` each)."""
-        return SymmetricFunction(self.full_hvp, self.space.numel, self.hessian.device, self.hessian.dtype)
+        return SymmetricOperator(self.full_hvp, self.space.numel, self.hessian.device, self.hessian.dtype)
 
     def perturbation_hvp(self, v: torch.Tensor) -> torch.Tensor:
         """∇²D·v for the perturbation D of this request (see module docstring)."""
