@@ -266,8 +266,9 @@ def settings_text(report: EditReport) -> str:
     step = "auto α" if config.step == "auto" else f"α = {config.step:g}"
     retrained = " · vs retrained" if report.retrained is not None else ""
     return (
-        f"{config.selector} {config.ratio:.0%} · {step} · at most {counted(config.maxiter, 'iteration')} · "
-        f"{config.hessian_samples} Hessian samples · δ {config.damping:g}{retrained}"
+        f"{config.selection.method} {config.selection.ratio:.0%} · {step} · at most "
+        f"{counted(config.solver.maxiter, 'iteration')} · {config.curvature.samples} Hessian samples · "
+        f"δ {config.curvature.damping:g}{retrained}"
     )
 
 

@@ -40,10 +40,10 @@ def page_defaults(loaded: Workspace) -> EditConfig:
     """The What-if page's settings before the user touches them: the library's, with the Hessian sample capped at
     the training set's size and its products traced (the trace runs in the background preparation)."""
     defaults = EditConfig()
-    assert defaults.hessian_samples is not None  # the library's default is a number of samples
-    return dataclasses.replace(
-        defaults, hessian_samples=min(defaults.hessian_samples, len(loaded.train)), linearize=True
-    )
+    samples = defaults.curvature.samples
+    assert samples is not None  # the library's default is a number of samples
+    curvature = dataclasses.replace(defaults.curvature, samples=min(samples, len(loaded.train)), linearize=True)
+    return dataclasses.replace(defaults, curvature=curvature)
 
 
 def start_default(loaded: Workspace) -> jobs.Job:

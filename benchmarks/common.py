@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from gif_core.experiment import EditConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -68,3 +71,37 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+SETTINGS = {
+    "selector": ("selection", "method"),
+    "ratio": ("selection", "ratio"),
+    "budget": ("selection", "budget"),
+    "hessian_samples": ("curvature", "samples"),
+    "hessian_data": ("curvature", "data"),
+    "damping": ("curvature", "damping"),
+    "linearize": ("curvature", "linearize"),
+    "least_squares_solver": ("solver", "least_squares_solver"),
+    "gif_ridge": ("solver", "gif_ridge"),
+    "rtol": ("solver", "rtol"),
+    "maxiter": ("solver", "maxiter"),
+}
+"""The benchmarks' names of the settings they vary (the factors of their tables) → the section and field of
+:class:`gif_core.experiment.EditConfig` that holds each."""
+
+
+def edit_config(base: EditConfig | None = None, seed: int | None = None, **settings) -> EditConfig:
+    """``base`` (default ``EditConfig()``) with the benchmark-named ``settings`` (:data:`SETTINGS`; ``methods``,
+    ``step`` and ``iterations`` as they are) and, when given, ``seed`` for every random choice."""
+    config = base or EditConfig()
+    sections: dict[str, dict] = {}
+    top = {}
+    for name, value in settings.items():
+        if name in SETTINGS:
+            section, field = SETTINGS[name]
+            sections.setdefault(section, {})[field] = value
+        else:
+            top[name] = value
+    changed = {section: dataclasses.replace(getattr(config, section), **fields) for section, fields in sections.items()}
+    config = dataclasses.replace(config, **changed, **top)
+    return config.with_seed(seed) if seed is not None else config

@@ -47,7 +47,7 @@ from functools import partial
 from pathlib import Path
 
 import gif_core
-from benchmarks.common import RESULTS, markdown_table, provenance, write_results
+from benchmarks.common import RESULTS, edit_config, markdown_table, provenance, write_results
 from benchmarks.paper_setup import CNN, PROFILES, ModelSetting, retrained_for, trained
 from gif_core.cache_files import default_cache_dir
 from gif_core.checkpoints import checkpoint_id, load_checkpoint
@@ -253,7 +253,7 @@ def run_sweep(profile: SweepProfile, log: Log, code: str) -> list[dict]:
     store, rows = _store(profile, "sweep", code), []
     for label, seed, cls, model, card, bundle, truth in _problems(profile, bundled=False):
         for factor, value, settings in variants(profile):
-            config = EditConfig(methods=_methods(factor), step="auto", seed=seed, **settings)
+            config = edit_config(methods=_methods(factor), step="auto", seed=seed, **settings)
             key = json.dumps([label, seed, cls, factor, value, dataclasses.asdict(config)], default=str)
             extra = {"model": label, "seed": seed, "class": cls, "factor": factor, "value": value}
             rows += store.get_or_make(
@@ -271,8 +271,8 @@ def run_final(
     defaults, ``EditConfig()``)."""
     store, rows = _store(profile, stage, code), []
     for label, seed, cls, model, card, bundle, truth in _problems(profile, bundled=profile.bundled):
-        changes = {"methods": ("gif", "fif", "pif", "if"), "step": "auto", "seed": seed, **(settings or {})}
-        config = dataclasses.replace(EditConfig(), **changes)
+        changes = {"methods": ("gif", "fif", "pif", "if"), "step": "auto", **(settings or {})}
+        config = edit_config(seed=seed, **changes)
         key = json.dumps([label, seed, cls, dataclasses.asdict(config)], default=str)
         extra = {"model": label, "seed": seed, "class": cls}
         rows += store.get_or_make(
@@ -358,7 +358,7 @@ def run_joint(profile: SweepProfile, log: Log, code: str) -> tuple[list[dict], l
         made = []
         for label, seed, cls, model, card, bundle, truth in _problems(profile, bundled=False):
             for settings in settings_list:
-                config = EditConfig(methods=("gif",), step="auto", seed=seed, **settings)
+                config = edit_config(methods=("gif",), step="auto", seed=seed, **settings)
                 key = json.dumps([label, seed, cls, dataclasses.asdict(config)], default=str)
                 extra = {"model": label, "seed": seed, "class": cls, "factor": "joint",
                          "value": label_of(settings)}  # fmt: skip

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from benchmarks.common import RESULTS, markdown_table, provenance, write_results
+from benchmarks.common import RESULTS, edit_config, markdown_table, provenance, write_results
 from gif_core import distributed
 from gif_core.checkpoints import load_checkpoint
 from gif_core.curvature import Curvature, CurvatureConfig
@@ -57,7 +57,7 @@ class Setting:
 
 FULL = Setting(EditConfig(), edit_repeats=3, warm_up=True, hvp_samples=2000, hvp_products=5)
 QUICK = Setting(
-    dataclasses.replace(EditConfig(), hessian_samples=64),
+    edit_config(hessian_samples=64),
     edit_repeats=1,
     warm_up=False,
     hvp_samples=256,
@@ -108,7 +108,9 @@ def measure_hvp(model: torch.nn.Module, card, bundle: DataBundle, setting: Setti
     """Seconds per product over ``hvp_samples`` seeded training rows, plain and linearised (and the trace)."""
     rows = seeded_subset(torch.arange(len(bundle.train)), setting.hvp_samples, seed=0)
     sample = (bundle.train.inputs[rows], bundle.train.labels[rows])
-    config = CurvatureConfig(weight_decay=float(card.recipe.get("weight_decay", 0.0)), damping=EditConfig().damping)
+    config = CurvatureConfig(
+        weight_decay=float(card.recipe.get("weight_decay", 0.0)), damping=EditConfig().curvature.damping
+    )
     out: dict = {}
     for name, linearize in (("plain", False), ("linearized", True)):
         curvature = Curvature(model, sample, dataclasses.replace(config, linearize=linearize))
@@ -213,7 +215,7 @@ def main() -> None:
     hvp_columns += ["Hv lin. rel. diff vs 1×1"]
     edit = setting.edit
     backend = args.backend or ("nccl" if args.device == "cuda" else "gloo")
-    quick = f", quick: Hessian sample {edit.hessian_samples}" if args.quick else ""
+    quick = f", quick: Hessian sample {edit.curvature.samples}" if args.quick else ""
     body = f"""# One process against several: sharded curvature with torch.distributed
 
 Config `P×T`: P processes with T torch threads each, on {args.device} ({backend}); rank r holds 1/P of the Hessian
@@ -224,7 +226,7 @@ summation-order noise; the 1×{total} row shows what changing the thread count a
 
 ## Class-0 GIF removal on the bundled CNN (`EditConfig()`{quick})
 
-Hessian sample {edit.hessian_samples}, {edit.maxiter} LSMR iterations, step α searched on validation; seconds end to end
+Hessian sample {edit.curvature.samples}, {edit.solver.maxiter} LSMR iterations, step α searched on validation; seconds end to end
 (`run_edit`: g, selection, solve, step search, metrics), median of {setting.edit_repeats}
 {"after one untimed warm-up" if setting.warm_up else "(no warm-up)"}.
 

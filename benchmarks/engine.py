@@ -27,7 +27,6 @@ from gif_core.influence import EstimatorConfig, estimate
 from gif_core.problem import ProblemConfig, prepare
 from gif_core.requests import ClassRemoval
 from gif_core.selection import SelectionConfig, select
-from gif_core.solvers import SolverConfig
 from gif_core.zoo import default_model_path
 
 
@@ -107,10 +106,11 @@ def solver_race(
     selection = select(problem, SelectionConfig("gradient", ratio, seed=seed))
     rows, curves = [], {}
     for solver, cap in (*((name, maxiter) for name in krylov), ("richardson", richardson_maxiter)):
-        settings = SolverConfig(
-            rtol=rtol, maxiter=cap, track_residuals=solver != "lsmr", richardson_restarts=richardson_restarts
-        )
-        result = estimate("gif", problem, selection, EstimatorConfig(least_squares_solver=solver, solver=settings))
+        settings = EstimatorConfig(
+            least_squares_solver=solver, gif_ridge=0.0, rtol=rtol, maxiter=cap, track_residuals=solver != "lsmr",
+            richardson_restarts=richardson_restarts,
+        )  # fmt: skip
+        result = estimate("gif", problem, selection, settings)
         report = result.reports[0]
         rows.append(
             {

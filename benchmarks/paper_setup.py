@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from benchmarks.common import edit_config
 from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
 from gif_core.cache_files import default_cache_dir
 from gif_core.checkpoints import ModelCard, load_checkpoint
@@ -45,11 +46,9 @@ class ModelSetting:
 
     def edit_config(self, seed: int, **changes) -> EditConfig:
         """The library's defaults with this model's Hessian sample and iterations, seed ``seed`` and the auto step
-        (α on validation); float32 products."""
-        base = dataclasses.replace(
-            EditConfig(), step="auto", hessian_samples=self.hessian_samples, maxiter=self.maxiter, seed=seed
-        )
-        return dataclasses.replace(base, **changes)
+        (α on validation); float32 products. ``changes`` are named as in :data:`benchmarks.common.SETTINGS`."""
+        settings = {"step": "auto", "hessian_samples": self.hessian_samples, "maxiter": self.maxiter, **changes}
+        return edit_config(seed=seed, **settings)
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,8 @@ CNN = ModelSetting(
     "cnn",
     "mnist-bundled",
     MNIST_CNN_RECIPE,
-    hessian_samples=EditConfig().hessian_samples,  # the library's defaults, chosen by benchmarks/defaults.py
-    maxiter=EditConfig().maxiter,
+    hessian_samples=EditConfig().curvature.samples,  # the library's defaults, chosen by benchmarks/defaults.py
+    maxiter=EditConfig().solver.maxiter,
 )
 VGG = ModelSetting(
     "VGG-11",
@@ -87,7 +86,7 @@ VGG = ModelSetting(
     "mnist-bundled",
     Recipe(optimizer="adam", lr=3e-4, weight_decay=1e-4, epochs=3, batch_size=64, seed=0),
     hessian_samples=64,  # 200 images of VGG-11 per product is the CPU's limit; the rest are the library's defaults
-    maxiter=EditConfig().maxiter,
+    maxiter=EditConfig().solver.maxiter,
 )
 
 FULL = Profile(

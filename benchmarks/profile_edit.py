@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import dataclasses
 import json
 import pstats
 import statistics
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from app import charts
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, edit_config, markdown_table, write_results
 from gif_core.checkpoints import checkpoint_id, load_checkpoint
 from gif_core.comparison import predictions_of
 from gif_core.data import load_data
@@ -140,7 +139,7 @@ def main() -> None:
     path = bundled_model_path(args.model)
     model, card = load_checkpoint(path)
     bundle = load_data(card.dataset, seed=card.split_seed)
-    request, config = ClassRemoval(0), EditConfig(methods=METHODS, linearize=True)  # as the page runs it
+    request, config = ClassRemoval(0), edit_config(methods=METHODS, linearize=True)  # as the page runs it
     truth = retrain(card, bundle, bundle.train, request, checkpoint_id(path), show_bar=False)
 
     def prepare() -> PreparedEdit:
@@ -160,9 +159,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for flag in end_to_end:
             start = time.perf_counter()
-            run_edit(
-                model, card, bundle, request, dataclasses.replace(config, linearize=flag), retrained_model=truth.model
-            )
+            run_edit(model, card, bundle, request, edit_config(config, linearize=flag), retrained_model=truth.model)
             end_to_end[flag].append(time.perf_counter() - start)
     prepared, prep_stats, prep_profiled = profiled(prepare)
     (report, (n_charts, chart_bytes)), click_stats, click_profiled = profiled(click, prepared, config, bundle)

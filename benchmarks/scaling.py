@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.common import RESULTS, markdown_table, provenance, write_results
+from benchmarks.common import RESULTS, edit_config, markdown_table, provenance, write_results
 from benchmarks.paper_setup import VGG, flatten_outcome
 from gif_core.cache_files import default_cache_dir
 from gif_core.checkpoints import ModelCard, load_checkpoint, save_checkpoint
@@ -107,7 +107,7 @@ FULL = ScalingConfig(
             "VGG-11",
             "vgg11",
             VGG.recipe,
-            dataclasses.replace(GIF_DEFAULTS, hessian_samples=VGG.hessian_samples),
+            edit_config(GIF_DEFAULTS, hessian_samples=VGG.hessian_samples),
             (500, 1000, 2000, 3500),
             False,
             1,

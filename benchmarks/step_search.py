@@ -31,7 +31,6 @@ from gif_core.params import apply_delta
 from gif_core.problem import ProblemConfig, prepare
 from gif_core.requests import ClassRemoval
 from gif_core.selection import SelectionConfig, select
-from gif_core.solvers import SolverConfig
 from gif_core.steps import StepSearchConfig
 
 OLD_GRID = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
@@ -83,7 +82,7 @@ def compare(setting: ModelSetting, cls: int) -> dict:
         ),
     )
     selection = select(problem, SelectionConfig("gradient", 0.05))
-    result = estimate("gif", problem, selection, EstimatorConfig(solver=SolverConfig(maxiter=setting.maxiter)))
+    result = estimate("gif", problem, selection, EstimatorConfig(gif_ridge=0.0, maxiter=setting.maxiter))
 
     start = time.perf_counter()
     grid = [(a, step_objective(apply_delta(model, problem.space, result.delta, a), scenario)) for a in OLD_GRID]

@@ -10,7 +10,7 @@ from gif_core.experiment import EditConfig, EditReport, MethodOutcome, PreparedE
 from gif_core.influence import METHODS, EstimatorConfig, InfluenceResult, estimate
 from gif_core.objective import training_loss
 from gif_core.operators import HessianOperator
-from gif_core.problem import EditProblem, ProblemConfig, prepare
+from gif_core.problem import EditProblem, HessianConfig, ProblemConfig, prepare
 from gif_core.requests import (
     ClassRemoval,
     DataEdit,
@@ -25,6 +25,7 @@ from gif_core.retrain import Retrained
 from gif_core.scores import SCORE_FORMULA, influence_scores, self_influence, training_gradients
 from gif_core.selection import Selection, SelectionConfig, select
 from gif_core.solvers import SolverConfig, solve_least_squares, solve_symmetric
+from gif_core.steps import StepSearchConfig
 from gif_core.workspace import Workspace, open_workspace, open_workspace_path
 from gif_core.zoo import bundled_model_path, default_model_path, list_bundled
 
@@ -46,6 +47,7 @@ __all__ = [
     "EditReport",
     "EditRequest",
     "EstimatorConfig",
+    "HessianConfig",
     "HessianOperator",
     "InfluenceBrowser",
     "InfluenceResult",
@@ -59,6 +61,7 @@ __all__ = [
     "Selection",
     "SelectionConfig",
     "SolverConfig",
+    "StepSearchConfig",
     "Workspace",
     "__version__",
     "answer",

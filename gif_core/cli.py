@@ -32,14 +32,17 @@ from gif_core.checkpoints import (
     checkpoint_id,
     load_checkpoint,
 )
+from gif_core.constraints import ConfigError
 from gif_core.data import DATASETS
 from gif_core.experiment import EditConfig, EditReport
-from gif_core.influence import METHODS
+from gif_core.influence import METHODS, EstimatorConfig
 from gif_core.models import ARCHITECTURES
 from gif_core.outputs import check_new_outputs, write_new_files
+from gif_core.problem import DTYPES, HESSIAN_DATA, HessianConfig
 from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, parse_label_change, parse_sample_removal
+from gif_core.selection import BUDGETS, SelectionConfig
 from gif_core.selection import METHODS as SELECTORS
-from gif_core.solvers import LEAST_SQUARES_METHODS
+from gif_core.solvers import LEAST_SQUARES_METHODS, SYMMETRIC_METHODS
 from gif_core.train import Recipe, resolve_device
 from gif_core.workspace import edited_card, open_workspace_path
 from gif_core.zoo import bundled_model_path, default_model_path, train_and_save
@@ -83,10 +86,21 @@ def _parser() -> argparse.ArgumentParser:
     question.add_argument("--relabel", help="change labels: I:L,J:M,…")
     question.add_argument("--backdoor", action="store_true", help="relabel the poisoned samples to their true labels")
     remove.add_argument("--method", default="gif", help=f"comma-separated, from {','.join(METHODS)}")
-    remove.add_argument("--selector", default=DEFAULTS.selector, choices=SELECTORS)
-    remove.add_argument("--ratio", type=float, default=DEFAULTS.ratio, help="share of parameters GIF/FIF/PIF move")
+    remove.add_argument("--selector", default=DEFAULTS.selection.method, choices=SELECTORS)
     remove.add_argument(
-        "--solver", default=DEFAULTS.least_squares_solver, choices=LEAST_SQUARES_METHODS, help="GIF's solver"
+        "--ratio", type=float, default=DEFAULTS.selection.ratio, help="share of parameters GIF/FIF/PIF move"
+    )
+    remove.add_argument(
+        "--budget", default=DEFAULTS.selection.budget, choices=BUDGETS, help="the ratio per layer or overall"
+    )
+    remove.add_argument(
+        "--solver", default=DEFAULTS.solver.least_squares_solver, choices=LEAST_SQUARES_METHODS, help="GIF's solver"
+    )
+    remove.add_argument(
+        "--symmetric-solver",
+        default=DEFAULTS.solver.symmetric_solver,
+        choices=SYMMETRIC_METHODS,
+        help="IF/PIF/FIF/SIF's solver",
     )
     remove.add_argument(
         "--step", default=str(DEFAULTS.step), help="step scale α, or 'auto' (searched on the validation split)"
@@ -94,15 +108,34 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument(
         "--step-cap", type=float, default=DEFAULTS.step_search.cap, help="largest α the auto search tries"
     )
-    remove.add_argument("--hessian-samples", type=int, default=DEFAULTS.hessian_samples)
-    remove.add_argument("--damping", type=float, default=DEFAULTS.damping, help="δ in H + δI")
-    remove.add_argument("--ridge", type=float, default=DEFAULTS.gif_ridge, help="GIF's ρ in min ‖H_:T x − g‖² + ρ‖x‖²")
-    remove.add_argument("--maxiter", type=int, default=DEFAULTS.maxiter, help="solver iterations at most")
-    remove.add_argument("--rtol", type=float, default=DEFAULTS.rtol, help="solver tolerance (relative residual)")
+    remove.add_argument(
+        "--hessian-samples", type=int, default=DEFAULTS.curvature.samples, help="rows of the Hessian sample"
+    )
+    remove.add_argument(
+        "--hessian-data",
+        default=DEFAULTS.curvature.data,
+        choices=HESSIAN_DATA,
+        help="retained: H of the edited training set; all: of the training set as it was (Koh & Liang)",
+    )
+    remove.add_argument("--damping", type=float, default=DEFAULTS.curvature.damping, help="δ in H + δI")
+    remove.add_argument(
+        "--gauss-newton", action="store_true", help="the Gauss-Newton matrix instead of the exact Hessian"
+    )
+    remove.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=DEFAULTS.curvature.dtype,
+        help="precision of the Hessian-vector products (default: the model's own)",
+    )
+    remove.add_argument(
+        "--ridge", type=float, default=DEFAULTS.solver.gif_ridge, help="GIF's ρ in min ‖H_:T x − g‖² + ρ‖x‖²"
+    )
+    remove.add_argument("--maxiter", type=int, default=DEFAULTS.solver.maxiter, help="solver iterations at most")
+    remove.add_argument("--rtol", type=float, default=DEFAULTS.solver.rtol, help="solver tolerance (relative residual)")
     remove.add_argument(
         "--iterations",
         type=int,
-        default=1,
+        default=DEFAULTS.iterations,
         help="re-linearised steps (1 = one first-order step; see gif_core.experiment)",
     )
     remove.add_argument("--retrain", action="store_true", help="also retrain without the data and report gaps")
@@ -159,7 +192,33 @@ def _request(args: argparse.Namespace) -> ClassRemoval | SampleRemoval | LabelCh
     return None  # backdoor: built once the poisoned training set is known
 
 
+FLAGS = {
+    ("SelectionConfig", "ratio"): "--ratio",
+    ("HessianConfig", "samples"): "--hessian-samples",
+    ("HessianConfig", "damping"): "--damping",
+    ("HessianConfig", "seed"): "--seed",
+    ("SelectionConfig", "seed"): "--seed",
+    ("EstimatorConfig", "gif_ridge"): "--ridge",
+    ("SolverConfig", "rtol"): "--rtol",
+    ("SolverConfig", "maxiter"): "--maxiter",
+    ("EditConfig", "iterations"): "--iterations",
+}
+"""The flag of each configuration field a number typed on the command line sets (named in its error)."""
+
+
 def _config(args: argparse.Namespace) -> EditConfig:
+    """The :class:`EditConfig` the flags ask for; a value outside a setting's constraints is a usage error that
+    names its flag."""
+    try:
+        return _config_of(args)
+    except ConfigError as error:
+        flag = FLAGS.get((error.config, error.field))
+        if flag is None:
+            raise
+        raise UsageError(error.naming(flag)) from error
+
+
+def _config_of(args: argparse.Namespace) -> EditConfig:
     methods = tuple(m.strip().lower() for m in args.method.split(",") if m.strip())
     if args.step == "auto":
         step: float | str = "auto"
@@ -168,22 +227,27 @@ def _config(args: argparse.Namespace) -> EditConfig:
             step = float(args.step)
         except ValueError as exc:
             raise UsageError(f"--step must be a positive number or 'auto', got {args.step!r}") from exc
-    if not 0 < args.ratio <= 1:
-        raise UsageError(f"--ratio must lie in (0, 1], got {args.ratio}")
     return EditConfig(
         methods=methods,
-        selector=args.selector,
-        ratio=args.ratio,
+        selection=SelectionConfig(args.selector, args.ratio, args.budget, args.seed),
+        curvature=HessianConfig(
+            data=args.hessian_data,
+            samples=args.hessian_samples,
+            seed=args.seed,
+            damping=args.damping,
+            gauss_newton=args.gauss_newton,
+            dtype=args.dtype,
+        ),
+        solver=EstimatorConfig(
+            symmetric_solver=args.symmetric_solver,
+            least_squares_solver=args.solver,
+            gif_ridge=args.ridge,
+            rtol=args.rtol,
+            maxiter=args.maxiter,
+        ),
         step=step,
-        hessian_samples=args.hessian_samples,
-        damping=args.damping,
-        least_squares_solver=args.solver,
-        rtol=args.rtol,
-        maxiter=args.maxiter,
-        seed=args.seed,
-        iterations=args.iterations,
-        gif_ridge=args.ridge,
         step_search=dataclasses.replace(DEFAULTS.step_search, cap=args.step_cap),
+        iterations=args.iterations,
     )
 
 

@@ -42,13 +42,14 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import cast
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, linearize, vjp, vmap
 
 from gif_core import distributed
+from gif_core.constraints import MAX_REGULARISER, Alternatives, InstanceOf, Interval, validate
 from gif_core.objective import data_loss
 from gif_core.params import ParamSpace, parameters_of, state_hash
 
@@ -80,11 +81,18 @@ class CurvatureConfig:
     linearize: bool = False
     distributed: bool = True
 
+    CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
+        "weight_decay": (Interval(0, MAX_REGULARISER),),
+        "damping": (Interval(0, MAX_REGULARISER),),
+        "batch_size": (Interval(1, None, integer=True),),
+        "gauss_newton": (InstanceOf(bool),),
+        "dtype": (InstanceOf(torch.dtype), None),
+        "linearize": (InstanceOf(bool),),
+        "distributed": (InstanceOf(bool),),
+    }
+
     def __post_init__(self) -> None:
-        if self.weight_decay < 0 or self.damping < 0:
-            raise ValueError("weight_decay and damping must be ≥ 0")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be ≥ 1")
+        validate(self)
 
 
 class Curvature:

@@ -45,13 +45,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from gif_core.backdoor import BackdoorSpec
 from gif_core.checkpoints import ModelCard
-from gif_core.curvature import CurvatureConfig
+from gif_core.constraints import Alternatives, InstanceOf, Interval, OneOf, validate
 from gif_core.data import DataBundle, LabelledSet
 from gif_core.evaluate import (
     accuracy,
@@ -64,76 +65,75 @@ from gif_core.evaluate import (
 )
 from gif_core.influence import METHODS, SELECTIVE_METHODS, EstimatorConfig, InfluenceResult, estimate
 from gif_core.params import apply_delta, shifted_parameters
-from gif_core.problem import EditProblem, ProblemConfig, prepare
+from gif_core.problem import EditProblem, HessianConfig, ProblemConfig, prepare
 from gif_core.requests import EditRequest
 from gif_core.selection import Selection, SelectionConfig, select
-from gif_core.solvers import SolverConfig
 from gif_core.steps import StepSearch, StepSearchConfig, search_step
 
 Progress = Callable[[str, float], None]
 
 
-MAX_REGULARISER = 1e6
-"""The largest damping δ and ridge ρ accepted: beyond it H + δI is δI to float32 precision for any model here, and
-the squares the solvers form overflow long before δ = 1e308."""
-
-
 @dataclass(frozen=True)
 class EditConfig:
-    """Everything about how an edit is computed (not what is asked: that is the request).
+    """Everything about how an edit is computed (not what is asked: that is the request), in sections:
 
-    The defaults of selector, ratio, Hessian sample, damping δ of H, GIF's ridge ρ, iterations and tolerance were
-    chosen by ``benchmarks/defaults.py`` (class removal on every class of the default CNN, three seeds, α on
-    validation only; ``benchmarks/results/defaults_joint.md``): early-stopped Krylov iterations, a little damping
-    and a ridge all regularise the solve, and together they edit better than a converged undamped solve (stage 1,
-    test split, reported: 50 undamped LSMR iterations left 4.6% of the removed class recognised on average, 3 left
-    0.1%). With 3 iterations GIF costs 10 Hessian-vector products, and ``converged`` is usually False: the solve is
-    stopped by design, not by failure.
+    * ``methods``: the estimators to run side by side (:data:`gif_core.influence.METHODS`);
+    * ``selection``: which parameters GIF/FIF/PIF move (:class:`~gif_core.selection.SelectionConfig`);
+    * ``curvature``: the Hessian sample, damping δ, Gauss-Newton, precision (:class:`~gif_core.problem.HessianConfig`);
+    * ``solver``: the Krylov solvers, GIF's ridge ρ and the stopping rule (:class:`~gif_core.influence.EstimatorConfig`);
+    * ``step``, ``step_search``: the scale α of θ + α·Δ, fixed or searched on validation (``"auto"``);
+    * ``iterations``: re-linearised steps (1 = one first-order step; see the module docstring).
 
-    ``linearize`` traces the Hessian's products once per question (:class:`gif_core.curvature.CurvatureConfig`):
+    Each setting has one default, held by its section, and each section validates its own fields from their declared
+    constraints (:mod:`gif_core.constraints`) when it is made. The defaults of selector, ratio, Hessian sample, damping,
+    ridge, iterations and tolerance were chosen by ``benchmarks/defaults.py`` (class removal on every class of the
+    default CNN, three seeds, α on validation only; ``benchmarks/results/defaults_joint.md``): early-stopped Krylov
+    iterations, a little damping and a ridge all regularise the solve, and together they edit better than a converged
+    undamped solve (stage 1, test split, reported: 50 undamped LSMR iterations left 4.6% of the removed class
+    recognised on average, 3 left 0.1%). With 3 iterations GIF costs 10 Hessian-vector products, and ``converged``
+    is usually False: the solve is stopped by design, not by failure.
+
+    ``curvature.linearize`` traces the Hessian's products once per question (:class:`gif_core.curvature.CurvatureConfig`):
     the same numbers, each product then about one gradient's cost (benchmarks/results/hvp.md). The trace costs
     about as much as the ten products of one default GIF solve save, so it is off by default (one question, one
     solve: benchmarks/results/profile_edit.md) and on where the trace is done before the click (the dashboard).
     """
 
     methods: tuple[str, ...] = ("gif",)
-    selector: str = "gradient"
-    ratio: float = 0.05
-    budget: str = "per-layer"
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    curvature: HessianConfig = field(default_factory=HessianConfig)
+    solver: EstimatorConfig = field(default_factory=EstimatorConfig)
     step: float | str = "auto"
-    hessian_samples: int | None = 200
-    hessian_data: str = "retained"
-    damping: float = 0.03
-    least_squares_solver: str = "lsmr"
-    symmetric_solver: str = "minres"
-    rtol: float = 1e-4
-    maxiter: int = 3
-    seed: int = 0
-    track_residuals: bool = False
-    linearize: bool = False
-    iterations: int = 1
-    gif_ridge: float = 0.01
     step_search: StepSearchConfig = field(default_factory=StepSearchConfig)
+    iterations: int = 1
+
+    CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
+        "methods": (InstanceOf(tuple),),
+        "selection": (InstanceOf(SelectionConfig),),
+        "curvature": (InstanceOf(HessianConfig),),
+        "solver": (InstanceOf(EstimatorConfig),),
+        "step": (OneOf(("auto",)), Interval(0, None, closed="neither")),
+        "step_search": (InstanceOf(StepSearchConfig),),
+        "iterations": (Interval(1, None, integer=True),),
+    }
 
     def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be ≥ 1 (1 = one first-order step), got {self.iterations}")
+        validate(self)
         unknown = [m for m in self.methods if m not in METHODS]
         if not self.methods or unknown:
             raise ValueError(f"Unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
-        if isinstance(self.step, str):
-            if self.step != "auto":
-                raise ValueError(f"step must be a positive number or 'auto', got {self.step!r}")
-        elif not 0 < self.step < math.inf:
-            raise ValueError(f"step must be a positive number or 'auto', got {self.step}")
-        if not 0 <= self.gif_ridge <= MAX_REGULARISER:
-            raise ValueError(f"gif_ridge must be ≥ 0 and ≤ {MAX_REGULARISER:g} (a finite number), got {self.gif_ridge}")
-        if not 0 <= self.damping <= MAX_REGULARISER:
-            raise ValueError(f"damping must be ≥ 0 and ≤ {MAX_REGULARISER:g} (a finite number), got {self.damping}")
-        if self.hessian_samples is not None and self.hessian_samples < 1:
-            raise ValueError(f"hessian_samples must be ≥ 1 (or None: all), got {self.hessian_samples}")
-        SelectionConfig(self.selector, self.ratio, self.budget, self.seed)  # validates selector, ratio, budget
-        SolverConfig(rtol=self.rtol, maxiter=self.maxiter)  # validates the stopping rule before any work
+
+    def with_seed(self, seed: int) -> EditConfig:
+        """The same settings with ``seed`` for every random choice: the Hessian sample and a random selector."""
+        return dataclasses.replace(
+            self,
+            selection=dataclasses.replace(self.selection, seed=seed),
+            curvature=dataclasses.replace(self.curvature, seed=seed),
+        )
+
+    def to_dict(self) -> dict:
+        """The settings as nested plain values (the ``config`` of the JSON report)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -346,7 +346,7 @@ class EditReport:
     def to_dict(self) -> dict:
         report = {
             "request": self.request.describe(),
-            "config": dataclasses.asdict(self.config),
+            "config": self.config.to_dict(),
             "selection": self.selection.describe() if self.selection is not None else None,
             "original": self.original,
             "results": [o.to_dict() for o in self.outcomes],
@@ -404,18 +404,30 @@ def _choose_step(
     return search.step, search
 
 
-PREPARATION_FIELDS = ("hessian_samples", "hessian_data", "damping", "seed", "selector", "ratio", "budget", "linearize")
-"""The :class:`EditConfig` fields that :func:`prepare_edit` depends on; every other field only affects :func:`answer`."""
+PREPARATION_SECTIONS = ("curvature", "selection")
+"""The :class:`EditConfig` sections that :func:`prepare_edit` depends on; every other setting only affects
+:func:`answer`."""
 
 
 def preparation_key(config: EditConfig) -> tuple:
-    """What a :class:`PreparedEdit` must have been prepared with to serve ``config`` (see :data:`PREPARATION_FIELDS`)."""
-    return tuple(getattr(config, name) for name in PREPARATION_FIELDS)
+    """What a :class:`PreparedEdit` must have been prepared with to serve ``config`` (its
+    :data:`PREPARATION_SECTIONS`, frozen and comparable)."""
+    return tuple(getattr(config, name) for name in PREPARATION_SECTIONS)
+
+
+def _changed_settings(old: tuple, new: tuple) -> list[str]:
+    """``section.field old → new`` for every preparation setting that differs between two keys."""
+    return [
+        f"{section}.{f.name} {getattr(before, f.name)!r} → {getattr(after, f.name)!r}"
+        for section, before, after in zip(PREPARATION_SECTIONS, old, new, strict=True)
+        for f in dataclasses.fields(before)
+        if getattr(before, f.name) != getattr(after, f.name)
+    ]
 
 
 @dataclass(frozen=True)
 class PreparedEdit:
-    """The part of an answer that depends on the question and on :data:`PREPARATION_FIELDS` but not on the methods,
+    """The part of an answer that depends on the question and on :data:`PREPARATION_SECTIONS` but not on the methods,
     the solver or the step: the scenario, the problem (g and its Hessian, warmed), the selection, and the original's
     (and, when given, the retrained model's) metrics and test-split probabilities. One of these serves every
     :func:`answer` with a compatible config — the dashboard prepares it in the background before the click."""
@@ -468,20 +480,13 @@ def prepare_edit(
     config = config or EditConfig()
     report_progress = progress or (lambda _message, _fraction: None)
     scenario = build_scenario(request, bundle, train, backdoor)
-    problem_config = ProblemConfig(
-        hessian_data=config.hessian_data,
-        hessian_samples=config.hessian_samples,
-        seed=config.seed,
-        curvature=CurvatureConfig(
-            weight_decay=float(card.recipe.get("weight_decay", 0.0)), damping=config.damping, linearize=config.linearize
-        ),
-    )
+    problem_config = config.curvature.problem_config(weight_decay=float(card.recipe.get("weight_decay", 0.0)))
     report_progress("Computing the gradient of the request", 0.0)
     problem = prepare(model, scenario.train, request, bundle.num_classes, problem_config)
     report_progress("Tracing the Hessian-vector product" if problem.hessian.linearizes else "Hessian ready", 0.3)
     problem.hessian.warm()
-    report_progress(f"Selecting {config.ratio:.0%} of the parameters ({config.selector})", 0.6)
-    selection = select(problem, SelectionConfig(config.selector, config.ratio, config.budget, config.seed))
+    report_progress(f"Selecting {config.selection.ratio:.0%} of the parameters ({config.selection.method})", 0.6)
+    selection = select(problem, config.selection)
     report_progress("Scoring the original model", 0.8)
     original, original_probs = _evaluate(model, scenario)
     prepared = PreparedEdit(
@@ -501,22 +506,13 @@ def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None
     Per method: solve for Δ, choose α (``step="auto"``: the validation search), apply θ + α·Δ to a copy, and score
     it; ``progress(message, fraction)`` is called at each of these phases."""
     if preparation_key(config) != prepared.key:
-        changed = [
-            f"{name} {old!r} → {new!r}"
-            for name, old, new in zip(PREPARATION_FIELDS, prepared.key, preparation_key(config), strict=True)
-            if old != new
-        ]
+        changed = _changed_settings(prepared.key, preparation_key(config))
         raise ValueError(f"This preparation does not serve the config ({', '.join(changed)}): prepare it again.")
     report_progress = progress or (lambda _message, _fraction: None)
     model, scenario, problem, request = prepared.model, prepared.scenario, prepared.problem, prepared.scenario.request
     newton_config = dataclasses.replace(prepared.problem_config, gradient="newton")
     selective = any(m in SELECTIVE_METHODS for m in config.methods)
-    estimator = EstimatorConfig(
-        symmetric_solver=config.symmetric_solver,
-        least_squares_solver=config.least_squares_solver,
-        gif_ridge=config.gif_ridge,
-        solver=SolverConfig(rtol=config.rtol, maxiter=config.maxiter, track_residuals=config.track_residuals),
-    )
+    estimator = config.solver
     outcomes = []
     for i, method in enumerate(config.methods):
         name, share = method.upper(), 1 / len(config.methods)

@@ -16,15 +16,24 @@ g the vector of the request (:mod:`gif_core.problem`), T the selected coordinate
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 
+from gif_core.constraints import MAX_REGULARISER, Alternatives, Interval, OneOf, validate
 from gif_core.operators import HessianOperator
 from gif_core.params import embed
 from gif_core.problem import EditProblem
 from gif_core.selection import Selection, select_all
-from gif_core.solvers import SolverConfig, SolveReport, solve_least_squares, solve_symmetric
+from gif_core.solvers import (
+    LEAST_SQUARES_METHODS,
+    SYMMETRIC_METHODS,
+    SolverConfig,
+    SolveReport,
+    solve_least_squares,
+    solve_symmetric,
+)
 
 METHODS = ("gif", "fif", "pif", "if", "sif")
 SELECTIVE_METHODS = ("gif", "fif", "pif")
@@ -32,13 +41,42 @@ SELECTIVE_METHODS = ("gif", "fif", "pif")
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """Solver choices: ``symmetric_solver`` for IF/PIF/FIF/SIF, ``least_squares_solver`` for GIF, and GIF's
-    Tikhonov weight ρ (``gif_ridge``). Damping of H itself lives in :class:`~gif_core.curvature.CurvatureConfig`."""
+    """How the estimators solve (``EditConfig.solver``): ``symmetric_solver`` for IF/PIF/FIF/SIF,
+    ``least_squares_solver`` for GIF, GIF's Tikhonov weight ρ (``gif_ridge``) and the stopping rule (``solver``).
+    Damping of H itself is a curvature setting (:class:`~gif_core.problem.HessianConfig`). ``rtol``, ``maxiter``,
+    ``track_residuals`` and ``richardson_restarts`` are the stopping rule of every solve (:attr:`stopping`).
+
+    The defaults are an edit's, chosen by ``benchmarks/defaults.py`` (see :class:`gif_core.experiment.EditConfig`):
+    ρ = 0.01 and at most 3 iterations, early-stopped by design; give a tight ``rtol`` and a large ``maxiter`` (and
+    ρ = 0) for a converged solve."""
 
     symmetric_solver: str = "minres"
     least_squares_solver: str = "lsmr"
-    gif_ridge: float = 0.0
-    solver: SolverConfig = field(default_factory=SolverConfig)
+    gif_ridge: float = 0.01
+    rtol: float = 1e-4
+    maxiter: int = 3
+    track_residuals: bool = False
+    richardson_restarts: int = 100
+
+    CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
+        "symmetric_solver": (OneOf(SYMMETRIC_METHODS),),
+        "least_squares_solver": (OneOf(LEAST_SQUARES_METHODS),),
+        "gif_ridge": (Interval(0, MAX_REGULARISER),),
+    }
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.stopping  # noqa: B018 (validates the stopping rule by SolverConfig's declared constraints)
+
+    @property
+    def stopping(self) -> SolverConfig:
+        """The stopping rule every solve of the estimators runs under."""
+        return SolverConfig(
+            rtol=self.rtol,
+            maxiter=self.maxiter,
+            track_residuals=self.track_residuals,
+            richardson_restarts=self.richardson_restarts,
+        )
 
 
 @dataclass(frozen=True)
@@ -101,10 +139,10 @@ def _damping_note(problem: EditProblem) -> str:
 def _influence(problem: EditProblem, selection: Selection, config: EstimatorConfig):
     """Δ = H⁻¹g, solved once per problem and solver settings (PIF at any ratio reuses it: its report then
     shows the products of that one solve, which were spent once)."""
-    key = (config.symmetric_solver, config.solver)
+    key = (config.symmetric_solver, config.stopping)
     if key not in problem.memo.solutions:
         problem.memo.solutions[key] = solve_symmetric(
-            HessianOperator(problem.hessian), problem.g, config.symmetric_solver, config.solver
+            HessianOperator(problem.hessian), problem.g, config.symmetric_solver, config.stopping
         )
     x, report = problem.memo.solutions[key]
     return x.clone(), [report], f"{_damping_note(problem)} x = g by {report.name}"
@@ -119,14 +157,14 @@ def _projected(problem: EditProblem, selection: Selection, config: EstimatorConf
 def _frozen(problem: EditProblem, selection: Selection, config: EstimatorConfig):
     index = selection.indices.to(problem.g.device)
     block = HessianOperator(problem.hessian).restrict(index, index)  # H_TT
-    x, report = solve_symmetric(block, problem.g[index], config.symmetric_solver, config.solver)
+    x, report = solve_symmetric(block, problem.g[index], config.symmetric_solver, config.stopping)
     return embed(x, index, problem.space.numel), [report], f"{_damping_note(problem)}_TT x = g_T by {report.name}"
 
 
 def _generalized(problem: EditProblem, selection: Selection, config: EstimatorConfig):
     index = selection.indices.to(problem.g.device)
     columns = HessianOperator(problem.hessian).restrict(cols=index)  # H_{:,T}; its transpose y ↦ (H y)_T
-    x, report = solve_least_squares(columns, problem.g, config.least_squares_solver, config.gif_ridge, config.solver)
+    x, report = solve_least_squares(columns, problem.g, config.least_squares_solver, config.gif_ridge, config.stopping)
     ridge = f" + {config.gif_ridge:g}‖x‖²" if config.gif_ridge else ""
     return (
         embed(x, index, problem.space.numel),
@@ -137,9 +175,9 @@ def _generalized(problem: EditProblem, selection: Selection, config: EstimatorCo
 
 def _second_order(problem: EditProblem, selection: Selection, config: EstimatorConfig):
     full = problem.full_hessian()
-    first, report1 = solve_symmetric(full, problem.g, config.symmetric_solver, config.solver)
+    first, report1 = solve_symmetric(full, problem.g, config.symmetric_solver, config.stopping)
     rhs = -problem.scale * problem.perturbation_hvp(first)
-    second, report2 = solve_symmetric(full, rhs, config.symmetric_solver, config.solver)
+    second, report2 = solve_symmetric(full, rhs, config.symmetric_solver, config.stopping)
     # Count Hessian-vector products, not operator calls: one H_L product may combine two Hessians, and the
     # right-hand side of the second solve needed one ∇²D product.
     per_call = problem.full_hvp_products

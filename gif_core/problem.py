@@ -25,10 +25,12 @@ Hessian ∇²L and ∇²D, which :class:`EditProblem` assembles from H and Hessi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from gif_core.constraints import MAX_REGULARISER, Alternatives, InstanceOf, Interval, OneOf, validate
 from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import seeded_subset
 from gif_core.evaluate import LabelledData
@@ -38,12 +40,14 @@ from gif_core.requests import DataEdit, EditRequest
 
 GRADIENT_MODES = ("first-order", "newton")
 HESSIAN_DATA = ("retained", "all")
+DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
 class ProblemConfig:
     """How an :class:`EditProblem` is set up: which data H covers (S∖U or S), the Hessian sample size (None = all
-    of it), its seed, the g variant and the curvature options."""
+    of it), its seed, the g variant and the curvature options. Its defaults are the exact problem (every sample, no
+    damping), as the tests against dense Hessians need it; an edit's chosen defaults are :class:`HessianConfig`'s."""
 
     hessian_data: str = "retained"
     hessian_samples: int | None = None
@@ -51,13 +55,60 @@ class ProblemConfig:
     gradient: str = "first-order"
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
 
+    CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
+        "hessian_data": (OneOf(HESSIAN_DATA),),
+        "hessian_samples": (Interval(1, None, integer=True), None),
+        "seed": (Interval(0, None, integer=True),),
+        "gradient": (OneOf(GRADIENT_MODES),),
+        "curvature": (InstanceOf(CurvatureConfig),),
+    }
+
     def __post_init__(self) -> None:
-        if self.gradient not in GRADIENT_MODES:
-            raise ValueError(f"gradient must be one of {', '.join(GRADIENT_MODES)}, got {self.gradient!r}")
-        if self.hessian_data not in HESSIAN_DATA:
-            raise ValueError(f"hessian_data must be one of {', '.join(HESSIAN_DATA)}, got {self.hessian_data!r}")
-        if self.hessian_samples is not None and self.hessian_samples < 1:
-            raise ValueError("hessian_samples must be ≥ 1 (or None for all retained samples)")
+        validate(self)
+
+
+@dataclass(frozen=True)
+class HessianConfig:
+    """The curvature settings of an edit, as a person chooses them (``EditConfig.curvature``): which data H covers
+    (``data``: "retained" = the edited training set, "all" = S as it was), how many of its samples (``samples``;
+    None = all), the sample's ``seed``, the damping δ of H + δI, Gauss-Newton instead of the exact Hessian, the
+    precision of the products (``dtype``: "float32", "float64" or None = the model's own) and whether the products
+    are traced once (``linearize``). The weight decay λ of the objective is not chosen here: it is the model's own,
+    from its training recipe (:meth:`problem_config`).
+
+    The defaults were chosen by ``benchmarks/defaults.py`` (see :class:`gif_core.experiment.EditConfig`)."""
+
+    data: str = "retained"
+    samples: int | None = 200
+    seed: int = 0
+    damping: float = 0.03
+    gauss_newton: bool = False
+    dtype: str | None = None
+    linearize: bool = False
+
+    CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
+        "data": (OneOf(HESSIAN_DATA),),
+        "samples": (Interval(1, None, integer=True), None),
+        "seed": (Interval(0, None, integer=True),),
+        "damping": (Interval(0, MAX_REGULARISER),),
+        "gauss_newton": (InstanceOf(bool),),
+        "dtype": (OneOf(DTYPES), None),
+        "linearize": (InstanceOf(bool),),
+    }
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def problem_config(self, weight_decay: float, gradient: str = "first-order") -> ProblemConfig:
+        """The :class:`ProblemConfig` of these settings for a model trained with weight decay λ = ``weight_decay``."""
+        curvature = CurvatureConfig(
+            weight_decay=weight_decay,
+            damping=self.damping,
+            gauss_newton=self.gauss_newton,
+            dtype=getattr(torch, self.dtype) if self.dtype is not None else None,
+            linearize=self.linearize,
+        )
+        return ProblemConfig(self.data, self.samples, self.seed, gradient, curvature)
 
 
 @dataclass

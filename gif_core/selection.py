@@ -35,11 +35,13 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gif_core.constraints import Alternatives, Interval, OneOf, validate
 from gif_core.params import NeuronLayer, ParamSpace
 from gif_core.problem import EditProblem
 
@@ -57,13 +59,17 @@ class SelectionConfig:
     fisher_epsilon: float = 1e-8
     batch_size: int = 512
 
+    CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
+        "method": (OneOf(METHODS),),
+        "ratio": (Interval(0, 1, closed="right"),),
+        "budget": (OneOf(BUDGETS),),
+        "seed": (Interval(0, None, integer=True),),
+        "fisher_epsilon": (Interval(0, None, closed="neither"),),
+        "batch_size": (Interval(1, None, integer=True),),
+    }
+
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"Unknown selector {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not 0 < self.ratio <= 1:
-            raise ValueError(f"ratio must lie in (0, 1], got {self.ratio}")
-        if self.budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        validate(self)
 
 
 @dataclass(frozen=True)

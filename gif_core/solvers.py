@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from scipy.sparse import linalg as spla
 from threadpoolctl import threadpool_limits
 
+from gif_core.constraints import Alternatives, InstanceOf, Interval, validate
 from gif_core.operators import Counted, LinearMap, Normal, to_numpy
 
 SYMMETRIC_METHODS = ("minres", "cg")
@@ -50,11 +52,17 @@ class SolverConfig:
     richardson_scale_step: float = 0.5
     richardson_restarts: int = 100
 
+    CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
+        "rtol": (Interval(0, 1, closed="neither"),),
+        "maxiter": (Interval(1, None, integer=True),),
+        "track_residuals": (InstanceOf(bool),),
+        "richardson_scale": (Interval(0, None, closed="neither"),),
+        "richardson_scale_step": (Interval(0, None, closed="neither"),),
+        "richardson_restarts": (Interval(0, None, integer=True),),
+    }
+
     def __post_init__(self) -> None:
-        if not 0 < self.rtol < 1:
-            raise ValueError(f"rtol must lie in (0, 1), got {self.rtol}")
-        if self.maxiter < 1:
-            raise ValueError("maxiter must be ≥ 1")
+        validate(self)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
+
+from gif_core.constraints import Alternatives, Interval, validate
 
 Objective = Callable[[float], float]
 
@@ -47,19 +50,23 @@ class StepSearchConfig:
     tolerance: float = 1.0
     refine: int = 2
 
+    CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
+        "start": (Interval(0, None, closed="neither"),),
+        "factor": (Interval(1, None, closed="neither"),),
+        "cap": (Interval(0, None, closed="neither"),),
+        "floor": (Interval(0, None, closed="neither"),),
+        "patience": (Interval(1, None, integer=True),),
+        "tolerance": (Interval(0, None),),
+        "refine": (Interval(0, None, integer=True),),
+    }
+
     def __post_init__(self) -> None:
-        if not 0 < self.floor <= self.start <= self.cap or not math.isfinite(self.cap):
+        if not 0 < self.floor <= self.start <= self.cap or not math.isfinite(self.cap):  # the one cross-field rule
             raise ValueError(
                 f"The step search needs 0 < floor ≤ start ≤ cap < inf, got floor {self.floor}, start {self.start}, "
                 f"cap {self.cap}"
             )
-        if not self.factor > 1:
-            raise ValueError(f"factor must be > 1, got {self.factor}")
-        if self.patience < 1 or self.refine < 0 or not self.tolerance >= 0:
-            raise ValueError(
-                f"patience must be ≥ 1, refine ≥ 0 and tolerance ≥ 0, got {self.patience}, {self.refine}, "
-                f"{self.tolerance}"
-            )
+        validate(self)
 
 
 @dataclass(frozen=True)

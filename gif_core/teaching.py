@@ -33,7 +33,6 @@ from gif_core.problem import EditProblem, ProblemConfig, prepare
 from gif_core.requests import SampleRemoval
 from gif_core.scores import SCORE_FORMULA, SCORE_MEANING
 from gif_core.selection import Selection, SelectionConfig, from_mask, select
-from gif_core.solvers import SolverConfig
 from gif_core.train import Recipe, train_model
 
 
@@ -298,7 +297,7 @@ def toy_example(config: ToyConfig | None = None) -> ToyResult:
         config=ProblemConfig(curvature=CurvatureConfig(weight_decay=config.weight_decay)),
     )
     selection = _toy_selection(problem, config)
-    estimator = EstimatorConfig(solver=SolverConfig(rtol=1e-12, maxiter=20))
+    estimator = EstimatorConfig(gif_ridge=0.0, rtol=1e-12, maxiter=20)
     updates = {}
     for method in METHODS:
         result = estimate(method, problem, selection, estimator)

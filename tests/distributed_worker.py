@@ -20,6 +20,7 @@ from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import DataBundle, load_data
 from gif_core.experiment import EditConfig, run_edit
 from gif_core.requests import ClassRemoval, LabelChange
+from gif_core.selection import SelectionConfig
 from gif_core.zoo import bundled_model_path
 
 N_ROWS = 61  # odd: the two shards differ in size
@@ -71,7 +72,7 @@ def edits() -> dict[str, object]:
         card,
         bundle,
         LabelChange((0, 1, 2), tuple((int(y) + 1) % 3 for y in bundle.train.labels[:3])),
-        EditConfig(methods=("gif",), selector="curvature", iterations=2),
+        EditConfig(("gif",), SelectionConfig("curvature"), iterations=2),
     )
     out: dict[str, object] = {}
     for name, report in (("removal", removal), ("change", change)):

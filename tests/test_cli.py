@@ -73,11 +73,13 @@ def test_relabel_and_save_edited_model(tmp_path):
         (["remove", "--samples", "1,x"], "comma-separated integers"),
         (["remove", "--samples", "99999"], "out of range"),
         (["remove", "--relabel", "3"], "ROW:LABEL"),
-        (["remove", "--class", "1", "--ratio", "1.5"], "ratio must lie in"),
-        (["remove", "--class", "1", "--ratio", "0"], "ratio must lie in"),
+        (["remove", "--class", "1", "--ratio", "1.5"], "--ratio must be a finite number in (0, 1], got 1.5"),
+        (["remove", "--class", "1", "--ratio", "0"], "--ratio must be a finite number in (0, 1], got 0"),
+        (["remove", "--class", "1", "--hessian-samples", "0"], "--hessian-samples must be a whole number ≥ 1"),
+        (["remove", "--class", "1", "--seed", "-1"], "--seed must be a whole number ≥ 0"),
         (["remove", "--class", "1", "--method", "gif,magic"], "Unknown method"),
         (["remove", "--class", "1", "--step", "big"], "--step must be"),
-        (["remove", "--class", "1", "--iterations", "0"], "iterations must be"),
+        (["remove", "--class", "1", "--iterations", "0"], "--iterations must be"),
         (["remove", "--class", "1", "--model", "missing.safetensors"], "not found"),
         (["info", "nowhere.safetensors"], "not found"),
     ],
@@ -126,14 +128,26 @@ def test_solver_flags_reach_the_config():
 
     argv = ["remove", "--class", "1", "--ridge", "1e-3", "--rtol", "0.05", "--step-cap", "500", "--damping", "0.01"]
     config = _config(_parser().parse_args(argv))
-    assert (config.gif_ridge, config.rtol, config.step_search.cap, config.damping) == (1e-3, 0.05, 500.0, 0.01)
+    assert (config.solver.gif_ridge, config.solver.rtol, config.step_search.cap, config.curvature.damping) == (
+        1e-3,
+        0.05,
+        500.0,
+        0.01,
+    )
+    argv = ["remove", "--class", "1", "--dtype", "float64", "--gauss-newton", "--hessian-data", "all", "--seed", "3"]
+    argv += ["--budget", "global", "--symmetric-solver", "cg", "--maxiter", "7", "--hessian-samples", "64"]
+    config = _config(_parser().parse_args(argv))
+    curvature, selection, solver = config.curvature, config.selection, config.solver
+    assert (curvature.dtype, curvature.gauss_newton, curvature.data, curvature.samples) == ("float64", True, "all", 64)
+    assert (selection.budget, selection.seed, curvature.seed) == ("global", 3, 3)
+    assert (solver.symmetric_solver, solver.maxiter) == ("cg", 7)
 
 
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--ridge", "-1", "gif_ridge must be"),
-        ("--rtol", "2", "rtol must lie in"),
+        ("--ridge", "-1", "--ridge must be a finite number in [0, 1e+06], got -1.0"),
+        ("--rtol", "2", "--rtol must be a finite number in (0, 1), got 2.0"),
         ("--step-cap", "0.5", "floor ≤ start ≤ cap"),
     ],
 )
@@ -141,3 +155,14 @@ def test_bad_solver_flags_are_one_line_errors(flag, value, message, capsys):
     assert main(["remove", "--class", "1", flag, value, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_precision_and_gauss_newton_flags_reach_the_edit_and_its_report(tmp_path):
+    out = tmp_path / "report.json"
+    argv = ["remove", *IRIS, "--class", "0", "--dtype", "float64", "--gauss-newton", "--json", str(out), *FAST]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["curvature"]["dtype"] == "float64" and report["config"]["curvature"]["gauss_newton"]
+    assert report["config"]["solver"]["gif_ridge"] == 0.01 and report["config"]["selection"]["ratio"] == 0.05
+    (gif,) = report["results"]
+    assert not gif["diverged"] and gif["forget_acc"] < report["original"]["forget_acc"]

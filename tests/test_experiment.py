@@ -11,9 +11,12 @@ from gif_core.backdoor import BackdoorSpec, Trigger, poison_training_set
 from gif_core.checkpoints import checkpoint_id, load_checkpoint
 from gif_core.data import DataBundle, LabelledSet, load_data
 from gif_core.experiment import EditConfig, build_scenario, evaluate_model, run_edit, step_objective
+from gif_core.influence import EstimatorConfig
 from gif_core.params import apply_delta, state_hash
+from gif_core.problem import HessianConfig
 from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval
 from gif_core.retrain import edited_training_set, retrain
+from gif_core.selection import SelectionConfig
 from gif_core.zoo import bundled_model_path
 
 
@@ -62,7 +65,7 @@ def test_class_scenario_uses_test_images_of_the_class(iris):
 def test_auto_step_maximises_the_validation_objective(iris):
     model, card, data, _ = iris
     before = state_hash(model)
-    config = EditConfig(methods=("gif", "if"), ratio=0.2, step="auto", hessian_samples=None)
+    config = EditConfig(("gif", "if"), SelectionConfig(ratio=0.2), HessianConfig(samples=None), step="auto")
     report = run_edit(model, card, data, ClassRemoval(0), config)
     assert state_hash(model) == before
     for outcome in report.outcomes:
@@ -84,7 +87,9 @@ def test_auto_step_goes_beyond_32_where_the_objective_is_flat_below(iris):
     """A truncated GIF solve (2 LSMR iterations) returns a short Δ: on iris class 0 the validation objective is 0 at
     every α ≤ 32, the end of the old fixed grid, which then kept the class. The open-ended search finds the step."""
     model, card, data, _ = iris
-    config = EditConfig(methods=("gif",), ratio=0.2, step="auto", hessian_samples=None, maxiter=2)
+    config = EditConfig(
+        ("gif",), SelectionConfig(ratio=0.2), HessianConfig(samples=None), EstimatorConfig(maxiter=2), step="auto"
+    )
     report = run_edit(model, card, data, ClassRemoval(0), config)
     outcome = report.outcomes[0]
     assert {o for a, o in outcome.step_curve if a <= 32} == {0.0}
@@ -97,7 +102,11 @@ def test_a_step_search_stopped_by_its_cap_says_so(iris):
     report says so."""
     model, card, data, _ = iris
     config = EditConfig(
-        methods=("gif",), ratio=0.2, step="auto", hessian_samples=None, maxiter=1, damping=0.0, gif_ridge=0.0
+        ("gif",),
+        SelectionConfig(ratio=0.2),
+        HessianConfig(samples=None, damping=0.0),
+        EstimatorConfig(gif_ridge=0.0, maxiter=1),
+        step="auto",
     )
     record = run_edit(model, card, data, ClassRemoval(0), config).to_dict()["results"][0]["step_search"]
     assert record["cap_hit"] and record["step"] == record["cap"] == 1e4
@@ -136,7 +145,7 @@ def test_invalid_edit_config():
     with pytest.raises(ValueError, match="step must be"):
         EditConfig(step=0.0)
     with pytest.raises(ValueError, match="ratio"):
-        EditConfig(ratio=2.0)
+        EditConfig(selection=SelectionConfig(ratio=2.0))
     with pytest.raises(ValueError, match="iterations"):
         EditConfig(iterations=0)
 
@@ -176,14 +185,11 @@ def test_iterated_steps_converge_to_the_retrained_optimum_on_a_convex_model(requ
     for k in (1, 5):
         config = EditConfig(  # Newton's method: the exact Hessian, no damping and no ridge (the defaults have both)
             methods=("gif", "if"),
-            ratio=1.0,
+            selection=SelectionConfig(ratio=1.0),
+            curvature=HessianConfig(samples=None, damping=0.0),
+            solver=EstimatorConfig(gif_ridge=0.0, rtol=1e-10, maxiter=500),
             step=1.0,
-            hessian_samples=None,
-            rtol=1e-10,
-            maxiter=500,
             iterations=k,
-            damping=0.0,
-            gif_ridge=0.0,
         )
         report = run_edit(model, card, data, request_, config)
         for outcome in report.outcomes:
@@ -280,7 +286,7 @@ def test_one_preparation_serves_several_answers_with_the_numbers_of_run_edit(iri
         raise AssertionError("prepared again")
 
     monkeypatch.setattr(experiment, "prepare", refuse)  # a second answer reuses g, H and the selection
-    other = experiment.answer(prepared, EditConfig(methods=("fif", "pif"), maxiter=5, step=2.0))
+    other = experiment.answer(prepared, EditConfig(("fif", "pif"), solver=EstimatorConfig(maxiter=5), step=2.0))
     assert [o.method for o in other.outcomes] == ["fif", "pif"] and other.selection is prepared.selection
     assert other.original == prepared.original
 
@@ -290,14 +296,20 @@ def test_a_preparation_refuses_a_config_it_was_not_prepared_for(iris):
 
     model, card, data, _ = iris
     prepared = experiment.prepare_edit(model, card, data, ClassRemoval(0), EditConfig())
-    with pytest.raises(ValueError, match=r"ratio 0\.05 → 0\.1.*prepare it again"):
-        experiment.answer(prepared, EditConfig(ratio=0.1))
+    with pytest.raises(ValueError, match=r"selection\.ratio 0\.05 → 0\.1.*prepare it again"):
+        experiment.answer(prepared, EditConfig(selection=SelectionConfig(ratio=0.1)))
 
 
 def test_linearized_products_leave_the_edit_unchanged(iris):
     model, card, data, _ = iris
     plain, traced = (
-        run_edit(model, card, data, SampleRemoval([0, 5, 9]), EditConfig(methods=("gif", "if"), linearize=flag))
+        run_edit(
+            model,
+            card,
+            data,
+            SampleRemoval([0, 5, 9]),
+            EditConfig(("gif", "if"), curvature=HessianConfig(linearize=flag)),
+        )
         for flag in (False, True)
     )
     for a, b in zip(plain.outcomes, traced.outcomes, strict=True):
@@ -333,7 +345,7 @@ def test_a_no_op_edit_is_flagged_on_its_row():
     from gif_core.zoo import bundled_model_path
 
     loaded = open_workspace_path(bundled_model_path("iris_mlp"))
-    config = EditConfig(methods=("gif", "if"), step=1e-6, hessian_samples=64)
+    config = EditConfig(("gif", "if"), curvature=HessianConfig(samples=64), step=1e-6)
     report = run_edit(loaded.model, loaded.card, loaded.bundle, SampleRemoval((0, 1, 2, 3, 4, 5, 6, 7)), config)
     for outcome in report.outcomes:
         assert any("changes no test prediction" in f for f in outcome.flags), outcome.flags
@@ -351,3 +363,19 @@ def test_edit_flags_name_the_step_at_an_end_of_the_search():
     worse = edit_flags({"retain_acc": 80.0}, probs, {"retain_acc": 90.0}, probs.flip(0), None)
     assert worse == ("worse than the original on the retained data (10.0 points lower)",)
     assert edit_flags({"retain_acc": 89.6}, probs, {"retain_acc": 90.0}, probs.flip(0), None) == ()
+
+
+def test_the_curvature_section_reaches_the_hessian_of_the_edit(iris):
+    """Precision, Gauss-Newton, damping, the sample and the card's weight decay all arrive in the problem's H."""
+    import gif_core.experiment as experiment
+
+    model, card, data, _ = iris
+    curvature = HessianConfig(samples=32, seed=4, damping=0.2, gauss_newton=True, dtype="float64")
+    prepared = experiment.prepare_edit(model, card, data, ClassRemoval(1), EditConfig(curvature=curvature))
+    hessian = prepared.problem.hessian
+    assert hessian.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32  # the model untouched
+    assert hessian.config.gauss_newton and hessian.config.damping == 0.2
+    assert hessian.config.weight_decay == card.recipe["weight_decay"]
+    assert prepared.problem_config.hessian_samples == 32 and prepared.problem_config.seed == 4
+    report = experiment.answer(prepared, EditConfig(curvature=curvature))
+    assert not report.outcomes[0].diverged and report.outcomes[0].result.delta.dtype == torch.float64

@@ -12,6 +12,7 @@ from gif_core.cli import main
 from gif_core.evaluate import NonFiniteOutput, predict_proba
 from gif_core.experiment import EditConfig, run_edit
 from gif_core.params import ParamSpace, apply_delta
+from gif_core.problem import HessianConfig
 from gif_core.requests import ClassRemoval
 from gif_core.steps import StepSearchConfig
 from gif_core.train import Recipe
@@ -86,7 +87,7 @@ def test_relinearised_steps_that_blow_up_end_diverged_not_in_a_traceback(tmp_pat
 
 
 def test_library_edit_with_a_diverging_step_has_no_metrics_and_no_model(bundled):
-    config = EditConfig(methods=("gif",), step=1e37, hessian_samples=64, maxiter=3)
+    config = EditConfig(("gif",), curvature=HessianConfig(samples=64), step=1e37)
     report = run_edit(bundled.model, bundled.card, bundled.bundle, ClassRemoval(1), config)
     (outcome,) = report.outcomes
     assert outcome.diverged and outcome.model is None and outcome.metrics == {} and outcome.test_probs is None
@@ -96,7 +97,7 @@ def test_library_edit_with_a_diverging_step_has_no_metrics_and_no_model(bundled)
 def test_the_auto_step_never_chooses_a_diverged_alpha(bundled):
     """With a cap far beyond overflow the search walks into non-finite outputs, records them and stops there."""
     search = StepSearchConfig(factor=1e4, cap=1e36, patience=20)
-    config = EditConfig(methods=("gif",), hessian_samples=64, maxiter=3, step_search=search)
+    config = EditConfig(("gif",), curvature=HessianConfig(samples=64), step_search=search)
     report = run_edit(bundled.model, bundled.card, bundled.bundle, ClassRemoval(1), config)
     (outcome,) = report.outcomes
     assert not outcome.diverged and outcome.step_search.diverged  # it reached α where the model overflows

@@ -5,8 +5,10 @@ import torch
 
 from gif_core.checkpoints import checkpoint_id, load_checkpoint_bytes, weights_bytes
 from gif_core.experiment import EditConfig, run_edit
+from gif_core.influence import EstimatorConfig
 from gif_core.params import state_hash
 from gif_core.requests import ClassRemoval
+from gif_core.selection import SelectionConfig
 from gif_core.workspace import edited_card, open_workspace, open_workspace_path
 from gif_core.zoo import bundled_model_path
 
@@ -36,7 +38,13 @@ def test_backdoored_workspace_trains_on_the_poisoned_split_and_knows_how_to_undo
 def test_edited_checkpoint_bytes_round_trip_and_record_the_edit():
     loaded = open_workspace_path(bundled_model_path("iris_mlp"))
     before = state_hash(loaded.model)
-    report = run_edit(loaded.model, loaded.card, loaded.bundle, ClassRemoval(1), EditConfig(ratio=0.2, maxiter=10))
+    report = run_edit(
+        loaded.model,
+        loaded.card,
+        loaded.bundle,
+        ClassRemoval(1),
+        EditConfig(selection=SelectionConfig(ratio=0.2), solver=EstimatorConfig(maxiter=10)),
+    )
     outcome = report.outcomes[0]
     card = edited_card(loaded, outcome, report.request.describe())
     model, reloaded_card = load_checkpoint_bytes(weights_bytes(outcome.model), card.to_json(), "edited.safetensors")
@@ -60,7 +68,7 @@ def test_answer_returns_the_frozen_report_with_its_model_and_ground_truth(privat
     import dataclasses
 
     loaded = open_workspace_path(bundled_model_path("iris_mlp"))
-    config = EditConfig(methods=("gif", "if"), ratio=0.2, maxiter=10)
+    config = EditConfig(("gif", "if"), SelectionConfig(ratio=0.2), solver=EstimatorConfig(maxiter=10))
     first = loaded.answer(ClassRemoval(1), config, retrain=True, show_bar=False)
     again = loaded.answer(ClassRemoval(1), config, retrain=True, show_bar=False)
     direct = run_edit(

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 from torch import nn
 
-from app import charts, session
+from app import charts, session, warmup
 from app.request_form import request_form
-from gif_core.curvature import CurvatureConfig
 from gif_core.experiment import EditConfig
-from gif_core.problem import ProblemConfig, prepare
+from gif_core.problem import prepare
 from gif_core.selection import (
     BUDGETS,
     METHODS,
     Selection,
-    SelectionConfig,
     layer_architecture,
     layer_titles,
     layers_without_units,
@@ -71,12 +71,14 @@ with session.errors_shown():
     st.markdown(session.model_caption(loaded))
     request = request_form(loaded, "select")
     a, b, c = st.columns(3)
-    first = a.selectbox("Selector A", METHODS, index=METHODS.index(DEFAULTS.selector), key="selector_a")
+    first = a.selectbox("Selector A", METHODS, index=METHODS.index(DEFAULTS.selection.method), key="selector_a")
     second = b.selectbox("Selector B (overlap)", METHODS, index=METHODS.index("output"), key="selector_b")
     ratio = c.select_slider(
-        "Share of parameters", RATIOS, value=DEFAULTS.ratio, format_func=lambda r: f"{r:.0%}", key="sel_ratio"
+        "Share of parameters", RATIOS, value=DEFAULTS.selection.ratio, format_func=lambda r: f"{r:.0%}", key="sel_ratio"
     )
-    budget = c.radio("Budget", BUDGETS, index=BUDGETS.index(DEFAULTS.budget), horizontal=True, key="sel_budget")
+    budget = c.radio(
+        "Budget", BUDGETS, index=BUDGETS.index(DEFAULTS.selection.budget), horizontal=True, key="sel_budget"
+    )
     if st.button("Select parameters", type="primary", key="run_select", disabled=request is None):
         assert request is not None  # the button is disabled without a request
         with st.spinner("Scoring neurons on the questioned data…"):
@@ -85,13 +87,12 @@ with session.errors_shown():
                 loaded.train,
                 request,
                 loaded.bundle.num_classes,
-                ProblemConfig(
-                    hessian_samples=DEFAULTS.hessian_samples,
-                    seed=DEFAULTS.seed,
-                    curvature=CurvatureConfig(weight_decay=loaded.weight_decay),
-                ),
+                warmup.page_defaults(loaded).curvature.problem_config(loaded.weight_decay),
             )
-            chosen = [select(problem, SelectionConfig(m, ratio, budget)) for m in (first, second)]
+            chosen = [
+                select(problem, dataclasses.replace(DEFAULTS.selection, method=m, ratio=ratio, budget=budget))
+                for m in (first, second)
+            ]
         st.session_state["selection_view"] = (loaded.model_id, request, chosen)
     stored = st.session_state.get("selection_view")
     if stored is not None and stored[0] == loaded.model_id:

@@ -21,9 +21,10 @@ from gif_core.comparison import ModelPredictions, predictions_of
 from gif_core.data import DataBundle
 from gif_core.evaluate import predict_proba
 from gif_core.experiment import EditConfig, EditReport, MethodOutcome, answer
-from gif_core.influence import METHODS
+from gif_core.influence import METHODS, EstimatorConfig
+from gif_core.problem import DTYPES, HESSIAN_DATA, HessianConfig
 from gif_core.selection import METHODS as SELECTORS
-from gif_core.solvers import LEAST_SQUARES_METHODS
+from gif_core.solvers import LEAST_SQUARES_METHODS, SYMMETRIC_METHODS
 from gif_core.workspace import Workspace, edited_card
 
 st.set_page_config(page_title="What-if edit · GIF Explorer", layout="wide")
@@ -36,6 +37,7 @@ st.caption(
 METHOD_NAMES = {"gif": "GIF", "fif": "FIF", "pif": "PIF", "if": "IF", "sif": "SIF"}
 RATIOS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 DEFAULTS = EditConfig()
+MODEL_PRECISION = "the model's own"
 STEP_MODES = ["auto (validation split)", "fixed"]
 HISTORY = "edit_history"  # session key of the run history: {model id: [HistoryEntry, …]}, one per finished edit
 CHARTS_PER_ROW = 3
@@ -211,6 +213,55 @@ def show_downloads(loaded: Workspace, report: EditReport, finished: Sequence[Met
     )
 
 
+def curvature_settings(shown: HessianConfig, n_train: int) -> HessianConfig:
+    """The curvature widgets, starting at ``shown`` (the page's defaults): which data H covers, its sample, the
+    damping δ, Gauss-Newton and the precision of the products."""
+    s1, s2, s3, s4, s5 = st.columns(5)
+    assert shown.samples is not None  # page_defaults caps the library's default number
+    samples = s1.number_input("Hessian samples", min(16, n_train), n_train, shown.samples, step=16, key="hess_n")
+    data = s2.selectbox(
+        "H over", HESSIAN_DATA, index=HESSIAN_DATA.index(shown.data), key="hess_data",
+        help="retained: the edited training set (one Newton step on it); all: the training set as it was (Koh & Liang)",
+    )  # fmt: skip
+    damping = s3.number_input("Damping δ of H", 0.0, 10.0, shown.damping, step=0.001, format="%.4f", key="damping")
+    precisions = [MODEL_PRECISION, *DTYPES]
+    dtype = s4.selectbox(
+        "Precision of H·v", precisions, index=precisions.index(shown.dtype or MODEL_PRECISION), key="dtype",
+        help="float64 products let the Krylov solves reach smaller residuals (benchmarks/results/engine.md)",
+    )  # fmt: skip
+    gauss_newton = s5.checkbox(
+        "Gauss-Newton", shown.gauss_newton, key="gauss_newton",
+        help="the Gauss-Newton matrix (positive semi-definite) instead of the exact Hessian",
+    )  # fmt: skip
+    return dataclasses.replace(
+        shown, samples=int(samples), data=data, damping=float(damping), gauss_newton=gauss_newton,
+        dtype=None if dtype == MODEL_PRECISION else dtype,
+    )  # fmt: skip
+
+
+def solver_settings() -> EstimatorConfig:
+    """The solver widgets, starting at the library's defaults: solvers, GIF's ridge ρ and the stopping rule."""
+    shown = DEFAULTS.solver
+    s1, s2, s3, s4, s5 = st.columns(5)
+    maxiter = s1.number_input("Max iterations", 1, 1000, shown.maxiter, step=5, key="maxiter")
+    rtol = s2.number_input("Tolerance", 1e-12, 0.5, shown.rtol, format="%.0e", key="rtol")
+    ridge = s3.number_input("GIF ridge ρ", 0.0, 10.0, shown.gif_ridge, step=1e-4, format="%.6f", key="ridge")
+    least_squares = s4.selectbox(
+        "GIF's solver", LEAST_SQUARES_METHODS, index=LEAST_SQUARES_METHODS.index(shown.least_squares_solver),
+        key="ls_solver",
+    )  # fmt: skip
+    symmetric = s5.selectbox(
+        "IF's solver", SYMMETRIC_METHODS, index=SYMMETRIC_METHODS.index(shown.symmetric_solver), key="sym_solver"
+    )
+    trace = st.checkbox(
+        "Record the residual curve (CG-type solvers; costs extra Hessian-vector products)", False, key="trace"
+    )
+    return dataclasses.replace(
+        shown, symmetric_solver=symmetric, least_squares_solver=least_squares, gif_ridge=float(ridge),
+        rtol=float(rtol), maxiter=int(maxiter), track_residuals=trace,
+    )  # fmt: skip
+
+
 with session.errors_shown():
     loaded = session.workspace()
     bundle = loaded.bundle
@@ -221,54 +272,24 @@ with session.errors_shown():
         "Methods", METHODS, default=["gif", "if"], format_func=lambda m: METHOD_NAMES[m], key="methods"
     )
     selector = b.selectbox(
-        "Selector (GIF/FIF/PIF)", SELECTORS, index=SELECTORS.index(DEFAULTS.selector), key="selector"
+        "Selector (GIF/FIF/PIF)", SELECTORS, index=SELECTORS.index(DEFAULTS.selection.method), key="selector"
     )
     ratio = b.select_slider(
-        "Share of parameters", RATIOS, value=DEFAULTS.ratio, format_func=lambda r: f"{r:.0%}", key="ratio"
+        "Share of parameters", RATIOS, value=DEFAULTS.selection.ratio, format_func=lambda r: f"{r:.0%}", key="ratio"
     )
     step_mode = c.radio("Step scale α", STEP_MODES, index=0 if DEFAULTS.step == "auto" else 1, key="step_mode")
     step_value = c.number_input("α", min_value=0.001, value=1.0, key="step_value", disabled=step_mode != "fixed")
     with_retrain = c.checkbox("Compare with the retrained model", value=True, key="with_retrain")
-    with st.expander("Solver settings (defaults chosen by benchmarks/defaults.py)"):
-        s1, s2, s3, s4, s5 = st.columns(5)
-        n_train = len(loaded.train)
-        default_samples = warmup.page_defaults(loaded).hessian_samples
-        assert default_samples is not None  # page_defaults caps the library's default number
-        hessian_samples = s1.number_input(
-            "Hessian samples",
-            min(16, n_train),
-            n_train,
-            default_samples,
-            step=16,
-            key="hess_n",
-        )
-        maxiter = s2.number_input("Max iterations", 1, 1000, DEFAULTS.maxiter, step=5, key="maxiter")
-        damping = s3.number_input(
-            "Damping δ of H", 0.0, 10.0, DEFAULTS.damping, step=0.001, format="%.4f", key="damping"
-        )
-        ridge = s4.number_input("GIF ridge ρ", 0.0, 10.0, DEFAULTS.gif_ridge, step=1e-4, format="%.6f", key="ridge")
-        solver = s5.selectbox(
-            "Least-squares solver",
-            LEAST_SQUARES_METHODS,
-            index=LEAST_SQUARES_METHODS.index(DEFAULTS.least_squares_solver),
-            key="ls_solver",
-        )
-        trace = st.checkbox(
-            "Record the residual curve (CG-type solvers; costs extra Hessian-vector products)", False, key="trace"
-        )
     config = dataclasses.replace(
-        warmup.page_defaults(loaded),
+        defaults := warmup.page_defaults(loaded),
         methods=tuple(methods) or DEFAULTS.methods,
-        selector=selector,
-        ratio=ratio,
+        selection=dataclasses.replace(defaults.selection, method=selector, ratio=ratio),
         step="auto" if step_mode != "fixed" else float(step_value),
-        hessian_samples=int(hessian_samples),
-        damping=float(damping),
-        gif_ridge=float(ridge),
-        least_squares_solver=solver,
-        maxiter=int(maxiter),
-        track_residuals=trace,
     )
+    with st.expander("Curvature and solver settings (defaults chosen by benchmarks/defaults.py)"):
+        config = dataclasses.replace(
+            config, curvature=curvature_settings(config.curvature, len(loaded.train)), solver=solver_settings()
+        )
     job = warmup.start(loaded, request, config, with_retrain) if request is not None else None
     if not methods:
         st.error("Choose at least one method.")
