@@ -17,7 +17,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -e ".[dev,bench]"
 
 run: install
-	$(BIN)/streamlit run app/Model_and_data.py
+	$(BIN)/streamlit run app/streamlit_app.py
 
 test: install-dev
 	$(BIN)/ruff check gif_core app tests benchmarks

@@ -1,1 +1,1 @@
-"""The Streamlit dashboard: a thin layer over gif_core (run: streamlit run app/Model_and_data.py)."""
+"""The Streamlit dashboard: a thin layer over gif_core (run: streamlit run app/streamlit_app.py)."""

@@ -29,7 +29,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ENTRY = Path(__file__).resolve().parent / "Model_and_data.py"
+ENTRY = Path(__file__).resolve().parent / "streamlit_app.py"
 REPOSITORY = ENTRY.parent.parent
 """Streamlit is started here so that it reads the repository's ``.streamlit/config.toml``."""
 

@@ -8,7 +8,7 @@ pass, when
 
 * the user presses *Cancel*,
 * the same slot gets a new question (the old answer would be thrown away),
-* the user opens another page of the app (:func:`leave_other_pages`, called on every page), or
+* the user opens another page of the app (:func:`leave_other_pages`, called by the frame of every page, :mod:`app.frame`), or
 * the browser session ends: the tab is closed or reloaded, so Streamlit's runtime no longer lists the session.
 
 A job keeps no Streamlit object; the page reads its state. Each slot of a session has one worker thread.

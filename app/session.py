@@ -45,7 +45,6 @@ def bundled_workspace(name: str) -> Workspace:
 def workspace() -> Workspace:
     """This session's model: the one the URL names (a reload or a shared link restores it), else the bundled
     default until the user loads another. The URL is kept pointing at the current model on every page."""
-    jobs.leave_other_pages()
     if WORKSPACE not in st.session_state:
         st.session_state[WORKSPACE], st.session_state[LINK] = _from_link(st.query_params.to_dict())
     link = st.session_state[LINK]

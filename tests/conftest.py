@@ -170,3 +170,16 @@ def private_cache(tmp_path_factory):
         os.environ.pop("GIF_CACHE_DIR")
     else:
         os.environ["GIF_CACHE_DIR"] = old
+
+
+APP_ENTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "app", "streamlit_app.py")
+"""The dashboard's entry point: every AppTest opens a page through it, inside the frame the pages share."""
+
+
+def open_page(path: str | None = None, timeout: float = 600):
+    """A new AppTest session (not run yet) on the dashboard page ``path`` (its file relative to ``app/``, as in
+    ``app.frame.PAGES``; None: the default page, Model & data), with the shared frame around it."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP_ENTRY, default_timeout=timeout)
+    return at.switch_page(path) if path is not None else at

@@ -9,15 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import finish_jobs, no_errors
+from conftest import finish_jobs, no_errors, open_page
 from streamlit.testing.v1 import AppTest
 
-APP = Path(__file__).resolve().parents[1] / "app"
+REPOSITORY = Path(__file__).resolve().parents[1]
 PAGES = {
-    "model": APP / "Model_and_data.py",
-    "influence": APP / "pages" / "1_Influential_samples.py",
-    "selection": APP / "pages" / "2_Parameter_selection.py",
-    "edit": APP / "pages" / "3_What-if_edit.py",
+    "model": None,  # the default page
+    "influence": "views/1_Influential_samples.py",
+    "selection": "views/2_Parameter_selection.py",
+    "edit": "views/3_What-if_edit.py",
 }
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_cache")]
 
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_cache")]
 def page(name: str, bundled: str | None = None) -> AppTest:
     """A new session on page ``name``; with ``bundled``, opened on that bundled model by its URL (as a shared link
     would), so the default CNN is never loaded first."""
-    at = AppTest.from_file(str(PAGES[name]), default_timeout=600)
+    at = open_page(PAGES[name])
     if bundled is not None:
         at.query_params["bundled"] = bundled
     at.run()
@@ -76,7 +76,7 @@ def test_model_page_loads_a_local_checkpoint_and_reports_bad_paths(tmp_path):
     at.text_input(key="local_path").input(str(tmp_path / "missing.safetensors"))
     at.button(key="load_path").click().run()
     assert "not found" in at.error[0].value and not at.exception
-    at.text_input(key="local_path").input(str(APP.parent / "assets" / "iris_mlp.safetensors"))
+    at.text_input(key="local_path").input(str(REPOSITORY / "assets" / "iris_mlp.safetensors"))
     at.button(key="load_path").click().run()
     no_errors(at)
     assert any("iris_mlp.safetensors" in m.value for m in at.markdown)
@@ -93,7 +93,7 @@ def test_model_page_refuses_a_pickled_checkpoint(tmp_path, monkeypatch):
 
     bad = tmp_path / "bad.pt"
     torch.save({"weight": Payload()}, bad)
-    (tmp_path / "bad.json").write_text((APP.parent / "assets" / "iris_mlp.json").read_text())
+    (tmp_path / "bad.json").write_text((REPOSITORY / "assets" / "iris_mlp.json").read_text())
     at = page("model")
     at.radio(key="source").set_value("Local path").run()
     at.text_input(key="local_path").input(str(bad))
@@ -107,16 +107,16 @@ def test_a_reload_or_a_shared_link_keeps_the_model():
     at = page("model")
     load_bundled(at, "iris_mlp")
     assert at.query_params == {"bundled": "iris_mlp"}  # the URL now names the loaded model
-    reloaded = AppTest.from_file(str(PAGES["model"]), default_timeout=600)
+    reloaded = open_page()
     reloaded.query_params["bundled"] = "iris_mlp"  # a new session opened on the same URL
     reloaded.run()
     no_errors(reloaded)
     assert reloaded.session_state["workspace"].source.endswith("iris_mlp.safetensors")
-    local = AppTest.from_file(str(PAGES["model"]), default_timeout=600)
+    local = open_page()
     local.query_params["path"] = "assets/iris_mlp.safetensors"
     local.run()
     assert local.session_state["workspace"].source.endswith("iris_mlp.safetensors") and not local.warning
-    outside = AppTest.from_file(str(PAGES["model"]), default_timeout=600)
+    outside = open_page()
     outside.query_params["path"] = "/etc/passwd"
     outside.run()
     assert "could not be loaded" in outside.warning[0].value and not outside.exception
@@ -262,7 +262,7 @@ def test_the_first_question_is_prepared_in_the_background_and_the_click_reuses_i
 
     at = page("model")  # loading a model starts the What-if page's first question
     job = at.session_state[JOBS][SLOT]
-    at.switch_page(str(PAGES["edit"])).run()
+    at.switch_page(PAGES["edit"]).run()
     assert at.session_state[JOBS][SLOT] is job  # the page's untouched form asks the same question: no second job
     warmed = job.future.result(timeout=600)
     at.button(key="run_edit").click().run()
@@ -389,10 +389,10 @@ def test_two_sessions_never_see_each_other():
     load_bundled(first, "iris_mlp")
     second.run()
     assert any("mnist_cnn.safetensors" in m.value for m in second.markdown)
-    first.switch_page(str(PAGES["edit"])).run()
+    first.switch_page(PAGES["edit"]).run()
     first.checkbox(key="with_retrain").uncheck()
     first.button(key="run_edit").click().run()
-    second.switch_page(str(PAGES["edit"])).run()
+    second.switch_page(PAGES["edit"]).run()
     assert "edit" in first.session_state and "edit" not in second.session_state
     assert any("Run the edit" in i.value for i in second.info)
 

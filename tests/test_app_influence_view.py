@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import streamlit as st
 import torch
-from conftest import finish_jobs, no_errors
+from conftest import finish_jobs, no_errors, open_page
 from scipy.stats import spearmanr
 from streamlit.testing.v1 import AppTest
 
@@ -20,7 +19,7 @@ from gif_core.browse import SET_LIMIT, Explanation, SetExplanation
 from gif_core.workspace import open_workspace_path
 from gif_core.zoo import bundled_model_path
 
-PAGE = Path(__file__).resolve().parents[1] / "app" / "pages" / "1_Influential_samples.py"
+PAGE = "views/1_Influential_samples.py"
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_cache")]
 
 
@@ -45,7 +44,7 @@ def downloads(monkeypatch) -> dict[str, object]:
 
 
 def iris_page() -> AppTest:
-    at = AppTest.from_file(str(PAGE), default_timeout=600)
+    at = open_page(PAGE)
     at.query_params["bundled"] = "iris_mlp"
     at.run()
     no_errors(at)
@@ -148,14 +147,14 @@ def test_a_set_of_rows_and_a_whole_class_are_explained_by_their_mean_loss(iris):
 
 def test_the_url_restores_the_test_image_and_the_method():
     """Issue 18, bug 6: a reload or a shared link keeps the page's main inputs, not only the model."""
-    at = AppTest.from_file(str(PAGE), default_timeout=600)
+    at = open_page(PAGE)
     at.query_params.update({"bundled": "iris_mlp", "test_row": "5", "browse_method": "tracin"})
     at.run()
     no_errors(at)
     assert at.selectbox(key="test_row").value == 5 and at.radio(key="browse_method").value == "tracin"
     at.radio(key="browse_method").set_value("gif").run()
     assert at.query_params["browse_method"] == ["gif"] or at.query_params["browse_method"] == "gif"
-    nonsense = AppTest.from_file(str(PAGE), default_timeout=600)
+    nonsense = open_page(PAGE)
     nonsense.query_params.update({"bundled": "iris_mlp", "test_row": "abc", "browse_method": "lissa"})
     nonsense.run()
     no_errors(nonsense)  # a link naming nothing valid falls back to the defaults

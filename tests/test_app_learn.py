@@ -1,28 +1,25 @@
 """The Learn page in Streamlit's AppTest: it renders, every control reruns it and changes what is drawn, and a
 failing computation shows an error message instead of a traceback.
 
-The page is opened through the app's entry point with ``switch_page``: ``st.page_link`` resolves its paths against
-the entry point's folder, so a page run as its own main script cannot link to its sibling pages. Only the Learn page
-itself runs (``switch_page`` before the first ``run`` does not execute the entry page).
+The page is opened through the app's entry point (:func:`conftest.open_page`), inside the frame every page shares;
+``st.page_link`` resolves its paths against the entry point's folder.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import streamlit as st
+from conftest import open_page
 from conftest import plotly_specs as _charts
 from streamlit.testing.v1 import AppTest
 
 from gif_core import teaching
 
-ENTRY = Path(__file__).resolve().parents[1] / "app" / "Model_and_data.py"
-PAGE = "pages/5_Learn.py"
+PAGE = "views/5_Learn.py"
 
 
 def _open() -> AppTest:
-    at = AppTest.from_file(str(ENTRY), default_timeout=60).switch_page(PAGE)
+    at = open_page(PAGE, timeout=60)
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     return at
@@ -103,7 +100,7 @@ def test_failures_show_an_error_message_not_a_traceback(monkeypatch):
     monkeypatch.setattr(teaching, "hessian_spectra", fail)
     st.cache_data.clear()
     try:
-        at = AppTest.from_file(str(ENTRY), default_timeout=60).switch_page(PAGE)
+        at = open_page(PAGE, timeout=60)
         at.run()
         assert not at.exception
         messages = [e.value for e in at.error]

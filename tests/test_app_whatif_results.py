@@ -10,12 +10,12 @@ import io
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import streamlit
+from conftest import open_page
 from PIL import Image
 from streamlit import dataframe_util
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
@@ -24,14 +24,14 @@ from streamlit.testing.v1 import AppTest
 from app import metrics_table
 from app.metrics_table import BEST_MARK, HistoryEntry
 
-EDIT_PAGE = Path(__file__).resolve().parents[1] / "app" / "pages" / "3_What-if_edit.py"
+EDIT_PAGE = "views/3_What-if_edit.py"
 PERCENT = re.compile(rf"^\d+\.\d( {BEST_MARK})?$")
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_cache")]
 
 
 def edit_page(model: str) -> AppTest:
     """The What-if page opened on a bundled model by its URL (as a shared link would)."""
-    at = AppTest.from_file(str(EDIT_PAGE), default_timeout=600)
+    at = open_page(EDIT_PAGE)
     at.query_params["bundled"] = model
     at.run()
     assert not at.exception, at.exception

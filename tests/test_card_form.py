@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import open_page
 from streamlit.testing.v1 import AppTest
 
 from gif_core.checkpoints import STATE_DICT_KEYS, load_checkpoint, load_checkpoint_bytes, load_weights
@@ -162,7 +163,7 @@ def test_class_mix_with_uneven_classes_and_edge_cases():
 
 @pytest.fixture
 def model_page(private_cache) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app" / "Model_and_data.py"), default_timeout=600).run()
+    at = open_page().run()
     assert not at.exception, at.exception
     return at
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import open_page
 from streamlit.testing.v1 import AppTest
 
 from gif_core.workspace import LOCAL_ROOTS_ENV, local_roots, resolve_local_checkpoint, resolve_local_folder
@@ -20,7 +21,6 @@ except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-MODEL_PAGE = REPOSITORY / "app" / "Model_and_data.py"
 IRIS = ASSETS_DIR / "iris_mlp.safetensors"
 
 
@@ -112,7 +112,7 @@ def _load_path(at: AppTest, path: str, data_root: str = "") -> AppTest:
 
 @pytest.mark.slow
 def test_local_path_gives_one_message_for_server_files_and_missing_ones(tmp_path, monkeypatch):
-    at = AppTest.from_file(str(MODEL_PAGE), default_timeout=600).run()
+    at = open_page().run()
     assert not at.exception, at.exception
     at.radio(key="source").set_value("Local path").run()
 

@@ -170,7 +170,7 @@ def test_the_shown_formula_has_the_sign_the_scores_have():
     from gif_core.teaching import EXPLANATIONS
 
     assert SCORE_FORMULA in EXPLANATIONS["if"].sign and SCORE_MEANING in EXPLANATIONS["if"].sign
-    page = (Path(__file__).parents[1] / "app" / "pages" / "1_Influential_samples.py").read_text()
+    page = (Path(__file__).parents[1] / "app" / "views" / "1_Influential_samples.py").read_text()
     assert "SCORE_FORMULA" in page and "−∇ℓ_test" not in page
     shown_sign = -1.0 if SCORE_FORMULA.lstrip().startswith(("−", "-")) else 1.0
     model, data = tiny_mlp(), blobs()

@@ -3,11 +3,9 @@ everywhere, a per-unit map for every Linear/Conv layer, a note on a layer with n
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import blobs
+from conftest import blobs, open_page
 from conftest import plotly_specs as _charts
 from streamlit.testing.v1 import AppTest
 from torch import nn
@@ -28,7 +26,7 @@ from gif_core.selection import (
 )
 from gif_core.zoo import default_model_path
 
-PAGE = Path(__file__).resolve().parents[1] / "app" / "pages" / "2_Parameter_selection.py"
+PAGE = "views/2_Parameter_selection.py"
 
 
 class Named(nn.Module):
@@ -114,7 +112,7 @@ def test_neuron_selectors_leave_no_layer_without_a_unit(method, budget):
 
 
 def _selected(first: str, second: str, ratio: float = 0.05) -> AppTest:
-    at = AppTest.from_file(str(PAGE), default_timeout=600).run()
+    at = open_page(PAGE).run()
     at.selectbox(key="selector_a").select(first)
     at.selectbox(key="selector_b").select(second)
     at.select_slider(key="sel_ratio").set_value(ratio)

@@ -27,8 +27,6 @@ from gif_core.selection import METHODS as SELECTORS
 from gif_core.solvers import LEAST_SQUARES_METHODS, SYMMETRIC_METHODS
 from gif_core.workspace import Workspace, edited_card
 
-st.set_page_config(page_title="What-if edit · GIF Explorer", layout="wide")
-st.title("What-if edit")
 st.caption(
     "GIF moves only the selected parameters (Lyu et al. 2023); FIF and PIF are its frozen / projected cousins; IF "
     "and SIF are the classic first- and second-order influence functions over all parameters. The retrained model "
@@ -262,116 +260,108 @@ def solver_settings() -> EstimatorConfig:
     )  # fmt: skip
 
 
-with session.errors_shown():
-    loaded = session.workspace()
-    bundle = loaded.bundle
-    st.markdown(session.model_caption(loaded))
-    request = request_form(loaded, "edit")
-    a, b, c = st.columns(3)
-    methods = a.multiselect(
-        "Methods", METHODS, default=["gif", "if"], format_func=lambda m: METHOD_NAMES[m], key="methods"
-    )
-    selector = b.selectbox(
-        "Selector (GIF/FIF/PIF)", SELECTORS, index=SELECTORS.index(DEFAULTS.selection.method), key="selector"
-    )
-    ratio = b.select_slider(
-        "Share of parameters", RATIOS, value=DEFAULTS.selection.ratio, format_func=lambda r: f"{r:.0%}", key="ratio"
-    )
-    step_mode = c.radio("Step scale α", STEP_MODES, index=0 if DEFAULTS.step == "auto" else 1, key="step_mode")
-    step_value = c.number_input("α", min_value=0.001, value=1.0, key="step_value", disabled=step_mode != "fixed")
-    with_retrain = c.checkbox("Compare with the retrained model", value=True, key="with_retrain")
+loaded = session.workspace()
+bundle = loaded.bundle
+request = request_form(loaded, "edit")
+a, b, c = st.columns(3)
+methods = a.multiselect("Methods", METHODS, default=["gif", "if"], format_func=lambda m: METHOD_NAMES[m], key="methods")
+selector = b.selectbox(
+    "Selector (GIF/FIF/PIF)", SELECTORS, index=SELECTORS.index(DEFAULTS.selection.method), key="selector"
+)
+ratio = b.select_slider(
+    "Share of parameters", RATIOS, value=DEFAULTS.selection.ratio, format_func=lambda r: f"{r:.0%}", key="ratio"
+)
+step_mode = c.radio("Step scale α", STEP_MODES, index=0 if DEFAULTS.step == "auto" else 1, key="step_mode")
+step_value = c.number_input("α", min_value=0.001, value=1.0, key="step_value", disabled=step_mode != "fixed")
+with_retrain = c.checkbox("Compare with the retrained model", value=True, key="with_retrain")
+config = dataclasses.replace(
+    defaults := warmup.page_defaults(loaded),
+    methods=tuple(methods) or DEFAULTS.methods,
+    selection=dataclasses.replace(defaults.selection, method=selector, ratio=ratio),
+    step="auto" if step_mode != "fixed" else float(step_value),
+)
+with st.expander("Curvature and solver settings (defaults chosen by benchmarks/defaults.py)"):
     config = dataclasses.replace(
-        defaults := warmup.page_defaults(loaded),
-        methods=tuple(methods) or DEFAULTS.methods,
-        selection=dataclasses.replace(defaults.selection, method=selector, ratio=ratio),
-        step="auto" if step_mode != "fixed" else float(step_value),
+        config, curvature=curvature_settings(config.curvature, len(loaded.train)), solver=solver_settings()
     )
-    with st.expander("Curvature and solver settings (defaults chosen by benchmarks/defaults.py)"):
-        config = dataclasses.replace(
-            config, curvature=curvature_settings(config.curvature, len(loaded.train)), solver=solver_settings()
-        )
-    job = warmup.start(loaded, request, config, with_retrain) if request is not None else None
-    if not methods:
-        st.error("Choose at least one method.")
-    run = st.button("Run the edit", type="primary", key="run_edit", disabled=job is None or not methods)
-    if job is not None and not run:
-        warmup.show(job)
-    elif run:
-        clicked = time.perf_counter()
-        assert job is not None and request is not None  # the button is disabled without a request (and job)
-        with st.status("Running the edit…", expanded=True) as status:
-            warmed = warmup.wait(job, status.write)
-            prepared, retrained = warmed.prepared, warmed.retrained
-            if with_retrain and retrained is None:
-                status.write("Retraining without the data (cached after the first time)…")
-                bar = st.progress(0.0)
+job = warmup.start(loaded, request, config, with_retrain) if request is not None else None
+if not methods:
+    st.error("Choose at least one method.")
+run = st.button("Run the edit", type="primary", key="run_edit", disabled=job is None or not methods)
+if job is not None and not run:
+    warmup.show(job)
+elif run:
+    clicked = time.perf_counter()
+    assert job is not None and request is not None  # the button is disabled without a request (and job)
+    with st.status("Running the edit…", expanded=True) as status:
+        warmed = warmup.wait(job, status.write)
+        prepared, retrained = warmed.prepared, warmed.retrained
+        if with_retrain and retrained is None:
+            status.write("Retraining without the data (cached after the first time)…")
+            bar = st.progress(0.0)
 
-                def show_retraining(done: int, total: int) -> None:
-                    bar.progress(done / total, text=f"Retraining: step {done}/{total}")
+            def show_retraining(done: int, total: int) -> None:
+                bar.progress(done / total, text=f"Retraining: step {done}/{total}")
 
-                retrained = loaded.retrain(request, progress=show_retraining, show_bar=False)
-                bar.empty()
-                prepared = prepared.with_retrained(retrained.model, retrained.seconds, retrained.from_cache)
-            report = answer(prepared, config, progress=session.phase_writer(status))
-            status.update(label=f"Edit done in {time.perf_counter() - clicked:.1f} s", state="complete", expanded=False)
-        st.session_state["edit"] = (loaded.model_id, report)
-        remember(loaded, report)
+            retrained = loaded.retrain(request, progress=show_retraining, show_bar=False)
+            bar.empty()
+            prepared = prepared.with_retrained(retrained.model, retrained.seconds, retrained.from_cache)
+        report = answer(prepared, config, progress=session.phase_writer(status))
+        status.update(label=f"Edit done in {time.perf_counter() - clicked:.1f} s", state="complete", expanded=False)
+    st.session_state["edit"] = (loaded.model_id, report)
+    remember(loaded, report)
 
-    stored = st.session_state.get("edit")
-    if stored is None or stored[0] != loaded.model_id:
-        st.info("Choose a question and methods, then press *Run the edit*.")
-        st.stop()
-    report = stored[1]
-    outcomes = report.outcomes
-    is_backdoor = report.request is loaded.backdoor_request
-    show_metrics(report, is_backdoor)
-    finished = [o for o in outcomes if not o.diverged]
-    if report.selection is not None:
-        with st.expander("Selected parameters per layer (GIF/FIF/PIF)"):
-            layers = report.selection.describe()["layers"]
-            st.dataframe(
-                [{"layer": name, **counts} for name, counts in layers.items()], hide_index=True, key="edit_layers"
-            )
-    # ---- predictions of every model
-    probabilities = {"original": report.original_test_probs}
-    if report.retrained_test_probs is not None:
-        probabilities["retrained"] = report.retrained_test_probs
-    probabilities.update({METHOD_NAMES[o.method]: o.test_probs for o in finished})
-    predictions = predictions_of(probabilities, bundle.test, bundle.num_classes)
-    st.plotly_chart(charts.per_class_accuracy(predictions, bundle.classes), key="edit_per_class")
-    removed_class = report.request.held_out_class
-    if removed_class is not None:
-        removed_rows = np.flatnonzero(bundle.test.labels.numpy() == removed_class)
-        counts = {p.name: p.predicted_counts(torch.as_tensor(removed_rows), bundle.num_classes) for p in predictions}
-        st.plotly_chart(
-            charts.predicted_histogram(counts, bundle.classes, bundle.classes[removed_class]), key="histogram"
-        )
-    tabs = st.tabs([p.name for p in predictions])
-    for tab, p in zip(tabs, predictions, strict=True):
-        tab.plotly_chart(charts.confusion(p, bundle.classes), key=f"confusion_{p.name}")
-    if is_backdoor:
-        show_backdoor(loaded, report, finished)
-    # ---- chosen test images
-    st.subheader("Probability changes for chosen test images")
-    default_rows = removed_rows[:3].tolist() if removed_class is not None else list(range(3))
-    chosen = st.multiselect("Test images", list(range(len(bundle.test))), default=default_rows, key="prob_rows")
-    show_probability_grid(predictions, bundle, chosen)
-    # ---- solver and step
-    curves = {
-        f"{METHOD_NAMES[o.method]} ({r.name})": r.residual_history
-        for o in finished
-        for r in o.result.reports
-        if r.residual_history
-    }
-    if curves:
-        st.plotly_chart(charts.residual_curves(curves), key="residuals")
-    else:
-        st.caption(
-            "No residual curve: tick *Record the residual curve* under Solver settings (LSMR reports only its final "
-            "residual; choose cgls for GIF's curve). The final residuals are in the table."
-        )
-    steps = {METHOD_NAMES[o.method]: o.step_curve for o in finished if o.step_curve}
-    if steps:
-        st.plotly_chart(charts.step_curves(steps), key="steps")
-    show_downloads(loaded, report, finished)
-    show_history(loaded)
+stored = st.session_state.get("edit")
+if stored is None or stored[0] != loaded.model_id:
+    st.info("Choose a question and methods, then press *Run the edit*.")
+    st.stop()
+report = stored[1]
+outcomes = report.outcomes
+is_backdoor = report.request is loaded.backdoor_request
+show_metrics(report, is_backdoor)
+finished = [o for o in outcomes if not o.diverged]
+if report.selection is not None:
+    with st.expander("Selected parameters per layer (GIF/FIF/PIF)"):
+        layers = report.selection.describe()["layers"]
+        st.dataframe([{"layer": name, **counts} for name, counts in layers.items()], hide_index=True, key="edit_layers")
+# ---- predictions of every model
+probabilities = {"original": report.original_test_probs}
+if report.retrained_test_probs is not None:
+    probabilities["retrained"] = report.retrained_test_probs
+probabilities.update({METHOD_NAMES[o.method]: o.test_probs for o in finished})
+predictions = predictions_of(probabilities, bundle.test, bundle.num_classes)
+st.plotly_chart(charts.per_class_accuracy(predictions, bundle.classes), key="edit_per_class")
+removed_class = report.request.held_out_class
+if removed_class is not None:
+    removed_rows = np.flatnonzero(bundle.test.labels.numpy() == removed_class)
+    counts = {p.name: p.predicted_counts(torch.as_tensor(removed_rows), bundle.num_classes) for p in predictions}
+    st.plotly_chart(charts.predicted_histogram(counts, bundle.classes, bundle.classes[removed_class]), key="histogram")
+tabs = st.tabs([p.name for p in predictions])
+for tab, p in zip(tabs, predictions, strict=True):
+    tab.plotly_chart(charts.confusion(p, bundle.classes), key=f"confusion_{p.name}")
+if is_backdoor:
+    show_backdoor(loaded, report, finished)
+# ---- chosen test images
+st.subheader("Probability changes for chosen test images")
+default_rows = removed_rows[:3].tolist() if removed_class is not None else list(range(3))
+chosen = st.multiselect("Test images", list(range(len(bundle.test))), default=default_rows, key="prob_rows")
+show_probability_grid(predictions, bundle, chosen)
+# ---- solver and step
+curves = {
+    f"{METHOD_NAMES[o.method]} ({r.name})": r.residual_history
+    for o in finished
+    for r in o.result.reports
+    if r.residual_history
+}
+if curves:
+    st.plotly_chart(charts.residual_curves(curves), key="residuals")
+else:
+    st.caption(
+        "No residual curve: tick *Record the residual curve* under Solver settings (LSMR reports only its final "
+        "residual; choose cgls for GIF's curve). The final residuals are in the table."
+    )
+steps = {METHOD_NAMES[o.method]: o.step_curve for o in finished if o.step_curve}
+if steps:
+    st.plotly_chart(charts.step_curves(steps), key="steps")
+show_downloads(loaded, report, finished)
+show_history(loaded)

@@ -8,17 +8,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import jobs
+from app.frame import PAGES
 from gif_core import teaching
 
-st.set_page_config(page_title="Learn · GIF Explorer", layout="wide")
-jobs.leave_other_pages()  # this page reads no model (session.workspace, which does this, is not called)
-
-# Page paths are relative to the entry point app/Model_and_data.py.
-HOME = "Model_and_data.py"
-INFLUENTIAL = "pages/1_Influential_samples.py"
-SELECTION = "pages/2_Parameter_selection.py"
-WHAT_IF = "pages/3_What-if_edit.py"
+HOME, INFLUENTIAL, SELECTION, WHAT_IF = (spec.path for spec in PAGES[:4])  # the pages the explanations link to
 
 STYLE = {  # method: (label, colour, marker symbol, marker size); IF and SIF often land together: both stay visible
     "if": ("IF", "#1f77b4", "diamond", 14),
@@ -307,7 +300,6 @@ def explanations_section() -> None:
                 column.page_link(page, label=label, icon=":material/arrow_forward:")
 
 
-st.title("Learn")
 st.markdown("How the influence estimators behind GIF Explorer work, shown on examples small enough to compute exactly.")
 st.page_link(HOME, label="Load a model and data to try them for real", icon=":material/home:")
 toy_section()

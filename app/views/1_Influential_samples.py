@@ -35,8 +35,6 @@ from gif_core.solvers import SolverConfig
 MODES = ("one test image", "a set of test images", "a whole class")
 Target = int | tuple[int, ...]  # one test row, or a set of test rows (the influence on their mean loss)
 
-st.set_page_config(page_title="Influential samples · GIF Explorer", layout="wide")
-st.title("Influential samples")
 st.caption(
     f"Score = {SCORE_FORMULA}, the predicted change of the test loss if the training sample were removed: "
     "**helpful** (positive) samples "
@@ -253,115 +251,113 @@ def show_agreement(explanation: Explanation | SetExplanation, target: Target, mo
     )
 
 
-with session.errors_shown():
-    loaded = session.workspace()
-    bundle, test = loaded.bundle, loaded.bundle.test
-    st.markdown(session.model_caption(loaded))
-    predicted = predict_proba(loaded.model, test.inputs).argmax(1)
-    left, right = st.columns([1, 2])
-    with left:
-        chosen = choose_target(test, predicted, bundle.classes)
-        if chosen is None:
-            st.stop()
-        target: Target = chosen  # not Optional, also inside the job's lambda below
-        session.linked_input("browse_method", BROWSE_METHODS, "if-lowrank")
-        method = st.radio(
-            "Method",
-            BROWSE_METHODS,
-            format_func=METHOD_LABELS.get,
-            key="browse_method",
-            help=f"Hessian-based methods use H + {session.BROWSE_DAMPING}·I over a 500-sample Hessian. Low-rank IF "
-            "and TracIn are instant after a one-off set-up per model; the exact solve and GIF-restricted solve per "
-            "test point (one per set); Captum's run on the same model and data.",
-        )
-        k = st.slider("How many samples", 4, 24, 8, key="browse_k")
-        session.keep_in_link("test_row", "browse_method")
-        browser = session.browser(loaded)
-        maxiter = st.number_input(
-            "Max iterations of a solve (exact IF, GIF-restricted)",
-            1,
-            1000,
-            browser.config.solver.maxiter,
-            step=10,
-            key="browse_maxiter",
-            help="A solve that stops here before its tolerance says so above its scores (they are approximate).",
-        )
-        solver = dataclasses.replace(browser.config.solver, maxiter=int(maxiter))
-        point = (test.inputs[target : target + 1], int(test.labels[target])) if isinstance(target, int) else None
-        cost = browser.estimate(method, point, solver)
-        st.caption(f"Cost now: {cost.describe()}.")
-        explain = st.button("Explain this prediction", type="primary", key="explain", disabled=not cost.feasible)
-    with right:
-        question = (loaded.model_id, target, method, k, solver)
-        finished, job = None, jobs.current("explain")
-        busy = job is not None and job.running()  # the browser is taken: even quick work waits, so it waits as a job
-        if explain and cost.quick and not busy:  # under a second, nothing to set up: no background job, no polling
-            finished = compute(browser, test, target, method, k, solver, None, None)
-        elif explain:
-            jobs.start(
-                "explain",
-                question,
-                f"{METHOD_LABELS[method]} for {describe_target(target, test, bundle.classes)}",
-                lambda stop, report: compute(browser, test, target, method, k, solver, stop, report),
-            )
-        job = jobs.current("explain")
-        if job is not None and job.key != question and job.running():
-            jobs.result(job)  # the previous choice's work: its progress and Cancel stay in sight
-        if finished is None and job is not None and job.key == question:
-            finished = jobs.result(job)
-        stored = st.session_state.get("explanation")
-        if finished is not None and (stored is None or stored[2] is not finished):
-            st.session_state["explanation"] = (loaded.model_id, target, finished)
-            st.session_state.setdefault("explanations", {})[(loaded.model_id, target, method)] = finished
-            st.session_state.pop("pick_rows", None)
-        stored = st.session_state.get("explanation")
-        if stored is not None and stored[0] == loaded.model_id and stored[1] == target:
-            explanation = stored[2]
-            show_header(explanation, target, test, bundle.classes)
-            if isinstance(explanation, Explanation):
-                st.plotly_chart(
-                    charts.probabilities({"probability": explanation.probabilities}, bundle.classes, "Prediction"),
-                    key="prediction",
-                )
-            ranking = ranking_table(explanation.scores, loaded.train, bundle.classes)
-            show_ranking(explanation, ranking, loaded.train, bundle.classes, k)
-            show_picking(explanation, {r.row: r for r in ranking})
-            show_agreement(explanation, target, loaded.model_id, k)
-        else:
-            st.info("Pick a test image (or a set) and a method, then press *Explain this prediction*.")
-
-    st.divider()
-    st.subheader("Possible mislabels: the most self-influential training samples")
-    st.caption(
-        "Self-influence ∇ℓ_zᵀH⁻¹∇ℓ_z/n (low-rank IF) or ‖∇ℓ_z‖² (TracIn): how much a sample props itself up. "
-        "Mislabelled and atypical samples rank first."
+loaded = session.workspace()
+bundle, test = loaded.bundle, loaded.bundle.test
+predicted = predict_proba(loaded.model, test.inputs).argmax(1)
+left, right = st.columns([1, 2])
+with left:
+    chosen = choose_target(test, predicted, bundle.classes)
+    if chosen is None:
+        st.stop()
+    target: Target = chosen  # not Optional, also inside the job's lambda below
+    session.linked_input("browse_method", BROWSE_METHODS, "if-lowrank")
+    method = st.radio(
+        "Method",
+        BROWSE_METHODS,
+        format_func=METHOD_LABELS.get,
+        key="browse_method",
+        help=f"Hessian-based methods use H + {session.BROWSE_DAMPING}·I over a 500-sample Hessian. Low-rank IF "
+        "and TracIn are instant after a one-off set-up per model; the exact solve and GIF-restricted solve per "
+        "test point (one per set); Captum's run on the same model and data.",
     )
-    self_method = st.radio(
-        "Self-influence",
-        ["tracin", "if-lowrank"],
-        format_func=lambda m: {"tracin": "TracIn", "if-lowrank": "Low-rank IF"}[m],
-        horizontal=True,
-        key="self_method",
+    k = st.slider("How many samples", 4, 24, 8, key="browse_k")
+    session.keep_in_link("test_row", "browse_method")
+    browser = session.browser(loaded)
+    maxiter = st.number_input(
+        "Max iterations of a solve (exact IF, GIF-restricted)",
+        1,
+        1000,
+        browser.config.solver.maxiter,
+        step=10,
+        key="browse_maxiter",
+        help="A solve that stops here before its tolerance says so above its scores (they are approximate).",
     )
-    st.caption(f"Cost now: {browser.estimate(self_method).describe()}.")
-    ranking_question = (loaded.model_id, self_method)
-    if st.button("Rank the training set", key="rank_self"):
+    solver = dataclasses.replace(browser.config.solver, maxiter=int(maxiter))
+    point = (test.inputs[target : target + 1], int(test.labels[target])) if isinstance(target, int) else None
+    cost = browser.estimate(method, point, solver)
+    st.caption(f"Cost now: {cost.describe()}.")
+    explain = st.button("Explain this prediction", type="primary", key="explain", disabled=not cost.feasible)
+with right:
+    question = (loaded.model_id, target, method, k, solver)
+    finished, job = None, jobs.current("explain")
+    busy = job is not None and job.running()  # the browser is taken: even quick work waits, so it waits as a job
+    if explain and cost.quick and not busy:  # under a second, nothing to set up: no background job, no polling
+        finished = compute(browser, test, target, method, k, solver, None, None)
+    elif explain:
         jobs.start(
-            "suspicious",
-            ranking_question,
-            "Self-influence ranking",
-            lambda stop, report: browser.suspicious(24, self_method, stop=stop, progress=report),
+            "explain",
+            question,
+            f"{METHOD_LABELS[method]} for {describe_target(target, test, bundle.classes)}",
+            lambda stop, report: compute(browser, test, target, method, k, solver, stop, report),
         )
-    job = jobs.current("suspicious")
-    if job is not None and (job.key == ranking_question or job.running()):
-        ranked = jobs.result(job)
-        ranked = ranked if job.key == ranking_question else None
-        if ranked is not None:
-            st.session_state["suspicious"] = (loaded.model_id, self_method, ranked)
-    stored = st.session_state.get("suspicious")
-    if stored is not None and stored[0] == loaded.model_id:
-        show_grid(
-            [r.image for r in stored[2]],
-            [f"{r.score:.2e} · label {bundle.classes[r.label]} · #{r.row}" for r in stored[2]],
-            features=features_of(loaded.train, stored[2]),
-        )
+    job = jobs.current("explain")
+    if job is not None and job.key != question and job.running():
+        jobs.result(job)  # the previous choice's work: its progress and Cancel stay in sight
+    if finished is None and job is not None and job.key == question:
+        finished = jobs.result(job)
+    stored = st.session_state.get("explanation")
+    if finished is not None and (stored is None or stored[2] is not finished):
+        st.session_state["explanation"] = (loaded.model_id, target, finished)
+        st.session_state.setdefault("explanations", {})[(loaded.model_id, target, method)] = finished
+        st.session_state.pop("pick_rows", None)
+    stored = st.session_state.get("explanation")
+    if stored is not None and stored[0] == loaded.model_id and stored[1] == target:
+        explanation = stored[2]
+        show_header(explanation, target, test, bundle.classes)
+        if isinstance(explanation, Explanation):
+            st.plotly_chart(
+                charts.probabilities({"probability": explanation.probabilities}, bundle.classes, "Prediction"),
+                key="prediction",
+            )
+        ranking = ranking_table(explanation.scores, loaded.train, bundle.classes)
+        show_ranking(explanation, ranking, loaded.train, bundle.classes, k)
+        show_picking(explanation, {r.row: r for r in ranking})
+        show_agreement(explanation, target, loaded.model_id, k)
+    else:
+        st.info("Pick a test image (or a set) and a method, then press *Explain this prediction*.")
+
+st.divider()
+st.subheader("Possible mislabels: the most self-influential training samples")
+st.caption(
+    "Self-influence ∇ℓ_zᵀH⁻¹∇ℓ_z/n (low-rank IF) or ‖∇ℓ_z‖² (TracIn): how much a sample props itself up. "
+    "Mislabelled and atypical samples rank first."
+)
+self_method = st.radio(
+    "Self-influence",
+    ["tracin", "if-lowrank"],
+    format_func=lambda m: {"tracin": "TracIn", "if-lowrank": "Low-rank IF"}[m],
+    horizontal=True,
+    key="self_method",
+)
+st.caption(f"Cost now: {browser.estimate(self_method).describe()}.")
+ranking_question = (loaded.model_id, self_method)
+if st.button("Rank the training set", key="rank_self"):
+    jobs.start(
+        "suspicious",
+        ranking_question,
+        "Self-influence ranking",
+        lambda stop, report: browser.suspicious(24, self_method, stop=stop, progress=report),
+    )
+job = jobs.current("suspicious")
+if job is not None and (job.key == ranking_question or job.running()):
+    ranked = jobs.result(job)
+    ranked = ranked if job.key == ranking_question else None
+    if ranked is not None:
+        st.session_state["suspicious"] = (loaded.model_id, self_method, ranked)
+stored = st.session_state.get("suspicious")
+if stored is not None and stored[0] == loaded.model_id:
+    show_grid(
+        [r.image for r in stored[2]],
+        [f"{r.score:.2e} · label {bundle.classes[r.label]} · #{r.row}" for r in stored[2]],
+        features=features_of(loaded.train, stored[2]),
+    )
