@@ -49,7 +49,7 @@ def main() -> None:
     model, report = build_and_train("cnn", noisy, recipe, show_bar=False)
     curvature_config = CurvatureConfig(weight_decay=recipe.weight_decay)
     generator = torch.Generator().manual_seed(0)
-    sample = torch.randperm(len(labels), generator=generator)[: 128 if args.quick else 500]
+    sample = torch.randperm(len(labels), generator=generator)[: 64 if args.quick else 500]
     curvature = Curvature(model, (noisy.train.inputs[sample], labels[sample]), curvature_config)
     start = time.perf_counter()
     grads = training_gradients(
@@ -57,7 +57,7 @@ def main() -> None:
     )
     gradient_seconds = time.perf_counter() - start
     rows = []
-    for method, rank in (("tracin", 0), ("if-lowrank", 10 if args.quick else 50)):
+    for method, rank in (("tracin", 0), ("if-lowrank", 5 if args.quick else 50)):
         start = time.perf_counter()
         result = self_influence(grads, method, curvature, rank=rank or 1)
         ranking = result.ranking()

@@ -160,11 +160,31 @@ def finish_jobs(at):
     return at.run()
 
 
+@pytest.fixture(scope="session")
+def shared_retrains(tmp_path_factory):
+    """One folder of retrained models for the whole run, every xdist worker included (their temporary folders share
+    a parent): retraining the bundled CNN without a class takes half a minute, and a dozen dashboard tests ask for
+    the same ground truth. Entries are keyed by content and written atomically (gif_core.retrain), so sharing them
+    changes no result; the tests of the retrain cache itself use folders of their own."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-retrains"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def cache_folder(root, shared_retrains) -> str:
+    """A fresh cache root (``GIF_CACHE_DIR``) at ``root`` whose retrained models are :func:`shared_retrains`'."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "retrained").symlink_to(shared_retrains, target_is_directory=True)
+    return str(root)
+
+
 @pytest.fixture(scope="module")
-def private_cache(tmp_path_factory):
-    """Gradient, eigenpair, score and retrain caches in a fresh folder for the module that asks (``GIF_CACHE_DIR``)."""
+def private_cache(tmp_path_factory, shared_retrains):
+    """Gradient, eigenpair and score caches in a fresh folder for the module that asks (``GIF_CACHE_DIR``); the
+    retrained models are the run's shared ones (:func:`shared_retrains`)."""
     old = os.environ.get("GIF_CACHE_DIR")
-    os.environ["GIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("gif-cache"))
+    os.environ["GIF_CACHE_DIR"] = cache_folder(tmp_path_factory.mktemp("gif-cache"), shared_retrains)
     yield
     if old is None:
         os.environ.pop("GIF_CACHE_DIR")

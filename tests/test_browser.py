@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cache_folder
 
 from app.browser_driver import CHROMIUM, Dashboard, chromium_page, dashboard, running_dashboard, wait_idle
 from app.charts import MODEL_COLOURS
@@ -37,11 +38,12 @@ def _open_and_click(page, address: str, button: str) -> None:
     page.get_by_role("button", name=button).click()
 
 
-def test_class_removal_in_a_real_browser(tmp_path):
+def test_class_removal_in_a_real_browser(tmp_path, shared_retrains):
     _require_chromium()
     shots = Path(os.environ.get("GIF_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    with dashboard(env={"GIF_CACHE_DIR": str(tmp_path / "cache")}) as url, chromium_page(height=3600) as page:
+    cache = cache_folder(tmp_path / "cache", shared_retrains)
+    with dashboard(env={"GIF_CACHE_DIR": cache}) as url, chromium_page(height=3600) as page:
         page.goto(url, timeout=120_000)
         page.get_by_role("heading", name="GIF Explorer").wait_for(timeout=120_000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
