@@ -264,9 +264,10 @@ def search_validation_step(
     return search_step(objective, config)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MethodOutcome:
-    """One estimator's answer: the influence result, the chosen step, the edited model and its metrics.
+    """One estimator's answer, frozen once made: the influence result, the chosen step, the edited model, its
+    metrics and (with a retrained model) how close it came to it.
 
     A *diverged* outcome (``diverged`` holds why: Δ, the edited weights or its outputs were not finite) has no model,
     no metrics and no step (NaN, never reported): it is shown as diverged and cannot be saved. ``result`` is None
@@ -280,7 +281,7 @@ class MethodOutcome:
     metrics: dict[str, float]
     seconds: float
     vs_retrain: dict[str, float] | None = None
-    later_steps: list[tuple[InfluenceResult, float]] = field(default_factory=list)
+    later_steps: tuple[tuple[InfluenceResult, float], ...] = ()
     """Re-linearised steps 2…k (their result and α); ``result``/``step`` are step 1's, ``model`` the final one."""
     test_probs: torch.Tensor | None = field(default=None, repr=False)
     """The edited model's probabilities on the test split (what the metrics were computed from)."""
@@ -525,7 +526,7 @@ def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None
             report_progress(f"{name}: choosing the step α", (i + 0.5) * share)
             step, search = _choose_step(model, result, scenario, config)
             edited = apply_delta(model, problem.space, result.delta, step)
-            later_steps = []
+            later_steps: list[tuple[InfluenceResult, float]] = []
             for j in range(config.iterations - 1):
                 report_progress(f"{name}: step {j + 2} of {config.iterations}", (i + 0.6) * share)
                 relinearised = prepare(edited, scenario.train, request, prepared.bundle.num_classes, newton_config)
@@ -543,17 +544,19 @@ def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None
             )
             continue
         seconds = time.perf_counter() - start
-        outcome = MethodOutcome(
-            method, result, step, search, edited, metrics, seconds, later_steps=later_steps, test_probs=test_probs,
-            flags=edit_flags(metrics, test_probs, prepared.original, prepared.original_test_probs, search),
-        )  # fmt: skip
+        vs_retrain = None
         if prepared.retrained is not None:
             assert prepared.retrained_test_probs is not None  # with_retrained sets both
-            outcome.vs_retrain = {
+            vs_retrain = {
                 **compare_to_retrained(test_probs, prepared.retrained_test_probs),
                 "avg_gap": avg_gap(metrics, prepared.retrained),
             }
-        outcomes.append(outcome)
+        outcomes.append(
+            MethodOutcome(
+                method, result, step, search, edited, metrics, seconds, vs_retrain, tuple(later_steps), test_probs,
+                flags=edit_flags(metrics, test_probs, prepared.original, prepared.original_test_probs, search),
+            )
+        )  # fmt: skip
     report_progress("Done", 1.0)
     return EditReport(
         request,

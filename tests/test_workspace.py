@@ -94,3 +94,15 @@ def test_the_public_face_exports_what_it_lists_and_shadows_no_module():
     modules = {module.name for module in pkgutil.iter_modules(gif_core.__path__)}
     assert [name for name in gif_core.__all__ if not hasattr(gif_core, name)] == []
     assert [name for name in gif_core.__all__ if name in modules] == []
+
+
+def test_a_report_and_its_outcomes_are_frozen():
+    import dataclasses
+
+    loaded = open_workspace_path(bundled_model_path("iris_mlp"))
+    report = loaded.answer(ClassRemoval(1), EditConfig(("gif", "if")), show_bar=False)
+    assert isinstance(report.outcomes, tuple) and isinstance(report.outcomes[0].later_steps, tuple)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.outcomes[0].vs_retrain = {"agreement": 100.0}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.retrained = {}
