@@ -131,6 +131,16 @@ def _busy(server: Dashboard, seconds: float) -> float:
     return (server.cpu_seconds() - before) / seconds
 
 
+def _is_working(server: Dashboard, within: float = 15.0) -> bool:
+    """Whether the server uses more than half a core (over 3 s) within ``within`` seconds: the test's other
+    processes share the cores, so one window can fall short while the work runs on."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _busy(server, 3.0) > 0.5:
+            return True
+    return False
+
+
 def _goes_idle(server: Dashboard, within: float = 20.0) -> bool:
     """Whether the server's CPU use falls below a quarter of a core (over 2 s) within ``within`` seconds."""
     deadline = time.monotonic() + within
@@ -158,7 +168,7 @@ def test_long_work_stops_on_cancel_on_leaving_and_on_reload(tmp_path):
             page.get_by_text(re.compile("Cost now: about .* MB to the cache")).first.wait_for(timeout=120_000)
             page.get_by_role("button", name="Explain this prediction").click()
             page.get_by_text("so far").first.wait_for(timeout=120_000)
-            assert _busy(server, 3.0) > 0.5  # it is working
+            assert _is_working(server)
 
         start_exact_if()
         page.get_by_role("button", name="Cancel").click()
