@@ -42,9 +42,10 @@ SELECTIVE_METHODS = ("gif", "fif", "pif")
 @dataclass(frozen=True)
 class EstimatorConfig:
     """How the estimators solve (``EditConfig.solver``): ``symmetric_solver`` for IF/PIF/FIF/SIF,
-    ``least_squares_solver`` for GIF, GIF's Tikhonov weight ρ (``gif_ridge``) and the stopping rule (``solver``).
-    Damping of H itself is a curvature setting (:class:`~gif_core.problem.HessianConfig`). ``rtol``, ``maxiter``,
-    ``track_residuals`` and ``richardson_restarts`` are the stopping rule of every solve (:attr:`stopping`).
+    ``least_squares_solver`` for GIF, GIF's Tikhonov weight ρ (``gif_ridge``), and the stopping rule of every solve
+    (``rtol``, ``maxiter``, ``track_residuals``, ``richardson_restarts``: :attr:`stopping`; the Richardson baseline's
+    other constants keep :class:`~gif_core.solvers.SolverConfig`'s values). Damping of H itself is a curvature
+    setting (:class:`~gif_core.problem.HessianConfig`).
 
     The defaults are an edit's, chosen by ``benchmarks/defaults.py`` (see :class:`gif_core.experiment.EditConfig`):
     ρ = 0.01 and at most 3 iterations, early-stopped by design; give a tight ``rtol`` and a large ``maxiter`` (and
