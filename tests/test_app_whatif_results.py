@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import streamlit
+import torch
 from conftest import open_page
 from PIL import Image
 from streamlit import dataframe_util
@@ -243,3 +244,39 @@ def test_the_backdoor_view_shows_the_trigger_triggered_images_and_each_models_pr
     assert predictions.loc["original (before)"].str.contains("(target)", regex=False).any()  # the backdoor works
     history = at.session_state["edit_history"][loaded.model_id]
     assert history[0].rows[0]["question"].startswith("undo the backdoor")
+
+
+def test_the_curvature_and_solver_settings_shown_are_the_ones_the_edit_uses():
+    """Every widget of the settings expander starts at the library's default and reaches the edit's config."""
+    from gif_core.experiment import EditConfig
+
+    at = edit_page("iris_mlp")
+    defaults = EditConfig()
+    assert at.number_input(key="damping").value == defaults.curvature.damping
+    assert at.number_input(key="ridge").value == defaults.solver.gif_ridge
+    assert at.number_input(key="maxiter").value == defaults.solver.maxiter
+    assert at.number_input(key="rtol").value == defaults.solver.rtol
+    assert at.selectbox(key="hess_data").value == defaults.curvature.data
+    assert at.selectbox(key="ls_solver").value == defaults.solver.least_squares_solver
+    assert at.selectbox(key="sym_solver").value == defaults.solver.symmetric_solver
+    assert not at.checkbox(key="gauss_newton").value
+    at.multiselect(key="methods").set_value(["gif", "if"])
+    at.checkbox(key="with_retrain").uncheck()
+    at.number_input(key="hess_n").set_value(64)
+    at.selectbox(key="hess_data").select("all")
+    at.number_input(key="damping").set_value(0.1)
+    at.selectbox(key="dtype").select("float64")
+    at.checkbox(key="gauss_newton").check()
+    at.number_input(key="rtol").set_value(1e-6)
+    at.number_input(key="maxiter").set_value(7)
+    at.number_input(key="ridge").set_value(0.0)
+    at.selectbox(key="sym_solver").select("cg")
+    run_edit(at)
+    report = at.session_state["edit"][1]
+    curvature, solver = report.config.curvature, report.config.solver
+    assert (curvature.samples, curvature.data, curvature.damping) == (64, "all", 0.1)
+    assert (curvature.dtype, curvature.gauss_newton, curvature.linearize) == ("float64", True, True)
+    assert (solver.rtol, solver.maxiter, solver.gif_ridge, solver.symmetric_solver) == (1e-6, 7, 0.0, "cg")
+    gif, full = report.outcomes
+    assert gif.result.delta.dtype == full.result.delta.dtype == torch.float64
+    assert full.result.reports[0].name == "cg" and not gif.diverged and not full.diverged
