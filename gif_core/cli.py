@@ -229,11 +229,10 @@ def _config_of(args: argparse.Namespace) -> EditConfig:
             raise UsageError(f"--step must be a positive number or 'auto', got {args.step!r}") from exc
     return EditConfig(
         methods=methods,
-        selection=SelectionConfig(args.selector, args.ratio, args.budget, args.seed),
+        selection=SelectionConfig(args.selector, args.ratio, args.budget),
         curvature=HessianConfig(
             data=args.hessian_data,
             samples=args.hessian_samples,
-            seed=args.seed,
             damping=args.damping,
             gauss_newton=args.gauss_newton,
             dtype=args.dtype,
@@ -248,7 +247,7 @@ def _config_of(args: argparse.Namespace) -> EditConfig:
         step=step,
         step_search=dataclasses.replace(DEFAULTS.step_search, cap=args.step_cap),
         iterations=args.iterations,
-    )
+    ).with_seed(args.seed)
 
 
 def _remove(args: argparse.Namespace) -> int:

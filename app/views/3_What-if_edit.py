@@ -237,9 +237,8 @@ def curvature_settings(shown: HessianConfig, n_train: int) -> HessianConfig:
     )  # fmt: skip
 
 
-def solver_settings() -> EstimatorConfig:
-    """The solver widgets, starting at the library's defaults: solvers, GIF's ridge ρ and the stopping rule."""
-    shown = DEFAULTS.solver
+def solver_settings(shown: EstimatorConfig) -> EstimatorConfig:
+    """The solver widgets, starting at ``shown`` (the page's defaults): solvers, GIF's ridge ρ and the stopping rule."""
     s1, s2, s3, s4, s5 = st.columns(5)
     maxiter = s1.number_input("Max iterations", 1, 1000, shown.maxiter, step=5, key="maxiter")
     rtol = s2.number_input("Tolerance", 1e-12, 0.5, shown.rtol, format="%.0e", key="rtol")
@@ -274,16 +273,18 @@ ratio = b.select_slider(
 step_mode = c.radio("Step scale α", STEP_MODES, index=0 if DEFAULTS.step == "auto" else 1, key="step_mode")
 step_value = c.number_input("α", min_value=0.001, value=1.0, key="step_value", disabled=step_mode != "fixed")
 with_retrain = c.checkbox("Compare with the retrained model", value=True, key="with_retrain")
+defaults = warmup.page_defaults(loaded)
+with st.expander("Curvature and solver settings (defaults chosen by benchmarks/defaults.py)"):
+    curvature = curvature_settings(defaults.curvature, len(loaded.train))
+    solver = solver_settings(defaults.solver)
 config = dataclasses.replace(
-    defaults := warmup.page_defaults(loaded),
+    defaults,
     methods=tuple(methods) or DEFAULTS.methods,
     selection=dataclasses.replace(defaults.selection, method=selector, ratio=ratio),
+    curvature=curvature,
+    solver=solver,
     step="auto" if step_mode != "fixed" else float(step_value),
 )
-with st.expander("Curvature and solver settings (defaults chosen by benchmarks/defaults.py)"):
-    config = dataclasses.replace(
-        config, curvature=curvature_settings(config.curvature, len(loaded.train)), solver=solver_settings()
-    )
 job = warmup.start(loaded, request, config, with_retrain) if request is not None else None
 if not methods:
     st.error("Choose at least one method.")
