@@ -57,10 +57,10 @@ class Setting:
 
 FULL = Setting(EditConfig(), edit_repeats=3, warm_up=True, hvp_samples=2000, hvp_products=5)
 QUICK = Setting(
-    edit_config(hessian_samples=64),
+    edit_config(hessian_samples=32),
     edit_repeats=1,
     warm_up=False,
-    hvp_samples=256,
+    hvp_samples=128,
     hvp_products=2,
 )
 

@@ -116,21 +116,23 @@ LOGREG_MNIST_ALL = (
     ),
 )
 """Logistic regression on all 3,500 bundled MNIST training samples (the full run uses a 1,000-sample subset)."""
-QUICK = _with_and_without_decay(
-    Setting("logreg", "iris", top_k=8, gif_ratio=0.2, captum=WITH_NAIVE),
+QUICK = (
+    *_with_and_without_decay(Setting("logreg", "iris", top_k=8, gif_ratio=0.2, captum=WITH_NAIVE)),
     Setting(
-        "logreg", "mnist-bundled", n_train=100, train_iterations=200, retrain_iterations=50, top_k=5, gif_ratio=0.2,
-        solve_maxiter=40, arnoldi_dim=20,
+        "logreg", "mnist-bundled", weight_decay=WEIGHT_DECAY, n_train=100, train_iterations=200, retrain_iterations=50,
+        top_k=5, gif_ratio=0.2, solve_maxiter=40, arnoldi_dim=20,
     ),
     Setting(
-        "mlp", "mnist-bundled", n_train=64, adam_epochs=3, train_iterations=50, retrain_iterations=20, top_k=4,
-        solve_maxiter=10, arnoldi_dim=10,
+        "mlp", "mnist-bundled", weight_decay=WEIGHT_DECAY, n_train=64, adam_epochs=3, train_iterations=50,
+        retrain_iterations=20, top_k=4, solve_maxiter=10, arnoldi_dim=10,
     ),
     Setting(
-        "cnn", "mnist-bundled", n_train=32, dtype=torch.float32, adam_epochs=2, train_iterations=20,
-        retrain_iterations=5, top_k=3, solve_maxiter=5, arnoldi_dim=5,
+        "cnn", "mnist-bundled", weight_decay=WEIGHT_DECAY, n_train=32, dtype=torch.float32, adam_epochs=2,
+        train_iterations=20, retrain_iterations=5, top_k=3, solve_maxiter=5, arnoldi_dim=5,
     ),
 )  # fmt: skip
+"""The smoke run: Iris with and without weight decay (the unregularised path: δ added, the looser training stop),
+the MNIST settings with it only."""
 
 
 @cache

@@ -5,8 +5,9 @@
 Every measurement is a fresh Python process run under ``/usr/bin/time -v``, which reports its "Maximum resident set
 size" and its "Elapsed (wall clock) time":
 
-* **baselines**: the imports alone (``import gif_core.cli``; ``import gif_core.browse, gif_core.workspace``): torch
-  and the library loaded, nothing computed, so that each measurement's increment over its imports shows;
+* **baseline**: the imports alone (``import gif_core.cli, gif_core.browse, gif_core.workspace``; importing any
+  module of the package loads ``gif_core/__init__``, which imports all three): torch and the library loaded,
+  nothing computed, so that each measurement's increment over its imports shows;
 * **class removal**: ``python -m gif_core remove --class 0 --quiet --json TMP/report.json --model M`` (GIF at the
   library's defaults; the report goes to a temporary folder);
 * **self-influence**: the dashboard's "most self-influential training samples" through the library (the CLI has no
@@ -141,7 +142,7 @@ def measure_process(label: str, command: list[str], folder: Path) -> Measured:
 
 
 def measure_all(model_path: Path, config: MemoryConfig, folder: Path) -> tuple[list[Measured], dict]:
-    """The baselines, the class removal and self-influence, one process each; and the self-influence child's record
+    """The baseline, the class removal and self-influence, one process each; and the self-influence child's record
     (the store's path, left in ``folder``, and its shape)."""
     python = sys.executable
     out = folder / "self_influence.json"
@@ -149,12 +150,10 @@ def measure_all(model_path: Path, config: MemoryConfig, folder: Path) -> tuple[l
     removal += ["--json", str(folder / "report.json"), "--model", str(model_path)]
     scores = [python, "-c", SELF_INFLUENCE, str(model_path), str(folder / "cache" / "gradients")]
     scores += [str(config.hessian_samples), str(config.rank), str(out)]
+    imports = [python, "-c", "import gif_core.cli, gif_core.browse, gif_core.workspace"]
     measured = [
-        measure_process("baseline: import gif_core.cli", [python, "-c", "import gif_core.cli"], folder),
+        measure_process("baseline: import gif_core", imports, folder),
         measure_process("class removal (gif remove)", removal, folder),
-        measure_process(
-            "baseline: import gif_core.browse", [python, "-c", "import gif_core.browse, gif_core.workspace"], folder
-        ),
         measure_process("self-influence (if-lowrank)", scores, folder),
     ]
     return measured, json.loads(out.read_text())

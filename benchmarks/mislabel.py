@@ -38,18 +38,20 @@ def flip_labels(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 300-sample subset and 2 epochs, for a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="a 200-sample subset, 2 epochs and a 32-sample Hessian, for a smoke run"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     data = load_data("mnist-bundled")
-    train = data.train.subset(torch.arange(300)) if args.quick else data.train
+    train = data.train.subset(torch.arange(200)) if args.quick else data.train
     recipe = dataclasses.replace(MNIST_CNN_RECIPE, epochs=2) if args.quick else MNIST_CNN_RECIPE
     labels, flipped_rows = flip_labels(train.labels, 0.1, data.num_classes, seed=0)
     noisy = dataclasses.replace(data, train=train.with_labels(labels))
     model, report = build_and_train("cnn", noisy, recipe, show_bar=False)
     curvature_config = CurvatureConfig(weight_decay=recipe.weight_decay)
     generator = torch.Generator().manual_seed(0)
-    sample = torch.randperm(len(labels), generator=generator)[: 64 if args.quick else 500]
+    sample = torch.randperm(len(labels), generator=generator)[: 32 if args.quick else 500]
     curvature = Curvature(model, (noisy.train.inputs[sample], labels[sample]), curvature_config)
     start = time.perf_counter()
     grads = training_gradients(

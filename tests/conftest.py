@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -170,6 +172,24 @@ def shared_retrains(tmp_path_factory):
     folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-retrains"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def default_question_retrained(shared_retrains, tmp_path_factory) -> None:
+    """The What-if page's first question answered by retraining (the bundled default without class 0) in
+    :func:`shared_retrains`, once per run: the dashboard tests that click it (AppTest and chromium, on any xdist
+    worker) would otherwise retrain the CNN side by side when they run at the same time. The first worker to take
+    the lock trains; the others wait and then read the entry (gif_core.retrain verifies it)."""
+    from gif_core.requests import ClassRemoval
+    from gif_core.retrain import retrain
+    from gif_core.workspace import open_workspace_path
+    from gif_core.zoo import default_model_path
+
+    cache = Path(cache_folder(tmp_path_factory.mktemp("default-retrain"), shared_retrains))
+    with (shared_retrains / ".default-question.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ws = open_workspace_path(default_model_path())
+        retrain(ws.card, ws.bundle, ws.train, ClassRemoval(0), ws.model_id, cache_dir=cache, show_bar=False)
 
 
 def cache_folder(root, shared_retrains) -> str:

@@ -28,10 +28,11 @@ SUBSET = 25  # rows of a second gradient, over another set than the Hessian samp
 
 
 def curvature_products(kind: str) -> dict[str, torch.Tensor]:
-    """Products, gradients, Fisher and per-sample gradients of a tiny float64 MLP or conv net (λ = 0.01, δ = 0.1)."""
+    """Products, gradients, Fisher and per-sample gradients of a tiny float64 MLP or conv net (λ = 0.01, δ = 0.1),
+    in batches of 16 rows: each shard spans two batches, and a linearised product traces once per batch."""
     model, data = (tiny_mlp(), blobs(N_ROWS)) if kind == "mlp" else (tiny_convnet(), blobs(N_ROWS, image=True))
     sample = (data.inputs, data.labels)
-    config = CurvatureConfig(weight_decay=0.01, damping=0.1, batch_size=7)
+    config = CurvatureConfig(weight_decay=0.01, damping=0.1, batch_size=16)
     plain = Curvature(model, sample, config)
     traced = Curvature(model, sample, dataclasses.replace(config, linearize=True))
     ggn = Curvature(model, sample, dataclasses.replace(config, gauss_newton=True))

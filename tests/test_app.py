@@ -256,7 +256,7 @@ def test_edit_page_class_removal_with_retraining_charts_and_downloads():
     assert again.session_state["edit"][1].retrain_from_cache  # the same question is never retrained twice
 
 
-def test_the_first_question_is_prepared_in_the_background_and_the_click_reuses_it():
+def test_the_first_question_is_prepared_in_the_background_and_the_click_reuses_it(default_question_retrained):
     from app.jobs import JOBS
     from app.warmup import SLOT
 
@@ -275,7 +275,7 @@ def test_the_first_question_is_prepared_in_the_background_and_the_click_reuses_i
     assert job.state.cancel.is_set()
 
 
-def test_edit_page_default_demo_shows_gif_forgetting():
+def test_edit_page_default_demo_shows_gif_forgetting(default_question_retrained):
     """The demo a newcomer sees, untouched: class 0 removed from the bundled CNN with every default. Before issue 12
     GIF kept 100% of the class here (the head got no rows at 5% and the step grid stopped at α = 32)."""
     at = page("edit")

@@ -38,7 +38,7 @@ def _open_and_click(page, address: str, button: str) -> None:
     page.get_by_role("button", name=button).click()
 
 
-def test_class_removal_in_a_real_browser(tmp_path, shared_retrains):
+def test_class_removal_in_a_real_browser(tmp_path, shared_retrains, default_question_retrained):
     _require_chromium()
     shots = Path(os.environ.get("GIF_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
