@@ -18,6 +18,9 @@ MODEL_COLOURS = {
     "PIF": "#9467bd",
     "IF": "#1f77b4",
     "SIF": "#17becf",
+    "TracIn": "#2ca02c",
+    "DataInf": "#8c564b",
+    "HyperINF": "#e377c2",
 }
 """One colour per model on every chart (the original grey, the retrained ground truth near-black)."""
 

@@ -18,6 +18,7 @@ from pandas.io.formats.style import Styler
 
 from gif_core.evaluate import AVG_GAP_KEYS
 from gif_core.experiment import EditReport, MethodOutcome
+from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES
 from gif_core.requests import EditRequest, counted
 
 HIGHER, LOWER, RETRAINED = "higher", "lower", "closest to retrained"
@@ -220,9 +221,9 @@ def styled(frame: pd.DataFrame, keys: Sequence[str], best: pd.DataFrame | None =
     return styler.apply(lambda _: best.map(lambda marked: BEST_STYLE if marked else ""), axis=None)
 
 
-def legend(keys: Sequence[str], request: EditRequest, backdoor: bool) -> str:
-    """Markdown explaining the shown columns (what each measures and which value is best), the ★ and the step
-    search's validation objective for this kind of question."""
+def legend(keys: Sequence[str], request: EditRequest, backdoor: bool, methods: Sequence[str] = ()) -> str:
+    """Markdown explaining the shown columns (what each measures and which value is best), the ★, the step
+    search's validation objective for this kind of question, and each of ``methods`` in one line."""
     gap_keys = ", ".join(COLUMNS[k].label.split(" (")[0] for k in AVG_GAP_KEYS) + " (those the question has)"
     lines = [
         f"{BEST_MARK} (bold) marks the best edited model in each column, among the edits only; no mark when fewer "
@@ -238,6 +239,7 @@ def legend(keys: Sequence[str], request: EditRequest, backdoor: bool) -> str:
             lines.append(f"- **{column.label}** — {column.meaning.format(gap_keys=gap_keys)}{best}")
     question = "undoing the backdoor (a label change)" if backdoor else f"this kind of question ({request.kind})"
     lines.append(f"- **Validation objective** of the auto step for {question}: {request.OBJECTIVE}.")
+    lines += [f"- **{METHOD_LABELS[m]}** — {METHOD_SUMMARIES[m]}." for m in dict.fromkeys(methods)]
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ from gif_core.checkpoints import (
 from gif_core.constraints import ConfigError
 from gif_core.data import DATASETS
 from gif_core.experiment import EditConfig, EditReport
-from gif_core.influence import METHODS, EstimatorConfig
+from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES, METHODS, EstimatorConfig
 from gif_core.models import ARCHITECTURES
 from gif_core.outputs import check_new_outputs, write_new_files
 from gif_core.problem import DTYPES, HESSIAN_DATA, HessianConfig
@@ -85,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     question.add_argument("--samples", help="remove training rows I,J,…")
     question.add_argument("--relabel", help="change labels: I:L,J:M,…")
     question.add_argument("--backdoor", action="store_true", help="relabel the poisoned samples to their true labels")
-    remove.add_argument("--method", default="gif", help=f"comma-separated, from {','.join(METHODS)}")
+    remove.add_argument(
+        "--method",
+        default="gif",
+        help="comma-separated, from: " + "; ".join(f"{m} ({METHOD_SUMMARIES[m]})" for m in METHODS),
+    )
     remove.add_argument("--selector", default=DEFAULTS.selection.method, choices=SELECTORS)
     remove.add_argument(
         "--ratio", type=float, default=DEFAULTS.selection.ratio, help="share of parameters GIF/FIF/PIF move"
@@ -285,7 +289,7 @@ def _remove(args: argparse.Namespace) -> int:
             continue
         assert outcome.model is not None and outcome.result is not None  # set unless diverged
         edited = parameters_to_vector(outcome.model.parameters())
-        distributed.check_replicated(f"The {outcome.method.upper()} edit", outcome.result.delta, edited)
+        distributed.check_replicated(f"The {METHOD_LABELS[outcome.method]} edit", outcome.result.delta, edited)
     if not lead:
         return 0
     print(format_report(report))
@@ -296,7 +300,7 @@ def _remove(args: argparse.Namespace) -> int:
         first = report.outcomes[0]
         if first.diverged:
             raise UsageError(
-                f"the {first.method.upper()} edit diverged ({first.diverged}); nothing was saved (no --save and "
+                f"the {METHOD_LABELS[first.method]} edit diverged ({first.diverged}); nothing was saved (no --save and "
                 "no --json file): try a smaller --step, more --damping, or step 'auto'"
             )
         assert first.model is not None  # set unless diverged
@@ -351,12 +355,12 @@ def format_report(report: EditReport) -> str:
         )
     for o in report.outcomes:
         if o.diverged:
-            row = [o.method.upper(), "diverged", *["-"] * (len(keys) + len(extra_keys) + 2), o.seconds]
+            row = [METHOD_LABELS[o.method], "diverged", *["-"] * (len(keys) + len(extra_keys) + 2), o.seconds]
             rows.append(row + ["-"] * 3 if report.retrained is not None else row)
             continue
         assert o.result is not None  # set unless diverged
         solver = o.result.solver_summary()
-        name = o.method.upper() + (
+        name = METHOD_LABELS[o.method] + (
             f" {o.result.selection.ratio_asked:.0%}" if o.method in ("gif", "fif", "pif") else ""
         )
         row = [name, o.step, *(o.metrics[k] for k in keys + extra_keys), solver["hvps"], solver["converged"], o.seconds]
@@ -376,11 +380,13 @@ def format_report(report: EditReport) -> str:
         notes.append(_selection_line(report.selection.describe()))
     for o in report.outcomes:
         if o.diverged:
-            notes.append(f"{o.method.upper()} diverged: {o.diverged}")
+            notes.append(f"{METHOD_LABELS[o.method]} diverged: {o.diverged}")
         else:
             warnings = o.step_search.warnings if o.step_search is not None else []
-            notes += [f"{o.method.upper()}: {w}" for w in dict.fromkeys([*o.flags, *warnings])]
-    return "\n".join(notes + lines)
+            notes += [f"{METHOD_LABELS[o.method]}: {w}" for w in dict.fromkeys([*o.flags, *warnings])]
+    methods = dict.fromkeys(o.method for o in report.outcomes)
+    legend = [f"{METHOD_LABELS[m]}: {METHOD_SUMMARIES[m]}" for m in methods]
+    return "\n".join(notes + lines + legend)
 
 
 def _selection_line(described: dict) -> str:

@@ -129,7 +129,7 @@ class Curvature:
         if self._tensor_sample:
             inputs, labels = cast(tuple[torch.Tensor, torch.Tensor], sample)  # a tensor pair: checked just above
             self._sample = self._local_rows(inputs, labels, "the Hessian sample")
-        self.n_samples = int(self._sum_over_ranks(torch.tensor(sum(len(y) for _, y in self._batches()))))
+        self.n_samples = int(self.sum_over_ranks(torch.tensor(sum(len(y) for _, y in self._batches()))))
         if self.n_samples == 0:
             raise ValueError("The Hessian sample is empty: give at least one training sample.")
 
@@ -150,7 +150,7 @@ class Curvature:
         rows = self.shard_of(len(labels))
         return inputs[rows], labels[rows]
 
-    def _sum_over_ranks(self, local: torch.Tensor) -> torch.Tensor:
+    def sum_over_ranks(self, local: torch.Tensor) -> torch.Tensor:
         """The sum of ``local`` over the ranks, in place (``local`` itself when not sharded)."""
         return distributed.all_reduce_sum(local) if self._world is not None else local
 
@@ -221,7 +221,7 @@ class Curvature:
             product = self._gauss_newton_batch if self.config.gauss_newton else self._hessian_batch
             for inputs, labels in self._batches():
                 total += product(tangent, inputs, labels) * (len(labels) / self.n_samples)
-        self._sum_over_ranks(total)
+        self.sum_over_ranks(total)
         v = self.space.flatten(tangent)
         result = total + (self.config.weight_decay + self.config.damping) * v
         _check_finite(result, "Hessian-vector product")
@@ -261,7 +261,7 @@ class Curvature:
         for x, y in _chunks(local_inputs, local_labels, self.config.batch_size, self.device, self.dtype):
             g = grad(self._mean_ce)(self._params, x, y)
             total += self.space.flatten(g).detach() * (len(y) / n)
-        self._sum_over_ranks(total)
+        self.sum_over_ranks(total)
         if regulariser:
             total += self.config.weight_decay * self.theta
         _check_finite(total, "gradient")
@@ -281,13 +281,18 @@ class Curvature:
         batches = _chunks(inputs, labels, self.config.batch_size, self.device, self.dtype)
         return self._per_sample_blocks(batches, regulariser)
 
+    def sample_gradients(self, *, regulariser: bool = True) -> Iterator[torch.Tensor]:
+        """Yield ∇ℓ_i(θ) for every sample of the Hessian sample that this rank holds, as [batch, p] blocks (sharded,
+        a consumer all-reduces what it sums over them: :meth:`sum_over_ranks`; the global count is ``n_samples``)."""
+        return self._per_sample_blocks(self._batches(), regulariser)
+
     def fisher_diagonal(self) -> torch.Tensor:
         """Diagonal empirical Fisher over the Hessian sample: mean_i (∇CE_i)² (no regulariser; sharded, the
         ranks' sums over their rows are all-reduced before dividing by the global count)."""
         total = torch.zeros(self.space.numel, device=self.device, dtype=self.dtype)
-        for block in self._per_sample_blocks(self._batches(), regulariser=False):
+        for block in self.sample_gradients(regulariser=False):
             total += block.square().sum(0)
-        return self._sum_over_ranks(total) / self.n_samples
+        return self.sum_over_ranks(total) / self.n_samples
 
     def _per_sample_blocks(
         self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], regulariser: bool

@@ -63,7 +63,15 @@ from gif_core.evaluate import (
     mia_efficacy,
     predict_proba,
 )
-from gif_core.influence import METHODS, SELECTIVE_METHODS, EstimatorConfig, InfluenceResult, estimate
+from gif_core.influence import (
+    METHOD_LABELS,
+    METHOD_SUMMARIES,
+    METHODS,
+    SELECTIVE_METHODS,
+    EstimatorConfig,
+    InfluenceResult,
+    estimate,
+)
 from gif_core.params import apply_delta, shifted_parameters
 from gif_core.problem import EditProblem, HessianConfig, ProblemConfig, prepare
 from gif_core.requests import EditRequest
@@ -296,7 +304,13 @@ class MethodOutcome:
 
     def to_dict(self) -> dict:
         if self.diverged:
-            record = {"method": self.method, "diverged": True, "reason": self.diverged, "seconds": self.seconds}
+            record = {
+                "method": self.method,
+                "summary": METHOD_SUMMARIES[self.method],
+                "diverged": True,
+                "reason": self.diverged,
+                "seconds": self.seconds,
+            }
             if self.result is not None:
                 record["solver"] = self.result.solver_summary()
             return record
@@ -304,6 +318,7 @@ class MethodOutcome:
         selection = self.result.selection
         record = {
             "method": self.method,
+            "summary": METHOD_SUMMARIES[self.method],
             "diverged": False,
             "flags": list(self.flags),
             "selector": selection.method,
@@ -516,7 +531,7 @@ def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None
     estimator = config.solver
     outcomes = []
     for i, method in enumerate(config.methods):
-        name, share = method.upper(), 1 / len(config.methods)
+        name, share = METHOD_LABELS[method], 1 / len(config.methods)
         report_progress(f"{name}: solving for Δ", i * share)
         start = time.perf_counter()
         method_selection = prepared.selection if method in SELECTIVE_METHODS else None

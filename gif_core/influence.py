@@ -1,4 +1,4 @@
-"""The five edit estimators of DESIGN.md section 2. Each returns Δ over the flat parameter space; the edited
+"""The edit estimators of DESIGN.md section 2. Each returns Δ over the flat parameter space; the edited
 model is θ + α·Δ (:func:`gif_core.params.apply_delta`). H is the (damped) Hessian of the problem's Hessian sample,
 g the vector of the request (:mod:`gif_core.problem`), T the selected coordinates, Δ_F = 0 outside T.
 
@@ -8,6 +8,15 @@ g the vector of the request (:mod:`gif_core.problem`), T the selected coordinate
 * ``gif``  (generalized IF, Lyu et al. 2023)  Δ_T = argmin_x ‖H_{:,T} x − g‖² + ρ‖x‖²: the update of T cancels, in
   least squares, the gradient change on ALL coordinates, fixed ones included. Its normal operator H_{:,T}ᵀH_{:,T}
   is positive semi-definite even when H is indefinite, so the solve converges.
+* ``tracin`` (the reference's TracIn row, Pruthi et al. 2020 as an editor)  Δ = g over all parameters: H replaced
+  by I, so θ + α·g ascends the loss of the removed samples (descends that of their new labels); no solve.
+* ``datainf`` (Kwon et al. 2024)  Δ = M⁻¹g with M the layer-wise DataInf inverse of the empirical Fisher
+  (:mod:`gif_core.layerwise`): a closed form, no Hessian-vector product.
+* ``hyperinf`` (Zhou et al. 2024)  Δ = M⁻¹g with M the layer-wise generalized Fisher, inverted by Schulz's
+  iteration (:mod:`gif_core.layerwise`); no Hessian-vector product.
+* Freezing (Schioppa et al. 2024: IF with the unselected parameters frozen, H_TT + λI for their damping λ) is
+  ``fif`` with the curvature's damping δ = λ: H_TT is the Hessian of the frozen model, so the two are one estimator
+  (tests/test_influence.py checks it against the Hessian of a model whose other parameters are really frozen).
 * ``sif``  (second-order group IF, Basu et al. 2020)  with the request's scale c and perturbation D
   (L ↦ L + c·D; c = r/(1−r) and D = L − L_U for removals):
   I1 = H_L⁻¹ g,  I2 = −c·H_L⁻¹(∇²D · I1),  Δ = I1 + I2 (third derivatives neglected), where H_L is the Hessian of
@@ -16,12 +25,14 @@ g the vector of the request (:mod:`gif_core.problem`), T the selected coordinate
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 
 from gif_core.constraints import MAX_REGULARISER, Alternatives, Interval, OneOf, validate
+from gif_core.layerwise import LayerwiseConfig, LayerwiseReport, datainf_inverse, hyperinf_inverse
 from gif_core.operators import HessianOperator
 from gif_core.params import embed
 from gif_core.problem import EditProblem
@@ -35,17 +46,41 @@ from gif_core.solvers import (
     solve_symmetric,
 )
 
-METHODS = ("gif", "fif", "pif", "if", "sif")
+METHODS = ("gif", "fif", "pif", "if", "sif", "tracin", "datainf", "hyperinf")
 SELECTIVE_METHODS = ("gif", "fif", "pif")
+METHOD_LABELS = {
+    "gif": "GIF",
+    "fif": "FIF",
+    "pif": "PIF",
+    "if": "IF",
+    "sif": "SIF",
+    "tracin": "TracIn",
+    "datainf": "DataInf",
+    "hyperinf": "HyperINF",
+}
+"""Each estimator's name in tables, charts and reports."""
+METHOD_SUMMARIES = {
+    "gif": "selected parameters T only, Δ_T = argmin ‖H[:,T]x − g‖² + ρ‖x‖²: cancels g on every coordinate",
+    "fif": "selected parameters T only, Δ_T = H_TT⁻¹g_T: the IF of the sub-network, the rest frozen (= freezing)",
+    "pif": "selected parameters T only, Δ_T = (H⁻¹g)_T: the full IF cut to T",
+    "if": "all parameters, Δ = H⁻¹g: one Newton step on the edited objective (Koh & Liang)",
+    "sif": "all parameters, Δ = I1 + I2: IF plus the second-order group correction (Basu et al.)",
+    "tracin": "all parameters, Δ = g: no curvature, the first-order step that raises the forgotten samples' loss",
+    "datainf": "all parameters, Δ = M⁻¹g, M⁻¹ DataInf's closed-form layer-wise inverse of the Fisher (Kwon et al.)",
+    "hyperinf": "all parameters, Δ = M⁻¹g, M the layer-wise generalized Fisher inverted by Schulz (Zhou et al.)",
+}
+"""One line per estimator: what it moves and its formula; every Δ has the sign of H⁻¹g (θ + α·Δ, α > 0, forgets)."""
 
 
 @dataclass(frozen=True)
 class EstimatorConfig:
     """How the estimators solve (``EditConfig.solver``): ``symmetric_solver`` for IF/PIF/FIF/SIF,
     ``least_squares_solver`` for GIF, GIF's Tikhonov weight ρ (``gif_ridge``), and the stopping rule of every solve
-    (``rtol``, ``maxiter``, ``track_residuals``, ``richardson_restarts``: :attr:`stopping`; the Richardson baseline's
-    other constants keep :class:`~gif_core.solvers.SolverConfig`'s values). Damping of H itself is a curvature
-    setting (:class:`~gif_core.problem.HessianConfig`).
+    (``rtol``, ``maxiter``, ``track_residuals``, ``richardson_restarts``, LiSSA's fixed scale ``lissa_scale``:
+    :attr:`stopping`; the baselines' other constants keep :class:`~gif_core.solvers.SolverConfig`'s values), and
+    DataInf's and HyperINF's layer damping (``layer_damping``: × the mean eigenvalue of each layer's factor,
+    :class:`~gif_core.layerwise.LayerwiseConfig`). Damping of H itself is a curvature setting
+    (:class:`~gif_core.problem.HessianConfig`).
 
     The defaults are an edit's, chosen by ``benchmarks/defaults.py`` (see :class:`gif_core.experiment.EditConfig`):
     ρ = 0.01 and at most 3 iterations, early-stopped by design; give a tight ``rtol`` and a large ``maxiter`` (and
@@ -58,6 +93,8 @@ class EstimatorConfig:
     maxiter: int = 3
     track_residuals: bool = False
     richardson_restarts: int = 100
+    lissa_scale: float = 10.0
+    layer_damping: float = 0.1
 
     CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
         "symmetric_solver": (OneOf(SYMMETRIC_METHODS),),
@@ -68,6 +105,12 @@ class EstimatorConfig:
     def __post_init__(self) -> None:
         validate(self)
         self.stopping  # noqa: B018 (validates the stopping rule by SolverConfig's declared constraints)
+        self.layerwise  # noqa: B018 (validates the layer damping by LayerwiseConfig's)
+
+    @property
+    def layerwise(self) -> LayerwiseConfig:
+        """DataInf's and HyperINF's settings."""
+        return LayerwiseConfig(damping_ratio=self.layer_damping)
 
     @property
     def stopping(self) -> SolverConfig:
@@ -77,6 +120,7 @@ class EstimatorConfig:
             maxiter=self.maxiter,
             track_residuals=self.track_residuals,
             richardson_restarts=self.richardson_restarts,
+            lissa_scale=self.lissa_scale,
         )
 
 
@@ -114,7 +158,7 @@ class InfluenceResult:
 def estimate(
     method: str, problem: EditProblem, selection: Selection | None = None, config: EstimatorConfig | None = None
 ) -> InfluenceResult:
-    """Run estimator ``method`` on ``problem``. GIF/FIF/PIF need a ``selection``; IF and SIF use all parameters."""
+    """Run estimator ``method`` on ``problem``. GIF/FIF/PIF need a ``selection``; the others use all parameters."""
     config = config or EstimatorConfig()
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -127,7 +171,16 @@ def estimate(
             raise ValueError(f"{method.upper()} got an empty selection: there is no parameter to update.")
     else:
         selection = select_all(problem.space)
-    runner = {"if": _influence, "pif": _projected, "fif": _frozen, "gif": _generalized, "sif": _second_order}
+    runner = {
+        "if": _influence,
+        "pif": _projected,
+        "fif": _frozen,
+        "gif": _generalized,
+        "sif": _second_order,
+        "tracin": _gradient_direction,
+        "datainf": _datainf,
+        "hyperinf": _hyperinf,
+    }
     delta, reports, solved = runner[method](problem, selection, config)
     return InfluenceResult(method, delta, selection, tuple(reports), problem, solved)
 
@@ -185,3 +238,36 @@ def _second_order(problem: EditProblem, selection: Selection, config: EstimatorC
     report1 = replace(report1, hvps=report1.hvps * per_call)
     report2 = replace(report2, hvps=report2.hvps * per_call + problem.perturbation_hvp_products)
     return first + second, [report1, report2], "I1 = H_L⁻¹g, I2 = −c·H_L⁻¹(∇²D·I1), Δ = I1 + I2"
+
+
+def _gradient_direction(problem: EditProblem, selection: Selection, config: EstimatorConfig):
+    """TracIn's editor: Δ = g, no curvature and no solve."""
+    report = SolveReport("none", 0, 0, 0.0, True, 0.0, "Δ = g: no solve")
+    return problem.g.clone(), [report], "Δ = g (H replaced by I)"
+
+
+def _layerwise_report(name: str, layerwise: LayerwiseReport, seconds: float, converged: bool) -> SolveReport:
+    note = (
+        f"{layerwise.gradient_passes} pass(es) over the Hessian sample's per-sample gradients; {layerwise.layers} "
+        f"layers, the largest factor {layerwise.largest_factor}"
+    )
+    return SolveReport(name, layerwise.iterations, 0, layerwise.residual, converged, seconds, note)
+
+
+def _datainf(problem: EditProblem, selection: Selection, config: EstimatorConfig):
+    start = time.perf_counter()
+    delta, layerwise = datainf_inverse(problem.hessian, problem.g, config.layerwise)
+    report = _layerwise_report("datainf", layerwise, time.perf_counter() - start, True)
+    return delta.to(problem.g.dtype), [report], "Δ_l = (1/λ_l)[g_l − mean_i g_il (g_ilᵀg_l)/(λ_l + ‖g_il‖²)] per layer"
+
+
+def _hyperinf(problem: EditProblem, selection: Selection, config: EstimatorConfig):
+    start = time.perf_counter()
+    delta, layerwise = hyperinf_inverse(problem.hessian, problem.g, config.layerwise)
+    converged = layerwise.residual <= config.layerwise.schulz_tolerance
+    report = _layerwise_report("hyperinf (Schulz)", layerwise, time.perf_counter() - start, converged)
+    return (
+        delta.to(problem.g.dtype),
+        [report],
+        "Δ_l = (G_l + λ_l I)⁻¹ V_l per layer (G_l the GFIM, V_l = g_l as a matrix) by Schulz",
+    )

@@ -4,6 +4,20 @@ Two problem shapes occur (DESIGN.md section 2):
 
 * symmetric systems ``A x = b`` (IF, FIF, SIF), A = H or H_TT, possibly indefinite:
   ``minres`` (default; handles indefinite A) or ``cg`` (A positive definite), both from ``scipy.sparse.linalg``;
+  and two named baselines of the influence literature, both the Neumann series of A⁻¹ with a scale s,
+  x_{j+1} = x_j + (b − A x_j)/s (LiSSA's recursion h_j = b + (I − A/s) h_{j−1} with x = h/s; one product per
+  iteration, and its residual b − A x_j comes with that product). It converges only when A is positive definite
+  and s > λ_max(A)/2 (the iteration matrix I − A/s then has spectral radius below one):
+
+  - ``lissa`` (Agarwal et al. 2017, as Koh & Liang use it): a fixed scale s (``lissa_scale``), deterministic here
+    (every product covers the whole Hessian sample, so the stochastic version's repeats are not needed; LiSSA's own
+    damping is δ of H). A residual that grows past ``LISSA_DIVERGED``·‖b‖ or turns non-finite is an error.
+  - ``plissa`` (the GIF authors' P-LiSSA, as their paper describes it): s = 1.1·|λ|_max(A), |λ|_max estimated by
+    power iteration (``lissa_power_iterations`` products at most, stopped when the estimate changes by less than
+    0.1%); the iterate with the smallest residual is kept; a residual that grows to twice the smallest restarts
+    from the kept iterate with s doubled (``lissa_restarts`` times at most: a negative eigenvalue of A makes the
+    series grow at every scale); and it stops when the smallest residual has not fallen by 1% in
+    ``lissa_patience`` iterations (a stall). Every product, power iterations included, is counted.
 * the GIF least-squares problem ``min_x ‖A x − b‖² + δ‖x‖²`` with A = H_{:,T} (a p×k operator whose ``matvec``
   and ``rmatvec`` each cost one Hessian-vector product): ``cgls`` (scipy's CG on the normal equations
   (AᵀA + δI) x = Aᵀb, which stop exactly on the normal residual reported here), ``lsmr`` (scipy), or
@@ -37,13 +51,17 @@ from threadpoolctl import threadpool_limits
 from gif_core.constraints import Alternatives, InstanceOf, Interval, validate
 from gif_core.operators import Counted, LinearMap, Normal, to_numpy
 
-SYMMETRIC_METHODS = ("minres", "cg")
+SYMMETRIC_METHODS = ("minres", "cg", "lissa", "plissa")
+LISSA_METHODS = ("lissa", "plissa")
+LISSA_DIVERGED = 1e6
+"""A LiSSA residual ‖b − A x‖ above this multiple of ‖b‖ means the series diverges (s too small, or A indefinite)."""
 LEAST_SQUARES_METHODS = ("cgls", "lsmr", "richardson")
 
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """Stopping rule and limits. ``richardson_*`` only concern the baseline."""
+    """Stopping rule and limits. ``richardson_*`` only concern the Richardson baseline, ``lissa_*`` the LiSSA
+    baselines (see the module docstring)."""
 
     rtol: float = 1e-4
     maxiter: int = 500
@@ -51,6 +69,10 @@ class SolverConfig:
     richardson_scale: float = 1.0
     richardson_scale_step: float = 0.5
     richardson_restarts: int = 100
+    lissa_scale: float = 10.0
+    lissa_power_iterations: int = 20
+    lissa_restarts: int = 3
+    lissa_patience: int = 10
 
     CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
         "rtol": (Interval(0, 1, closed="neither"),),
@@ -59,6 +81,10 @@ class SolverConfig:
         "richardson_scale": (Interval(0, None, closed="neither"),),
         "richardson_scale_step": (Interval(0, None, closed="neither"),),
         "richardson_restarts": (Interval(0, None, integer=True),),
+        "lissa_scale": (Interval(0, None, closed="neither"),),
+        "lissa_power_iterations": (Interval(1, None, integer=True),),
+        "lissa_restarts": (Interval(0, None, integer=True),),
+        "lissa_patience": (Interval(1, None, integer=True),),
     }
 
     def __post_init__(self) -> None:
@@ -103,17 +129,32 @@ _ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")
 def solve_symmetric(
     operator: LinearMap, b: torch.Tensor, method: str = "minres", config: SolverConfig | None = None
 ) -> tuple[torch.Tensor, SolveReport]:
-    """Solve A x = b for a symmetric operator A (``minres`` or ``cg``, scipy)."""
+    """Solve A x = b for a symmetric operator A (``minres`` or ``cg``, scipy; ``lissa`` or ``plissa``, the
+    Neumann-series baselines of the module docstring)."""
     config = config or SolverConfig()
     if method not in SYMMETRIC_METHODS:
         raise ValueError(f"Unknown symmetric solver {method!r}; choose one of {', '.join(SYMMETRIC_METHODS)}")
     _check(b, method)
     start = time.perf_counter()
     op, trace_op = Counted(operator), Counted(operator)
-    linop = op.to_scipy()
     b_norm = _norm(b)
     if b_norm == 0:
         return torch.zeros_like(b), SolveReport(method, 0, 0, 0.0, True, time.perf_counter() - start, "b = 0")
+    if method in LISSA_METHODS:
+        x, iterations, lissa_history, note = (_lissa if method == "lissa" else _plissa)(op, b, config)
+        _check(x, method)
+        rel = _norm(b - op @ x) / b_norm
+        return x, SolveReport(
+            method,
+            iterations,
+            op.calls,
+            rel,
+            rel <= config.rtol,
+            time.perf_counter() - start,
+            note,
+            tuple(lissa_history) if config.track_residuals else (),
+        )
+    linop = op.to_scipy()
     iterations, history = 0, []
 
     def callback(xk: np.ndarray) -> None:
@@ -253,3 +294,86 @@ def _richardson(normal: Normal, atb: torch.Tensor, config: SolverConfig) -> tupl
             return x, total_iterations, history, f"scale c = {scale:g}; hit maxiter"
         scale += config.richardson_scale_step
     return x, total_iterations, history, f"diverged at every scale up to c = {scale:g}"
+
+
+def _lissa(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.Tensor, int, list[float], str]:
+    """LiSSA with the fixed scale s = ``lissa_scale``: x_{j+1} = x_j + r_j/s, r_j = b − A x_j, from x_0 = 0."""
+    scale, b_norm = config.lissa_scale, _norm(b)
+    x, residual, history = torch.zeros_like(b), b, []
+    for iteration in range(1, config.maxiter + 1):
+        x = x + residual / scale
+        residual = b - op @ x
+        rel = _norm(residual) / b_norm
+        history.append(rel)
+        if not np.isfinite(rel) or rel > LISSA_DIVERGED:
+            raise FloatingPointError(
+                f"LiSSA diverged at scale s = {scale:g} (residual {rel:.3g}·‖b‖ after {iteration} iterations): the "
+                "series converges only for a positive definite H with s above half its largest eigenvalue. Raise "
+                "the scale, add damping, or use plissa or minres."
+            )
+        if rel <= config.rtol:
+            return x, iteration, history, f"scale s = {scale:g}"
+    return x, config.maxiter, history, f"scale s = {scale:g}; hit maxiter"
+
+
+def largest_magnitude_eigenvalue(op: LinearMap, like: torch.Tensor, iterations: int, seed: int = 0) -> float:
+    """|λ|_max of a symmetric operator by power iteration from a seeded Gaussian vector (``like``'s shape, dtype
+    and device): ‖A v‖ for the unit iterate v, at most ``iterations`` products, stopped once the estimate changes by
+    less than 0.1%. For a symmetric A the estimate approaches |λ|_max from below."""
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.randn(like.shape, generator=generator, dtype=torch.float64).to(like.device, like.dtype)
+    v = v / _norm(v)
+    estimate = 0.0
+    for _ in range(iterations):
+        w = op @ v
+        previous, estimate = estimate, _norm(w)
+        if estimate == 0.0 or not np.isfinite(estimate):
+            break
+        v = w / estimate
+        if abs(estimate - previous) <= 1e-3 * estimate:
+            break
+    return estimate
+
+
+def _plissa(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.Tensor, int, list[float], str]:
+    """P-LiSSA (module docstring): a power-iteration scale, the best iterate kept, restarts, stall detection."""
+    b_norm = _norm(b)
+    top = largest_magnitude_eigenvalue(op, b, config.lissa_power_iterations)
+    if not top > 0:
+        raise FloatingPointError(
+            f"P-LiSSA's power iteration found |λ|max = {top:g}: the operator is zero or not finite."
+        )
+    power_products = op.calls
+    scale = 1.1 * top
+    best_x, best_rel = torch.zeros_like(b), 1.0
+    x, residual, history = best_x, b, []
+    restarts, since_best, iterations, stop = 0, 0, 0, "hit maxiter"
+    while iterations < config.maxiter:
+        iterations += 1
+        x = x + residual / scale
+        residual = b - op @ x
+        rel = _norm(residual) / b_norm
+        history.append(rel)
+        if rel < best_rel:
+            since_best = 0 if rel < 0.99 * best_rel else since_best + 1
+            best_x, best_rel = x, rel
+        else:
+            since_best += 1
+        if best_rel <= config.rtol:
+            stop = "converged"
+            break
+        if not np.isfinite(rel) or rel > 2 * best_rel:
+            if restarts == config.lissa_restarts:
+                stop = f"the series grew again after {restarts} restarts"
+                break
+            restarts, scale, since_best = restarts + 1, 2 * scale, 0
+            x, residual = best_x, b - op @ best_x
+            continue
+        if since_best >= config.lissa_patience:
+            stop = f"stalled: no 1% gain in {config.lissa_patience} iterations"
+            break
+    note = (
+        f"scale s = {scale:g} (power iteration: |λ|max ≈ {top:.4g} in {power_products} products); "
+        f"{restarts} restart(s); {stop}; the best iterate returned"
+    )
+    return best_x, iterations, history, note

@@ -10,8 +10,8 @@
   with a short Adam recipe (so not at an exact minimum), and the full eigenvalue spectrum of
   H = ∇²(mean CE + (λ/2)|θ|²) at the trained θ, with the share of negative eigenvalues. At a FIXED θ, adding λ
   shifts every eigenvalue by +λ; retraining with λ also moves θ.
-* :data:`EXPLANATIONS` — plain-language descriptions of the five estimators, with formula and sign, in the
-  notation of :mod:`gif_core.influence` and :mod:`gif_core.problem` (g = "the gradient the edit removes";
+* :data:`EXPLANATIONS` — plain-language descriptions of every estimator of :data:`gif_core.influence.METHODS`,
+  with formula and sign, in the notation of :mod:`gif_core.influence` and :mod:`gif_core.problem` (g = "the gradient the edit removes";
   for a removal of U, g = (m/(n−m))·mean_{i∈U} ∇ℓ_i(θ) = −∇L_{S∖U}(θ) at a stationary θ; the edit is θ + Δ).
 """
 
@@ -96,6 +96,32 @@ EXPLANATIONS: dict[str, Explanation] = {
         sign="I1 is IF's step expanded around the full objective (H_L, the Hessian over all n samples); I2 corrects it "
         "by the change of curvature, with a minus sign and the scale c; r = m/n is the removed fraction. Third "
         "derivatives are neglected.",
+    ),
+    "tracin": Explanation(
+        name="First-order update (TRACIN, Pruthi et al. 2020, as the GIF authors edit with it)",
+        idea="Skip the curvature altogether: step along g itself, the gradient of the removed samples' loss, as if H "
+        "were the identity. Every parameter moves.",
+        formula=r"\Delta = g",
+        sign="Δ = +g: the step raises the loss of the removed samples (for a relabelling, lowers that of the new "
+        "labels). Its size means nothing by itself; the step search chooses α.",
+    ),
+    "datainf": Explanation(
+        name="Layer-wise closed-form inverse (DATAINF, Kwon et al. 2024)",
+        idea="Approximate H by the Fisher of each layer separately, and invert each layer's Fisher in closed form by "
+        "swapping the inverse with the average over samples: every rank-one term inverts exactly (Sherman–Morrison).",
+        formula=r"\Delta_l = \frac{1}{\lambda_l}\left(g_l - \frac{1}{n}\sum_i "
+        r"\frac{g_{il}^\top g_l}{\lambda_l + \lVert g_{il}\rVert^2}\, g_{il}\right)",
+        sign="Δ_l ≈ (G_l + λ_l I)⁻¹ g_l, a positive definite inverse: gᵀΔ > 0, IF's direction under a block-diagonal "
+        "Fisher. No Hessian-vector product; λ_l is 0.1 × the layer's mean squared gradient entry.",
+    ),
+    "hyperinf": Explanation(
+        name="Layer-wise Schulz inverse (HYPERINF, Zhou et al. 2024)",
+        idea="Approximate each layer's curvature by its generalized Fisher, a small out × out matrix built from the "
+        "layer's gradient matrices, and invert it with Schulz's iteration, which converges for any invertible matrix.",
+        formula=r"\Delta_l = \left(G_l + \lambda_l I\right)^{-1} V_l,\quad G_l = \tfrac{1}{n}\sum_i M_i M_i^\top,"
+        r"\quad X_{k+1} = X_k\left(2I - A X_k\right)",
+        sign="V_l is g's layer as a matrix; (G_l + λ_l I)⁻¹ is positive definite, so gᵀΔ > 0, IF's direction. No "
+        "Hessian-vector product; the Schulz residual ‖I − AX‖ is reported.",
     ),
 }
 

@@ -12,6 +12,8 @@ import torch
 from conftest import finish_jobs, no_errors, open_page
 from streamlit.testing.v1 import AppTest
 
+from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES, METHODS
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 PAGES = {
     "model": None,  # the default page
@@ -296,7 +298,7 @@ def test_edit_page_default_demo_shows_gif_forgetting(default_question_retrained)
 
 def test_edit_page_every_method_and_fixed_step_on_the_small_model():
     at = page("edit", bundled="iris_mlp")
-    at.multiselect(key="methods").set_value(["gif", "fif", "pif", "if", "sif"])
+    at.multiselect(key="methods").set_value(list(METHODS))
     at.select_slider(key="ratio").set_value(0.2)
     at.radio(key="step_mode").set_value("fixed").run()
     at.number_input(key="step_value").set_value(0.5)
@@ -304,8 +306,12 @@ def test_edit_page_every_method_and_fixed_step_on_the_small_model():
     at.button(key="run_edit").click().run()
     no_errors(at)
     report = at.session_state["edit"][1]
-    assert [o.method for o in report.outcomes] == ["gif", "fif", "pif", "if", "sif"]
+    assert [o.method for o in report.outcomes] == list(METHODS)
     assert all(o.step == 0.5 for o in report.outcomes)
+    names = list(at.dataframe[0].value["model"])  # every method has its row, named as the library names it
+    assert all(any(name.startswith(METHOD_LABELS[m]) for name in names) for m in METHODS), names
+    legend = next(e.proto.body for e in at.get("markdown") if "**HyperINF** —" in e.proto.body)
+    assert all(f"**{METHOD_LABELS[m]}** — {METHOD_SUMMARIES[m]}" in legend for m in METHODS)
 
 
 def test_edit_page_shows_a_diverged_edit_as_such_never_as_an_accuracy():

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import blobs, dense_gradient, dense_hessian, rel_err, tiny_convnet, tiny_mlp
+from conftest import blobs, dense_gradient, dense_hessian, dense_objective, rel_err, tiny_convnet, tiny_mlp
 from conftest import fit_logreg as _fit_logreg
 from torch import nn
 from torch.nn import functional as F
@@ -172,7 +172,7 @@ def test_estimate_rejects_bad_calls(mlp_data):
     with pytest.raises(ValueError, match="needs a parameter selection"):
         estimate("gif", problem)
     with pytest.raises(ValueError, match="Unknown method"):
-        estimate("tracin", problem)
+        estimate("gif2", problem)
     other = prepare(tiny_convnet(), blobs(image=True), SampleRemoval([1]), 3)
     with pytest.raises(ValueError, match="another model"):
         estimate("fif", problem, select(other, SelectionConfig(ratio=0.3)))
@@ -258,3 +258,62 @@ def test_label_change_assembles_the_original_and_perturbation_hessians(hessian_d
     assert rel_err(problem.full_hvp(v), H_old @ v) < 1e-8
     assert rel_err(problem.perturbation_hvp(v), (H_new - H_old) @ v) < 1e-8
     assert rel_err(problem.hessian.hvp(v), (H_new if hessian_data == "retained" else H_old) @ v) < 1e-8
+
+
+def test_freezing_is_fif_the_if_of_the_model_with_its_other_parameters_frozen():
+    """Schioppa et al.'s freezing: IF of the model whose unselected parameters are constants, with their damping λ,
+    Δ_T = (∇²_T L + λI)⁻¹ g_T. Its Hessian is taken here on a function of θ_T alone (θ_F fixed), independently of
+    gif_core, and equals FIF with the curvature's damping δ = λ."""
+    model, data = tiny_mlp(seed=1), blobs(seed=1)
+    damping, weight_decay = 0.05, 0.01
+    curvature = CurvatureConfig(weight_decay, damping=damping)
+    problem = prepare(model, data, ClassRemoval(1), 3, ProblemConfig(curvature=curvature))
+    selection = select(problem, SelectionConfig("gradient", ratio=0.3))
+    T = selection.indices
+    keep = problem.retain_rows
+    objective, theta = dense_objective(model, data.inputs[keep], data.labels[keep], weight_decay)
+
+    def frozen(theta_t: torch.Tensor) -> torch.Tensor:
+        return objective(theta.index_put((T,), theta_t))
+
+    H_frozen = torch.autograd.functional.hessian(frozen, theta[T])
+    truth = torch.linalg.solve(H_frozen + damping * torch.eye(len(T), dtype=H_frozen.dtype), problem.g[T])
+    result = estimate("fif", problem, selection, TIGHT)
+    assert result.converged and rel_err(result.delta[T], truth) < 1e-6
+    assert (result.delta[~selection.mask] == 0).all()
+
+
+def test_tracin_editor_is_the_request_vector_and_raises_the_removed_samples_loss():
+    model, data = tiny_mlp(seed=2), blobs(seed=2)
+    problem = prepare(model, data, ClassRemoval(0), 3, ProblemConfig(curvature=CurvatureConfig(0.01)))
+    result = estimate("tracin", problem)
+    assert (
+        torch.equal(result.delta, problem.g) and result.hvps == 0 and result.selection.n_selected == problem.space.numel
+    )
+    removed = data.labels == 0
+    before = F.cross_entropy(model(data.inputs[removed]), data.labels[removed])
+    edited = apply_delta(model, problem.space, result.delta, 0.5)
+    assert F.cross_entropy(edited(data.inputs[removed]), data.labels[removed]) > before  # the sign: forget U
+
+
+@pytest.mark.parametrize("method", ["datainf", "hyperinf"])
+def test_layerwise_editors_are_descent_directions_with_no_hessian_product(method):
+    """M⁻¹ is positive definite, so gᵀΔ > 0, Δ has IF's sign; and their reports count no Hessian-vector product."""
+    model, data = tiny_convnet(), blobs(image=True)
+    problem = prepare(model, data, SampleRemoval([1, 4, 8]), 3, ProblemConfig(curvature=CurvatureConfig(0.01)))
+    result = estimate(method, problem)
+    assert float(problem.g @ result.delta) > 0 and result.hvps == 0 and result.converged
+    assert torch.isfinite(result.delta).all() and result.reports[0].note.startswith(("2 pass", "1 pass"))
+
+
+@pytest.mark.parametrize("solver", ["lissa", "plissa"])
+def test_if_with_the_lissa_baselines_matches_the_dense_solution(solver):
+    model, data = tiny_mlp(), blobs()
+    curvature = CurvatureConfig(weight_decay=0.1, damping=1.0)  # λ_min(H) ≈ 0.17 > 0: LiSSA's domain
+    problem = prepare(model, data, SampleRemoval([3, 7]), 3, ProblemConfig(curvature=curvature))
+    keep = problem.retain_rows
+    H = dense_hessian(model, data.inputs[keep], data.labels[keep], 0.1) + torch.eye(problem.space.numel).double()
+    assert torch.linalg.eigvalsh(H).min() > 0.1
+    config = EstimatorConfig(symmetric_solver=solver, rtol=1e-8, maxiter=20000)
+    result = estimate("if", problem, config=config)
+    assert result.converged and rel_err(result.delta, torch.linalg.solve(H, problem.g)) < 1e-6

@@ -73,3 +73,51 @@ def test_residual_history_is_tracked_without_counting_as_solve_products():
     _, traced = solve_symmetric(DenseMatrix(A), b, "cg", SolverConfig(rtol=1e-8, track_residuals=True))
     assert len(traced.residual_history) == traced.iterations and traced.hvps == plain.hvps
     assert traced.trace_hvps == traced.iterations and traced.residual_history[-1] <= 1e-8
+
+
+@pytest.mark.parametrize("method", ["lissa", "plissa"])
+def test_lissa_baselines_reach_the_solution_of_a_positive_definite_system(method):
+    """Eigenvalues in [0.5, 8]: LiSSA's scale 10 > λ_max/2 converges, and P-LiSSA's power-iteration scale too;
+    every product is counted (P-LiSSA's power iterations included) and the residual is the explicit one."""
+    A = _matrix(30, torch.linspace(0.5, 8, 30, dtype=torch.float64))
+    b = torch.randn(30, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    config = SolverConfig(rtol=1e-8, maxiter=5000, lissa_patience=50)
+    x, report = solve_symmetric(DenseMatrix(A), b, method, config)
+    assert rel_err(x, torch.linalg.solve(A, b)) < 1e-6
+    assert report.converged and report.rel_residual == pytest.approx(float((b - A @ x).norm() / b.norm()))
+    assert report.hvps == report.iterations + 1 + (
+        int(report.note.split(" in ")[1].split()[0]) if method == "plissa" else 0
+    )
+    if method == "plissa":
+        top = float(report.note.split("|λ|max ≈ ")[1].split()[0])
+        assert 7.0 < top <= 8.0  # power iteration approaches λ_max = 8 from below (to 0.1% change per product)
+
+
+def test_lissa_with_a_scale_below_half_the_largest_eigenvalue_diverges_with_a_clear_error():
+    A = _matrix(20, torch.linspace(1.0, 30.0, 20, dtype=torch.float64))  # λ_max = 30 > 2 · 10
+    b = torch.randn(20, dtype=torch.float64)
+    with pytest.raises(FloatingPointError, match="LiSSA diverged at scale s = 10"):
+        solve_symmetric(DenseMatrix(A), b, "lissa", SolverConfig(maxiter=5000))
+    x, report = solve_symmetric(DenseMatrix(A), b, "plissa", SolverConfig(rtol=1e-8, maxiter=5000, lissa_patience=50))
+    assert report.converged and rel_err(x, torch.linalg.solve(A, b)) < 1e-6  # its own scale adapts
+
+
+def test_plissa_on_an_indefinite_system_returns_its_best_iterate_and_says_it_did_not_converge():
+    """A negative eigenvalue makes the series grow at every scale: P-LiSSA restarts, then stops and returns the
+    iterate with the smallest residual, never one that grew, and reports it as not converged."""
+    A = _matrix(20, torch.cat([torch.tensor([-2.0]), torch.linspace(0.5, 5, 19)]).double())
+    b = torch.randn(20, dtype=torch.float64)
+    x, report = solve_symmetric(
+        DenseMatrix(A), b, "plissa", SolverConfig(rtol=1e-10, maxiter=2000, track_residuals=True)
+    )
+    assert not report.converged and torch.isfinite(x).all()
+    assert report.rel_residual == pytest.approx(min(report.residual_history), rel=1e-9)
+    assert "restart" in report.note and report.rel_residual < 1.0
+
+
+def test_power_iteration_estimates_the_largest_magnitude_eigenvalue():
+    from gif_core.solvers import largest_magnitude_eigenvalue
+
+    A = _matrix(25, torch.cat([torch.tensor([-6.0]), torch.linspace(0.1, 3, 24)]).double())
+    estimate = largest_magnitude_eigenvalue(DenseMatrix(A), torch.zeros(25, dtype=torch.float64), 500)
+    assert estimate == pytest.approx(6.0, rel=1e-2)

@@ -191,6 +191,9 @@ FORMULA_PARTS = {
         r"H_{:,T}^\top H_{:,T}\, \Delta_T = H_{:,T}^\top g",
     ],
     "sif": [r"I_1 = H_L^{-1} g", r"\Delta = I_1 + I_2", r"c = \tfrac{r}{1-r}"],
+    "tracin": [r"\Delta = g"],
+    "datainf": [r"\lambda_l + \lVert g_{il}\rVert^2"],
+    "hyperinf": [r"\left(G_l + \lambda_l I\right)^{-1} V_l", r"X_{k+1} = X_k\left(2I - A X_k\right)"],
 }
 
 

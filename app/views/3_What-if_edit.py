@@ -21,7 +21,7 @@ from gif_core.comparison import ModelPredictions, predictions_of
 from gif_core.data import DataBundle
 from gif_core.evaluate import predict_proba
 from gif_core.experiment import EditConfig, EditReport, MethodOutcome, answer
-from gif_core.influence import METHODS, EstimatorConfig
+from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES, METHODS, EstimatorConfig
 from gif_core.problem import DTYPES, HESSIAN_DATA, HessianConfig
 from gif_core.selection import METHODS as SELECTORS
 from gif_core.solvers import LEAST_SQUARES_METHODS, SYMMETRIC_METHODS
@@ -29,10 +29,10 @@ from gif_core.workspace import Workspace, edited_card
 
 st.caption(
     "GIF moves only the selected parameters (Lyu et al. 2023); FIF and PIF are its frozen / projected cousins; IF "
-    "and SIF are the classic first- and second-order influence functions over all parameters. The retrained model "
-    "is the ground truth."
+    "and SIF are the classic first- and second-order influence functions over all parameters; TracIn, DataInf and "
+    "HyperINF are the GIF authors' newer reference rows (no curvature; layer-wise Fisher inverses). The retrained "
+    "model is the ground truth."
 )
-METHOD_NAMES = {"gif": "GIF", "fif": "FIF", "pif": "PIF", "if": "IF", "sif": "SIF"}
 RATIOS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 DEFAULTS = EditConfig()
 MODEL_PRECISION = "the model's own"
@@ -48,7 +48,7 @@ def show_metrics(report: EditReport, backdoor: bool) -> None:
     """The metrics table (human names, one decimal, blanks where a metric does not apply, ★ on the best edit of
     each column, each edit's status on its row), its legend, and an error per diverged edit."""
     st.subheader("Metrics (percent unless a column says otherwise)")
-    table = metrics_table.metrics_table(report, METHOD_NAMES)
+    table = metrics_table.metrics_table(report, METHOD_LABELS)
     st.dataframe(
         metrics_table.styled(table.frame, table.keys, table.best),
         hide_index=True,
@@ -61,10 +61,10 @@ def show_metrics(report: EditReport, backdoor: bool) -> None:
         "to the retrained model). What each column measures and which way is better:"
     )
     with st.expander("What the columns mean, and which value is best"):
-        st.markdown(metrics_table.legend(table.keys, report.request, backdoor))
+        st.markdown(metrics_table.legend(table.keys, report.request, backdoor, [o.method for o in report.outcomes]))
     for o in report.outcomes:
         if o.diverged:
-            st.error(f"{METHOD_NAMES[o.method]} diverged: {o.diverged}. It has no metrics and cannot be downloaded.")
+            st.error(f"{METHOD_LABELS[o.method]} diverged: {o.diverged}. It has no metrics and cannot be downloaded.")
 
 
 def show_probability_grid(predictions: Sequence[ModelPredictions], bundle: DataBundle, rows: Sequence[int]) -> None:
@@ -141,7 +141,7 @@ def show_backdoor(loaded: Workspace, report: EditReport, finished: Sequence[Meth
         models["retrained"] = (report.retrained_model, report.retrained)
     for o in finished:
         assert o.model is not None  # set unless diverged
-        models[f"{METHOD_NAMES[o.method]} (after)"] = (o.model, o.metrics)
+        models[f"{METHOD_LABELS[o.method]} (after)"] = (o.model, o.metrics)
     st.markdown("**Predicted class of each triggered image, before and after the edit**")
     table = triggered_predictions(models, spec.trigger.stamp(test.inputs[rows]), rows, spec, classes)
     st.dataframe(table, hide_index=True, key="backdoor_predictions")
@@ -151,7 +151,7 @@ def remember(loaded: Workspace, report: EditReport) -> None:
     """Add a finished edit to this session's run history of the model (its rows and JSON report, no model)."""
     backdoor = report.request is loaded.backdoor_request
     question = metrics_table.question_text(report.request, loaded.bundle.classes, backdoor)
-    entry = metrics_table.history_entry(report, METHOD_NAMES, question, report.to_json())
+    entry = metrics_table.history_entry(report, METHOD_LABELS, question, report.to_json())
     st.session_state.setdefault(HISTORY, {}).setdefault(loaded.model_id, []).append(entry)
 
 
@@ -192,7 +192,7 @@ def show_downloads(loaded: Workspace, report: EditReport, finished: Sequence[Met
     assert first.model is not None  # set unless diverged
     d1, d2, d3 = st.columns(3)
     d1.download_button(
-        f"Edited model ({METHOD_NAMES[first.method]}) .safetensors",
+        f"Edited model ({METHOD_LABELS[first.method]}) .safetensors",
         weights_bytes(first.model),
         file_name=f"edited_{first.method}.safetensors",
         key="download_weights",
@@ -263,7 +263,14 @@ loaded = session.workspace()
 bundle = loaded.bundle
 request = request_form(loaded, "edit")
 a, b, c = st.columns(3)
-methods = a.multiselect("Methods", METHODS, default=["gif", "if"], format_func=lambda m: METHOD_NAMES[m], key="methods")
+methods = a.multiselect(
+    "Methods",
+    METHODS,
+    default=["gif", "if"],
+    format_func=lambda m: METHOD_LABELS[m],
+    key="methods",
+    help="\n".join(f"- **{METHOD_LABELS[m]}**: {METHOD_SUMMARIES[m]}" for m in METHODS),
+)
 selector = b.selectbox(
     "Selector (GIF/FIF/PIF)", SELECTORS, index=SELECTORS.index(DEFAULTS.selection.method), key="selector"
 )
@@ -329,7 +336,7 @@ if report.selection is not None:
 probabilities = {"original": report.original_test_probs}
 if report.retrained_test_probs is not None:
     probabilities["retrained"] = report.retrained_test_probs
-probabilities.update({METHOD_NAMES[o.method]: o.test_probs for o in finished})
+probabilities.update({METHOD_LABELS[o.method]: o.test_probs for o in finished})
 predictions = predictions_of(probabilities, bundle.test, bundle.num_classes)
 st.plotly_chart(charts.per_class_accuracy(predictions, bundle.classes), key="edit_per_class")
 removed_class = report.request.held_out_class
@@ -349,7 +356,7 @@ chosen = st.multiselect("Test images", list(range(len(bundle.test))), default=de
 show_probability_grid(predictions, bundle, chosen)
 # ---- solver and step
 curves = {
-    f"{METHOD_NAMES[o.method]} ({r.name})": r.residual_history
+    f"{METHOD_LABELS[o.method]} ({r.name})": r.residual_history
     for o in finished
     for r in o.result.reports
     if r.residual_history
@@ -361,7 +368,7 @@ else:
         "No residual curve: tick *Record the residual curve* under Solver settings (LSMR reports only its final "
         "residual; choose cgls for GIF's curve). The final residuals are in the table."
     )
-steps = {METHOD_NAMES[o.method]: o.step_curve for o in finished if o.step_curve}
+steps = {METHOD_LABELS[o.method]: o.step_curve for o in finished if o.step_curve}
 if steps:
     st.plotly_chart(charts.step_curves(steps), key="steps")
 show_downloads(loaded, report, finished)
