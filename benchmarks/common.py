@@ -82,6 +82,7 @@ SETTINGS = {
     "damping": ("curvature", "damping"),
     "linearize": ("curvature", "linearize"),
     "least_squares_solver": ("solver", "least_squares_solver"),
+    "symmetric_solver": ("solver", "symmetric_solver"),
     "gif_ridge": ("solver", "gif_ridge"),
     "rtol": ("solver", "rtol"),
     "maxiter": ("solver", "maxiter"),

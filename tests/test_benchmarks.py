@@ -327,3 +327,17 @@ def test_profile_edit_benchmark_names_every_phase(tmp_path, monkeypatch):
     assert preparation["trace of the Hessian-vector product"] > 0 and preparation["selection"] > 0
     assert data["click"]["plain_seconds"] > 0 and set(data["run_edit_seconds"]) == {"linearized", "plain"}
     assert [i["module"] for i in data["imports"]] == list(profile_edit.IMPORTS)
+
+
+def test_reference_rows_benchmark_quick(tmp_path, monkeypatch):
+    """Issue 16's table on the tiny profile: every row once, against the retrained model, and a leader named."""
+    from benchmarks import reference_rows
+
+    monkeypatch.setattr(sys, "argv", ["reference_rows.py", "--quick", "--out", str(tmp_path)])
+    reference_rows.main()
+    data = json.loads((tmp_path / "reference_rows.json").read_text())
+    names = ["gif", "fif", "pif", "if", "sif", "tracin", "datainf", "hyperinf", "if (lissa)", "if (plissa)"]
+    assert [s["row"] for s in data["summary"]] == names
+    finished = [r for r in data["rows"] if not r["diverged"]]
+    assert all(0 <= r["forget_acc"] <= 100 and math.isfinite(r["avg_gap"]) for r in finished)
+    assert data["leader"] in names and "Leading row" in (tmp_path / "reference_rows.md").read_text()
