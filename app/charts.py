@@ -21,6 +21,7 @@ MODEL_COLOURS = {
     "TracIn": "#2ca02c",
     "DataInf": "#8c564b",
     "HyperINF": "#e377c2",
+    "EK-FAC": "#bcbd22",
 }
 """One colour per model on every chart (the original grey, the retrained ground truth near-black)."""
 

@@ -5,10 +5,10 @@
 Rows, each through the same step search (α on validation), metrics and comparison with the retrained model
 (same recipe and seed, the class removed): GIF, FIF and PIF on 5% of the parameters (FIF is Schioppa et al.'s
 freezing: tests/test_influence.py checks the equivalence); IF by MINRES (the library's solver), by LiSSA (fixed scale
-10) and by P-LiSSA; SIF, TracIn, DataInf and HyperINF on all parameters. Classes 0–9 of the bundled MNIST CNN, seeds
+10) and by P-LiSSA; SIF, TracIn, DataInf, HyperINF and EK-FAC on all parameters. Classes 0–9 of the bundled MNIST CNN, seeds
 0–2 (seed s trains the original and its retrained ground truth, and seeds the Hessian sample); every setting of the
 paper benchmarks' default CNN (Hessian sample 200, ≤ 3 solver iterations, float32 products). ``--quick``: the
-tiny digits MLP, class 0, one seed. EK-FAC is not a row yet (issue 16 lists it; it is not built).
+tiny digits MLP, class 0, one seed.
 
 A diverged edit (e.g. LiSSA whose scale is below half of λ_max(H)) is counted, never averaged. "Avg. Gap" is the mean
 absolute gap to the retrained model over forget, retain and test accuracy (gif_core.evaluate.avg_gap); the row with
@@ -32,7 +32,7 @@ from gif_core.requests import ClassRemoval
 
 ROWS = (  # (row name, methods run together, the settings that differ from the profile's)
     ("selective at 5%", ("gif", "fif", "pif"), {"ratio": 0.05}),
-    ("full", ("if", "sif", "tracin", "datainf", "hyperinf"), {}),
+    ("full", ("if", "sif", "tracin", "datainf", "hyperinf", "ekfac"), {}),
     ("lissa", ("if",), {"symmetric_solver": "lissa"}),
     ("plissa", ("if",), {"symmetric_solver": "plissa"}),
 )
@@ -123,8 +123,8 @@ def report_body(plan: Plan, summary: list[dict], references: list[dict], lead: d
             f"Plan `{plan.name}`: {s.label} ({s.arch}, Hessian sample {s.hessian_samples}, ≤ {s.maxiter} solver "
             f"iterations), classes {list(plan.classes)}, seeds {list(plan.seeds)}; class removal, α chosen on "
             "validation. Cells are mean ± sd over every (class, seed); 'seeds' counts them; 'diverged' edits are "
-            "left out of the means. hvps: Hessian-vector products (DataInf and HyperINF use none: their cost is one or "
-            "two passes over the Hessian sample's per-sample gradients, in 'seconds').",
+            "left out of the means. hvps: Hessian-vector products (DataInf, HyperINF and EK-FAC use none: their cost is "
+            "passes over the Hessian sample for per-sample gradients or Kronecker factors, in 'seconds').",
             "",
             markdown_table(summary, columns),
             "",

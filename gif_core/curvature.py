@@ -309,6 +309,15 @@ class Curvature:
             _check_finite(block, "per-sample gradient")
             yield block
 
+    @property
+    def sharded(self) -> bool:
+        """Whether this object holds only its rank's shard of the Hessian sample."""
+        return self._world is not None
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The Hessian sample (this rank's rows) as ``(inputs, labels)`` batches on the model's device and dtype."""
+        return self._batches()
+
     def with_sample(self, sample: Batches, config: CurvatureConfig | None = None) -> Curvature:
         """The same model and objective over another sample (e.g. the questioned data U)."""
         return Curvature(self._model, sample, config or self.config)

@@ -14,6 +14,9 @@ g the vector of the request (:mod:`gif_core.problem`), T the selected coordinate
   (:mod:`gif_core.layerwise`): a closed form, no Hessian-vector product.
 * ``hyperinf`` (Zhou et al. 2024)  Δ = M⁻¹g with M the layer-wise generalized Fisher, inverted by Schulz's
   iteration (:mod:`gif_core.layerwise`); no Hessian-vector product.
+* ``ekfac`` (George et al. 2018; Grosse et al. 2023)  Δ = (EK-FAC(G) + (λ + δ)I)⁻¹ g, the eigenvalue-corrected
+  Kronecker-factored GGN over every Linear/Conv2d module, by curvlinops (:mod:`gif_core.ekfac`); no Hessian-vector
+  product.
 * Freezing (Schioppa et al. 2024: IF with the unselected parameters frozen, H_TT + λI for their damping λ) is
   ``fif`` with the curvature's damping δ = λ: H_TT is the Hessian of the frozen model, so the two are one estimator
   (tests/test_influence.py checks it against the Hessian of a model whose other parameters are really frozen).
@@ -32,6 +35,7 @@ from typing import ClassVar
 import torch
 
 from gif_core.constraints import MAX_REGULARISER, Alternatives, Interval, OneOf, validate
+from gif_core.ekfac import ekfac_inverse
 from gif_core.layerwise import LayerwiseConfig, LayerwiseReport, datainf_inverse, hyperinf_inverse
 from gif_core.operators import HessianOperator
 from gif_core.params import embed
@@ -46,7 +50,7 @@ from gif_core.solvers import (
     solve_symmetric,
 )
 
-METHODS = ("gif", "fif", "pif", "if", "sif", "tracin", "datainf", "hyperinf")
+METHODS = ("gif", "fif", "pif", "if", "sif", "tracin", "datainf", "hyperinf", "ekfac")
 SELECTIVE_METHODS = ("gif", "fif", "pif")
 METHOD_LABELS = {
     "gif": "GIF",
@@ -57,6 +61,7 @@ METHOD_LABELS = {
     "tracin": "TracIn",
     "datainf": "DataInf",
     "hyperinf": "HyperINF",
+    "ekfac": "EK-FAC",
 }
 """Each estimator's name in tables, charts and reports."""
 METHOD_SUMMARIES = {
@@ -68,6 +73,7 @@ METHOD_SUMMARIES = {
     "tracin": "all parameters, Δ = g: no curvature, the first-order step that raises the forgotten samples' loss",
     "datainf": "all parameters, Δ = M⁻¹g, M⁻¹ DataInf's closed-form layer-wise inverse of the Fisher (Kwon et al.)",
     "hyperinf": "all parameters, Δ = M⁻¹g, M the layer-wise generalized Fisher inverted by Schulz (Zhou et al.)",
+    "ekfac": "all parameters, Δ = (EK-FAC + (λ+δ)I)⁻¹g: the Kronecker-factored, eigenvalue-corrected GGN (George et al.)",
 }
 """One line per estimator: what it moves and its formula; every Δ has the sign of H⁻¹g (θ + α·Δ, α > 0, forgets)."""
 
@@ -180,6 +186,7 @@ def estimate(
         "tracin": _gradient_direction,
         "datainf": _datainf,
         "hyperinf": _hyperinf,
+        "ekfac": _ekfac,
     }
     delta, reports, solved = runner[method](problem, selection, config)
     return InfluenceResult(method, delta, selection, tuple(reports), problem, solved)
@@ -271,3 +278,10 @@ def _hyperinf(problem: EditProblem, selection: Selection, config: EstimatorConfi
         [report],
         "Δ_l = (G_l + λ_l I)⁻¹ V_l per layer (G_l the GFIM, V_l = g_l as a matrix) by Schulz",
     )
+
+
+def _ekfac(problem: EditProblem, selection: Selection, config: EstimatorConfig):
+    delta, ekfac = ekfac_inverse(problem.hessian, problem.g)
+    note = f"curvlinops EK-FAC over {ekfac.modules} Linear/Conv2d modules, exact damping {ekfac.damping:g}"
+    report = SolveReport("ekfac", 0, 0, 0.0, True, ekfac.seconds, note)
+    return delta.to(problem.g.dtype), [report], f"(EK-FAC(G) + {ekfac.damping:g}·I) x = g"

@@ -123,6 +123,16 @@ EXPLANATIONS: dict[str, Explanation] = {
         sign="V_l is g's layer as a matrix; (G_l + λ_l I)⁻¹ is positive definite, so gᵀΔ > 0, IF's direction. No "
         "Hessian-vector product; the Schulz residual ‖I − AX‖ is reported.",
     ),
+    "ekfac": Explanation(
+        name="Eigenvalue-corrected Kronecker factors (EKFAC, George et al. 2018; Grosse et al. 2023)",
+        idea="Approximate each layer's curvature by a Kronecker product of two small matrices — the covariance of "
+        "its inputs and of its output gradients — then correct the eigenvalues in their eigenbasis to the true "
+        "second moments of the gradients. Inverting it is cheap: one small eigendecomposition per factor.",
+        formula=r"\Delta = \left(\mathrm{EKFAC}(G) + (\lambda + \delta) I\right)^{-1} g,\quad "
+        r"G_l \approx (Q_A \otimes Q_S)\, \Lambda\, (Q_A \otimes Q_S)^\top",
+        sign="G is the Gauss-Newton matrix (positive semi-definite), λ the weight decay, δ the damping: the inverse "
+        "is positive definite, so gᵀΔ > 0, IF's direction. No Hessian-vector product.",
+    ),
 }
 
 

@@ -336,7 +336,7 @@ def test_reference_rows_benchmark_quick(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["reference_rows.py", "--quick", "--out", str(tmp_path)])
     reference_rows.main()
     data = json.loads((tmp_path / "reference_rows.json").read_text())
-    names = ["gif", "fif", "pif", "if", "sif", "tracin", "datainf", "hyperinf", "if (lissa)", "if (plissa)"]
+    names = ["gif", "fif", "pif", "if", "sif", "tracin", "datainf", "hyperinf", "ekfac", "if (lissa)", "if (plissa)"]
     assert [s["row"] for s in data["summary"]] == names
     finished = [r for r in data["rows"] if not r["diverged"]]
     assert all(0 <= r["forget_acc"] <= 100 and math.isfinite(r["avg_gap"]) for r in finished)

@@ -53,18 +53,19 @@ def test_remove_class_with_retrain_writes_a_well_formed_report(tmp_path, capsys)
 
 
 def test_the_newer_reference_rows_run_side_by_side_with_a_one_line_summary_each(tmp_path, capsys):
-    """Issue 16: TracIn, DataInf and HyperINF beside GIF and IF (IF by P-LiSSA): each has its report row with the
+    """Issue 16: TracIn, DataInf, HyperINF and EK-FAC beside GIF and IF (IF by P-LiSSA): each has its report row with the
     summary of what it is, and the terminal table names it and prints that line under the table."""
     out = tmp_path / "report.json"
-    argv = ["remove", *IRIS, "--class", "1", "--method", "gif,if,tracin,datainf,hyperinf", "--json", str(out), *FAST]
+    methods = "gif,if,tracin,datainf,hyperinf,ekfac"
+    argv = ["remove", *IRIS, "--class", "1", "--method", methods, "--json", str(out), *FAST]
     assert main([*argv, "--symmetric-solver", "plissa"]) == 0
     results = json.loads(out.read_text())["results"]
-    assert [r["method"] for r in results] == ["gif", "if", "tracin", "datainf", "hyperinf"]
+    assert [r["method"] for r in results] == methods.split(",")
     assert all(r["summary"] == METHOD_SUMMARIES[r["method"]] and not r["diverged"] for r in results)
     assert results[1]["solver"]["name"] == "plissa" and results[1]["solver"]["hvps"] > 0
     assert all(r["solver"]["hvps"] == 0 and r["selector"] == "all" for r in results[2:])
     printed = capsys.readouterr().out
-    for method in ("tracin", "datainf", "hyperinf"):
+    for method in ("tracin", "datainf", "hyperinf", "ekfac"):
         assert f"{METHOD_LABELS[method]}: {METHOD_SUMMARIES[method]}" in printed
         assert any(line.lstrip().startswith(METHOD_LABELS[method] + " ") for line in printed.splitlines())
 

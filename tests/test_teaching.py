@@ -194,6 +194,7 @@ FORMULA_PARTS = {
     "tracin": [r"\Delta = g"],
     "datainf": [r"\lambda_l + \lVert g_{il}\rVert^2"],
     "hyperinf": [r"\left(G_l + \lambda_l I\right)^{-1} V_l", r"X_{k+1} = X_k\left(2I - A X_k\right)"],
+    "ekfac": [r"\mathrm{EKFAC}(G) + (\lambda + \delta) I"],
 }
 
 

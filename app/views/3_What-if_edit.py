@@ -29,8 +29,8 @@ from gif_core.workspace import Workspace, edited_card
 
 st.caption(
     "GIF moves only the selected parameters (Lyu et al. 2023); FIF and PIF are its frozen / projected cousins; IF "
-    "and SIF are the classic first- and second-order influence functions over all parameters; TracIn, DataInf and "
-    "HyperINF are the GIF authors' newer reference rows (no curvature; layer-wise Fisher inverses). The retrained "
+    "and SIF are the classic first- and second-order influence functions over all parameters; TracIn, DataInf, "
+    "HyperINF and EK-FAC are the GIF authors' newer reference rows (no curvature; layer-wise curvature inverses). The retrained "
     "model is the ground truth."
 )
 RATIOS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]

@@ -22,6 +22,7 @@ STYLE = {  # method: (label, colour, marker symbol, marker size); IF and SIF oft
     "tracin": ("TracIn", "#2ca02c", "x", 10),
     "datainf": ("DataInf", "#8c564b", "star", 11),
     "hyperinf": ("HyperINF", "#e377c2", "cross", 9),
+    "ekfac": ("EK-FAC", "#bcbd22", "diamond-open", 12),
 }
 LIVE_PAGES = {  # method: pages where it runs on a real model
     "if": [(WHAT_IF, "Run IF on a real edit"), (INFLUENTIAL, "Rank influential training samples")],
@@ -32,6 +33,7 @@ LIVE_PAGES = {  # method: pages where it runs on a real model
     "tracin": [(WHAT_IF, "Run TracIn on a real edit"), (INFLUENTIAL, "Rank training samples by TracIn")],
     "datainf": [(WHAT_IF, "Run DataInf on a real edit")],
     "hyperinf": [(WHAT_IF, "Run HyperINF on a real edit")],
+    "ekfac": [(WHAT_IF, "Run EK-FAC on a real edit")],
 }
 TOY_WEIGHT_DECAYS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
 TOY_FRACTIONS = [0.2, 0.4, 0.6, 0.8, 1.0]
