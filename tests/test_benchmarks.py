@@ -15,6 +15,9 @@ def test_engine_benchmark_quick(tmp_path, monkeypatch):
     data = json.loads((tmp_path / "engine.json").read_text())
     assert data["hvp_cost"]["ratio"] > 0 and {"command", "commit", "machine"} <= set(data["provenance"])
     assert {r["solver"] for r in data["solver_race"]["rows"]} == {"cgls", "lsmr", "richardson"}
+    symmetric = data["symmetric_race"]["rows"]  # IF's solve: Krylov against the LiSSA baselines, every one a row
+    assert [r["solver"] for r in symmetric] == ["minres", "cg", "lissa", "plissa"]
+    assert all(r["hvps"] >= r["iterations"] for r in symmetric if "hvps" in r)
     assert (tmp_path / "engine_residuals.png").stat().st_size > 1000
     assert "Produced by" in (tmp_path / "engine.md").read_text()
 
