@@ -344,3 +344,33 @@ def test_reference_rows_benchmark_quick(tmp_path, monkeypatch):
     finished = [r for r in data["rows"] if not r["diverged"]]
     assert all(0 <= r["forget_acc"] <= 100 and math.isfinite(r["avg_gap"]) for r in finished)
     assert data["leader"] in names and "Leading row" in (tmp_path / "reference_rows.md").read_text()
+
+
+def test_lds_of_exactly_additive_targets_is_one_and_of_the_opposite_scores_minus_one():
+    """A target that IS a linear datamodel (f_j = Σ_{i∈S_j} τ_i) is ranked perfectly by τ and inversely by −τ, by
+    dattri's metric and by the scipy check alike: the sign convention (kept samples summed, helpful raises f)."""
+    import torch
+    from dattri.metric import lds
+
+    from benchmarks.lds import scipy_lds, subsets
+
+    generator = torch.Generator().manual_seed(0)
+    tau = torch.randn(30, 2, dtype=torch.float64, generator=generator)  # [n_train, test points]
+    kept = subsets(30, 20, 0.5)
+    assert kept.shape == (20, 15) and all(len(set(row.tolist())) == 15 for row in kept)
+    truth = torch.stack([tau[rows].sum(0) for rows in kept])  # [subsets, test points]
+    assert torch.allclose(lds(tau, (truth, kept))[0], torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(lds(-tau, (truth, kept))[0], -torch.ones(2, dtype=torch.float64))
+    assert scipy_lds(tau, truth, kept, 1) == pytest.approx(1.0) and scipy_lds(-tau, truth, kept, 0) == pytest.approx(
+        -1.0
+    )
+
+
+def test_lds_benchmark_quick(tmp_path, monkeypatch):
+    from benchmarks import lds
+
+    monkeypatch.setattr(sys, "argv", ["lds.py", "--quick", "--out", str(tmp_path)])
+    lds.main()
+    rows = json.loads((tmp_path / "lds.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == list(lds.QUICK[0].methods)
+    assert all(-1 <= r["LDS mean"] <= 1 and r["check"] < 1e-6 and r["test points"] >= 1 for r in rows)
