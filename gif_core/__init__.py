@@ -6,8 +6,10 @@ from importlib.metadata import version as _version
 from gif_core.browse import InfluenceBrowser
 from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import DataBundle, LabelledSet, load_data
+from gif_core.ekfac import ekfac_inverse
 from gif_core.experiment import EditConfig, EditReport, MethodOutcome, PreparedEdit, answer, prepare_edit, run_edit
-from gif_core.influence import METHODS, EstimatorConfig, InfluenceResult, estimate
+from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES, METHODS, EstimatorConfig, InfluenceResult, estimate
+from gif_core.layerwise import LayerwiseConfig, datainf_inverse, hyperinf_inverse
 from gif_core.objective import training_loss
 from gif_core.operators import HessianOperator
 from gif_core.problem import EditProblem, HessianConfig, ProblemConfig, prepare
@@ -36,6 +38,8 @@ except _PackageNotFoundError:  # a source checkout that was never installed
 
 __all__ = [
     "METHODS",
+    "METHOD_LABELS",
+    "METHOD_SUMMARIES",
     "SCORE_FORMULA",
     "ClassRemoval",
     "Curvature",
@@ -53,6 +57,7 @@ __all__ = [
     "InfluenceResult",
     "LabelChange",
     "LabelledSet",
+    "LayerwiseConfig",
     "MethodOutcome",
     "PreparedEdit",
     "ProblemConfig",
@@ -67,8 +72,11 @@ __all__ = [
     "answer",
     "backdoor_relabel",
     "bundled_model_path",
+    "datainf_inverse",
     "default_model_path",
+    "ekfac_inverse",
     "estimate",
+    "hyperinf_inverse",
     "influence_scores",
     "list_bundled",
     "load_data",
