@@ -16,9 +16,12 @@ HyperINF, matrix products of the factor's size.
 * **HyperINF** (Zhou, Fan & Jaggi 2024, "HyperINF: Unleashing the HyperPower of the Schulz's Method for Data
   Influence Estimation"): each layer's gradient taken as its weight matrix, M_i = [∇W_i | ∇b_i] ∈ R^{out×(fan_in+1)}
   (a conv kernel flattened per output channel; a tensor outside Linear/Conv as one column), the generalized Fisher
-  (GFIM) G_l = (1/n)·Σ_i M_i M_iᵀ ∈ R^{out×out}, which stands for the Fisher block G_l ⊗ I; Δ_l = (G_l + λ_l I)⁻¹ V_l
-  with V_l the request's vector in the same matrix form, the inverse by Schulz's hyperpower iteration
-  (:func:`schulz_inverse`). λ_l = ``damping_ratio``·tr(G_l)/out (the same 0.1 × mean eigenvalue rule).
+  (GFIM) G_l = (1/(n·c))·Σ_i M_i M_iᵀ ∈ R^{out×out} with c the matrix's number of columns, which stands for the
+  Fisher block G_l ⊗ I_c; Δ_l = (G_l + λ_l I)⁻¹ V_l with V_l the request's vector in the same matrix form, the
+  inverse by Schulz's hyperpower iteration (:func:`schulz_inverse`). λ_l = ``damping_ratio``·tr(G_l)/out (the same
+  0.1 × mean eigenvalue rule). The 1/c keeps tr(G_l ⊗ I_c) equal to the trace of the layer's Fisher block, so layers
+  of different widths keep their relative scale under one step α (the paper's LoRA matrices share one shape, where
+  the factor is a common constant).
 
 The factors, damping and inverses are computed in float64 whatever the model's precision (Schulz's residual in
 float32 stalls near 1e-6); Δ is returned in the curvature's dtype. Sharded (:mod:`gif_core.distributed`), each rank sums over its rows of the Hessian sample and the sums are
@@ -27,6 +30,7 @@ all-reduced, so every rank gets the same Δ.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -102,6 +106,11 @@ def layer_groups(space: ParamSpace) -> tuple[LayerGroup, ...]:
     return tuple(groups)
 
 
+def _check_finite(delta: torch.Tensor, name: str) -> None:
+    if not torch.isfinite(delta).all():
+        raise FloatingPointError(f"{name}'s inverse produced NaN or inf: a layer's gradients are not finite.")
+
+
 def _gradient_blocks(curvature: Curvature) -> Iterator[torch.Tensor]:
     """The data loss's per-sample gradients over this rank's rows of the Hessian sample, [batch, p] blocks."""
     return curvature.sample_gradients(regulariser=False)
@@ -134,6 +143,7 @@ def datainf_inverse(
     out = torch.empty_like(v)
     for group, lam in zip(groups, damping, strict=True):
         out[group.flat] = (v[group.flat] - correction[group.flat] / n) / lam
+    _check_finite(out, "DataInf")
     largest = max(int(g.flat.numel()) for g in groups)
     return out.to(curvature.dtype), LayerwiseReport(2, len(groups), largest, 0.0, 0)
 
@@ -146,12 +156,14 @@ def schulz_inverse(matrix: torch.Tensor, iterations: int, tolerance: float) -> t
     norm_inf = matrix.abs().sum(1).max()
     x = matrix.T / (norm_1 * norm_inf)
     residual = float(torch.linalg.matrix_norm(eye - matrix @ x))
+    if not math.isfinite(residual):
+        raise FloatingPointError("Schulz's iteration got a matrix with NaN or inf entries.")
     done = 0
     while done < iterations and residual > tolerance:
         x = x @ (2 * eye - matrix @ x)
         done += 1
         residual = float(torch.linalg.matrix_norm(eye - matrix @ x))
-        if not torch.isfinite(torch.tensor(residual)):
+        if not math.isfinite(residual):
             raise FloatingPointError("Schulz's iteration produced NaN or inf: the factor is singular or ill-scaled.")
     return x, residual, done
 
@@ -177,7 +189,7 @@ def hyperinf_inverse(
     out = torch.empty_like(v)
     worst, most = 0.0, 0
     for group, factor in zip(groups, factors, strict=True):
-        gfim = curvature.sum_over_ranks(factor) / curvature.n_samples
+        gfim = curvature.sum_over_ranks(factor) / (curvature.n_samples * group.index.shape[1])
         lam = config.damping_ratio * float(torch.trace(gfim)) / gfim.shape[0]
         if not lam > 0:
             raise ValueError(f"HyperINF needs a non-zero gradient in every layer; zero in {group.name}")
@@ -185,5 +197,6 @@ def hyperinf_inverse(
         inverse, residual, iterations = schulz_inverse(damped, config.schulz_iterations, config.schulz_tolerance)
         out[group.flat] = (inverse @ v[group.index]).reshape(-1)
         worst, most = max(worst, residual), max(most, iterations)
+    _check_finite(out, "HyperINF")
     largest = max(int(g.index.shape[0]) for g in groups)
     return out.to(curvature.dtype), LayerwiseReport(1, len(groups), largest, worst, most)

@@ -11,13 +11,15 @@ Two problem shapes occur (DESIGN.md section 2):
 
   - ``lissa`` (Agarwal et al. 2017, as Koh & Liang use it): a fixed scale s (``lissa_scale``), deterministic here
     (every product covers the whole Hessian sample, so the stochastic version's repeats are not needed; LiSSA's own
-    damping is δ of H). A residual that grows past ``LISSA_DIVERGED``·‖b‖ or turns non-finite is an error.
+    damping is δ of H). A residual that grows from one iteration to the next, or is not finite, is an error: the
+    iteration matrix I − A/s is symmetric, so one growth proves its spectral radius exceeds one.
   - ``plissa`` (the GIF authors' P-LiSSA, as their paper describes it): s = 1.1·|λ|_max(A), |λ|_max estimated by
     power iteration (``lissa_power_iterations`` products at most, stopped when the estimate changes by less than
     0.1%); the iterate with the smallest residual is kept; a residual that grows to twice the smallest restarts
     from the kept iterate with s doubled (``lissa_restarts`` times at most: a negative eigenvalue of A makes the
     series grow at every scale); and it stops when the smallest residual has not fallen by 1% in
-    ``lissa_patience`` iterations (a stall). Every product, power iterations included, is counted.
+    ``lissa_patience`` iterations (a stall). Every product, power iterations included, is counted. No iterate
+    better than x = 0 is an error (the series diverged from its first step).
 * the GIF least-squares problem ``min_x ‖A x − b‖² + δ‖x‖²`` with A = H_{:,T} (a p×k operator whose ``matvec``
   and ``rmatvec`` each cost one Hessian-vector product): ``cgls`` (scipy's CG on the normal equations
   (AᵀA + δI) x = Aᵀb, which stop exactly on the normal residual reported here), ``lsmr`` (scipy), or
@@ -53,8 +55,6 @@ from gif_core.operators import Counted, LinearMap, Normal, to_numpy
 
 SYMMETRIC_METHODS = ("minres", "cg", "lissa", "plissa")
 LISSA_METHODS = ("lissa", "plissa")
-LISSA_DIVERGED = 1e6
-"""A LiSSA residual ‖b − A x‖ above this multiple of ‖b‖ means the series diverges (s too small, or A indefinite)."""
 LEAST_SQUARES_METHODS = ("cgls", "lsmr", "richardson")
 
 
@@ -144,6 +144,8 @@ def solve_symmetric(
         x, iterations, lissa_history, note = (_lissa if method == "lissa" else _plissa)(op, b, config)
         _check(x, method)
         rel = _norm(b - op @ x) / b_norm
+        if not np.isfinite(rel):
+            raise FloatingPointError(f"Solver {method}: the residual of its solution is not finite.")
         return x, SolveReport(
             method,
             iterations,
@@ -174,6 +176,8 @@ def solve_symmetric(
         x = op.to_torch(x_np)
         _check(x, method)
         rel = _norm(b - op @ x) / b_norm
+        if not np.isfinite(rel):
+            raise FloatingPointError(f"Solver {method}: the residual of its solution is not finite.")
         if rel <= config.rtol or inner_rtol < 1e-15:
             break
         inner_rtol *= max(config.rtol / rel, 1e-3)
@@ -299,18 +303,19 @@ def _richardson(normal: Normal, atb: torch.Tensor, config: SolverConfig) -> tupl
 def _lissa(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.Tensor, int, list[float], str]:
     """LiSSA with the fixed scale s = ``lissa_scale``: x_{j+1} = x_j + r_j/s, r_j = b − A x_j, from x_0 = 0."""
     scale, b_norm = config.lissa_scale, _norm(b)
-    x, residual, history = torch.zeros_like(b), b, []
+    x, residual, history, previous = torch.zeros_like(b), b, [], 1.0
     for iteration in range(1, config.maxiter + 1):
         x = x + residual / scale
         residual = b - op @ x
         rel = _norm(residual) / b_norm
         history.append(rel)
-        if not np.isfinite(rel) or rel > LISSA_DIVERGED:
+        if not np.isfinite(rel) or rel > previous:
             raise FloatingPointError(
-                f"LiSSA diverged at scale s = {scale:g} (residual {rel:.3g}·‖b‖ after {iteration} iterations): the "
-                "series converges only for a positive definite H with s above half its largest eigenvalue. Raise "
-                "the scale, add damping, or use plissa or minres."
+                f"LiSSA diverged at scale s = {scale:g} (the residual grew to {rel:.3g}·‖b‖ at iteration "
+                f"{iteration}): the series converges only for a positive definite H with s above half its largest "
+                "eigenvalue. Raise the scale, add damping, or use plissa or minres."
             )
+        previous = rel
         if rel <= config.rtol:
             return x, iteration, history, f"scale s = {scale:g}"
     return x, config.maxiter, history, f"scale s = {scale:g}; hit maxiter"
@@ -339,7 +344,7 @@ def _plissa(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.T
     """P-LiSSA (module docstring): a power-iteration scale, the best iterate kept, restarts, stall detection."""
     b_norm = _norm(b)
     top = largest_magnitude_eigenvalue(op, b, config.lissa_power_iterations)
-    if not top > 0:
+    if not (np.isfinite(top) and top > 0):
         raise FloatingPointError(
             f"P-LiSSA's power iteration found |λ|max = {top:g}: the operator is zero or not finite."
         )
@@ -347,7 +352,8 @@ def _plissa(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.T
     scale = 1.1 * top
     best_x, best_rel = torch.zeros_like(b), 1.0
     x, residual, history = best_x, b, []
-    restarts, since_best, iterations, stop = 0, 0, 0, "hit maxiter"
+    anchor, since_anchor = best_rel, 0  # the stall clock runs from the last 1% gain of the best residual
+    restarts, iterations, stop = 0, 0, "hit maxiter"
     while iterations < config.maxiter:
         iterations += 1
         x = x + residual / scale
@@ -355,10 +361,11 @@ def _plissa(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.T
         rel = _norm(residual) / b_norm
         history.append(rel)
         if rel < best_rel:
-            since_best = 0 if rel < 0.99 * best_rel else since_best + 1
             best_x, best_rel = x, rel
+        if best_rel < 0.99 * anchor:
+            anchor, since_anchor = best_rel, 0
         else:
-            since_best += 1
+            since_anchor += 1
         if best_rel <= config.rtol:
             stop = "converged"
             break
@@ -366,12 +373,18 @@ def _plissa(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.T
             if restarts == config.lissa_restarts:
                 stop = f"the series grew again after {restarts} restarts"
                 break
-            restarts, scale, since_best = restarts + 1, 2 * scale, 0
+            restarts, scale = restarts + 1, 2 * scale
             x, residual = best_x, b - op @ best_x
+            anchor, since_anchor = best_rel, 0
             continue
-        if since_best >= config.lissa_patience:
+        if since_anchor >= config.lissa_patience:
             stop = f"stalled: no 1% gain in {config.lissa_patience} iterations"
             break
+    if best_rel >= 1.0:
+        raise FloatingPointError(
+            f"P-LiSSA found no iterate better than x = 0 ({stop}, scale s = {scale:g}): its series does not converge "
+            "on this operator (H + δI is not positive definite, or too few iterations). Add damping or use minres."
+        )
     note = (
         f"scale s = {scale:g} (power iteration: |λ|max ≈ {top:.4g} in {power_products} products); "
         f"{restarts} restart(s); {stop}; the best iterate returned"

@@ -118,7 +118,7 @@ EXPLANATIONS: dict[str, Explanation] = {
         name="Layer-wise Schulz inverse (HYPERINF, Zhou et al. 2024)",
         idea="Approximate each layer's curvature by its generalized Fisher, a small out × out matrix built from the "
         "layer's gradient matrices, and invert it with Schulz's iteration, which converges for any invertible matrix.",
-        formula=r"\Delta_l = \left(G_l + \lambda_l I\right)^{-1} V_l,\quad G_l = \tfrac{1}{n}\sum_i M_i M_i^\top,"
+        formula=r"\Delta_l = \left(G_l + \lambda_l I\right)^{-1} V_l,\quad G_l = \tfrac{1}{nc}\sum_i M_i M_i^\top,"
         r"\quad X_{k+1} = X_k\left(2I - A X_k\right)",
         sign="V_l is g's layer as a matrix; (G_l + λ_l I)⁻¹ is positive definite, so gᵀΔ > 0, IF's direction. No "
         "Hessian-vector product; the Schulz residual ‖I − AX‖ is reported.",

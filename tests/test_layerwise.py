@@ -65,7 +65,7 @@ def test_hyperinf_is_the_damped_gfim_inverse_per_layer(make, image):
     expected = torch.zeros_like(v)
     for group in layer_groups(curvature.space):
         matrices = grads[:, group.index]  # [n, out, fan_in + 1]
-        gfim = sum(m @ m.T for m in matrices) / len(matrices)
+        gfim = sum(m @ m.T for m in matrices) / (len(matrices) * matrices.shape[2])  # trace of the Fisher block
         lam = 0.1 * torch.trace(gfim) / gfim.shape[0]
         damped = gfim + lam * torch.eye(gfim.shape[0], dtype=gfim.dtype)
         expected[group.flat] = torch.linalg.solve(damped, v[group.index]).reshape(-1)

@@ -121,3 +121,19 @@ def test_power_iteration_estimates_the_largest_magnitude_eigenvalue():
     A = _matrix(25, torch.cat([torch.tensor([-6.0]), torch.linspace(0.1, 3, 24)]).double())
     estimate = largest_magnitude_eigenvalue(DenseMatrix(A), torch.zeros(25, dtype=torch.float64), 500)
     assert estimate == pytest.approx(6.0, rel=1e-2)
+
+
+def test_plissa_keeps_going_while_a_slow_series_gains_and_converges():
+    """κ = 200: with s = 1.1·λ_max the slow mode shrinks by under 1% per iteration; the stall clock counts from the
+    last 1% gain of the best residual, so P-LiSSA runs on and converges (it stopped at residual 0.12 before)."""
+    A = torch.diag(torch.linspace(1.0, 200.0, 40, dtype=torch.float64))
+    b = torch.ones(40, dtype=torch.float64)
+    x, report = solve_symmetric(DenseMatrix(A), b, "plissa", SolverConfig(rtol=1e-4, maxiter=5000))
+    assert report.converged and rel_err(x, torch.linalg.solve(A, b)) < 1e-3 and "stalled" not in report.note
+
+
+def test_plissa_that_never_beats_zero_is_an_error_not_a_zero_edit():
+    A = torch.diag(torch.tensor([-5.0, 1.0, 2.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)  # along the negative eigenvalue: every step grows
+    with pytest.raises(FloatingPointError, match="no iterate better than x = 0"):
+        solve_symmetric(DenseMatrix(A), b, "plissa", SolverConfig(maxiter=200))
