@@ -1,6 +1,6 @@
 """Issue 16's table: every editor of the GIF authors' newer comparison against retraining, on class removals.
 
-    python -m benchmarks.reference_rows [--quick] [--out DIR]
+    python -m benchmarks.reference_rows [--quick] [--seeds 0,1,2] [--out DIR]
 
 Rows, each through the same step search (α on validation), metrics and comparison with the retrained model
 (same recipe and seed, the class removed): GIF, FIF and PIF on 5% of the parameters (FIF is Schioppa et al.'s
@@ -143,9 +143,12 @@ def report_body(plan: Plan, summary: list[dict], references: list[dict], lead: d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny digits MLP, class 0, one seed")
+    parser.add_argument("--seeds", help="comma-separated seeds instead of the plan's (e.g. 0 for one seed)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    if args.seeds:
+        plan = dataclasses.replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
     rows, references = run(plan)
     summary = summary_rows(rows, plan)
     lead = leader(summary)
