@@ -1,6 +1,6 @@
 """Issue 16: the linear datamodeling score (LDS) of the score methods on models trained on the bundled MNIST.
 
-    python -m benchmarks.lds [--quick] [--out DIR]
+    python -m benchmarks.lds [--quick] [--models logreg,mlp,cnn] [--out DIR]
 
 Protocol (Park et al. 2023, "TRAK"; the metric is dattri's ``dattri.metric.lds``): M seeded random subsets S_j, each
 a fraction α = 0.5 of the training set; the model retrained on each with the original's recipe and seed
@@ -164,9 +164,12 @@ def run_setting(lds: LdsSetting, log=print) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the digits logistic regression, 4 subsets, 3 points")
+    parser.add_argument("--models", help="comma-separated architectures of the plan to run (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    if args.models:
+        plan = tuple(lds for lds in plan if lds.setting.arch in args.models.split(","))
     rows = [row for lds in plan for row in run_setting(lds)]
     columns = ["model", "method", "LDS", "test points", "undefined", "subsets", "score seconds", "retrain seconds"]
     body = "\n".join(
