@@ -374,3 +374,15 @@ def test_lds_benchmark_quick(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "lds.json").read_text())["rows"]
     assert [r["method"] for r in rows] == list(lds.QUICK[0].methods)
     assert all(-1 <= r["LDS mean"] <= 1 and r["check"] < 1e-6 and r["test points"] >= 1 for r in rows)
+
+
+def test_summaries_are_the_mean_and_sample_standard_deviation_over_seeds():
+    from benchmarks.paper_setup import mean_sd, summarise
+
+    assert mean_sd([1.0, 3.0]) == (2.0, pytest.approx(2**0.5)) and mean_sd([5.0]) == (5.0, 0.0)
+    rows = [{"method": "gif", "seed": s, "forget_acc": v} for s, v in ((0, 1.0), (1, 3.0))] + [
+        {"method": "if", "seed": 0, "forget_acc": 4.0}
+    ]
+    gif, full = summarise(rows, ("method",), ("forget_acc", "missing"))
+    assert (gif["seeds"], gif["forget_acc"], full["forget_acc"]) == (2, "2.00 ± 1.41", "4.00 ± 0.00")
+    assert "missing" not in gif
