@@ -28,7 +28,7 @@ from gif_core.influence import EstimatorConfig, estimate
 from gif_core.problem import HessianConfig, ProblemConfig, prepare
 from gif_core.requests import ClassRemoval
 from gif_core.selection import SelectionConfig, select
-from gif_core.solvers import SYMMETRIC_METHODS
+from gif_core.solvers import SYMMETRIC_METHODS, SolveReport
 from gif_core.zoo import default_model_path
 
 
@@ -84,6 +84,19 @@ def speedup_ladder(race: dict) -> list[dict]:
     return ladder
 
 
+def _report_row(solver: str, report: SolveReport) -> dict:
+    """One solve's row of a race table."""
+    return {
+        "solver": solver,
+        "iterations": report.iterations,
+        "hvps": report.hvps,
+        "rel_residual": report.rel_residual,
+        "converged": report.converged,
+        "seconds": report.seconds,
+        "note": report.note,
+    }
+
+
 def solver_race(
     model,
     card,
@@ -114,17 +127,7 @@ def solver_race(
         )  # fmt: skip
         result = estimate("gif", problem, selection, settings)
         report = result.reports[0]
-        rows.append(
-            {
-                "solver": solver,
-                "iterations": report.iterations,
-                "hvps": report.hvps,
-                "rel_residual": report.rel_residual,
-                "converged": report.converged,
-                "seconds": report.seconds,
-                "note": report.note,
-            }
-        )
+        rows.append(_report_row(solver, report))
         if report.residual_history:
             # Aᵀb costs one product up front; each iteration one H_{:,T} and one H_{:,T}ᵀ product.
             curves[solver] = [(1 + 2 * (i + 1), r) for i, r in enumerate(report.residual_history)]
@@ -158,17 +161,7 @@ def symmetric_race(
         except FloatingPointError as error:
             rows.append({"solver": solver, "converged": False, "note": f"diverged: {error}"})
             continue
-        rows.append(
-            {
-                "solver": solver,
-                "iterations": report.iterations,
-                "hvps": report.hvps,
-                "rel_residual": report.rel_residual,
-                "converged": report.converged,
-                "seconds": report.seconds,
-                "note": report.note,
-            }
-        )
+        rows.append(_report_row(solver, report))
         curves[solver] = list(enumerate(report.residual_history, start=1))
     return {"damping": damping, "hessian_samples": problem.hessian.n_samples, "rows": rows, "curves": curves}
 

@@ -122,6 +122,15 @@ def _norm(x: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(x.to(torch.float64)))
 
 
+def _residual(op: Counted, x: torch.Tensor, b: torch.Tensor, b_norm: float, method: str) -> float:
+    """‖b − A x‖/‖b‖ by one counted product, after checking x; a non-finite residual raises."""
+    _check(x, method)
+    rel = _norm(b - op @ x) / b_norm
+    if not np.isfinite(rel):
+        raise FloatingPointError(f"Solver {method}: the residual of its solution is not finite.")
+    return rel
+
+
 _ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")
 
 
@@ -142,10 +151,7 @@ def solve_symmetric(
         return torch.zeros_like(b), SolveReport(method, 0, 0, 0.0, True, time.perf_counter() - start, "b = 0")
     if method in LISSA_METHODS:
         x, iterations, lissa_history, note = (_lissa if method == "lissa" else _plissa)(op, b, config)
-        _check(x, method)
-        rel = _norm(b - op @ x) / b_norm
-        if not np.isfinite(rel):
-            raise FloatingPointError(f"Solver {method}: the residual of its solution is not finite.")
+        rel = _residual(op, x, b, b_norm, method)
         return x, SolveReport(
             method,
             iterations,
@@ -174,10 +180,7 @@ def solve_symmetric(
             linop, to_numpy(b), x0=x_np, rtol=inner_rtol, maxiter=config.maxiter - iterations, callback=callback
         )
         x = op.to_torch(x_np)
-        _check(x, method)
-        rel = _norm(b - op @ x) / b_norm
-        if not np.isfinite(rel):
-            raise FloatingPointError(f"Solver {method}: the residual of its solution is not finite.")
+        rel = _residual(op, x, b, b_norm, method)
         if rel <= config.rtol or inner_rtol < 1e-15:
             break
         inner_rtol *= max(config.rtol / rel, 1e-3)

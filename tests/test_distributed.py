@@ -118,7 +118,9 @@ def _assert_same_report(sharded: dict, reference: dict, rtol: float) -> None:
     assert left.keys() == right.keys()
     for path, value in left.items():
         if isinstance(value, float) and "rel_residual" in path:  # a residual is a difference: float noise
-            assert math.isclose(value, right[path], rel_tol=rtol), (path, value, right[path])
+            # relative to its size, or absolutely below 1e-9 (HyperINF's Schulz residual sits near 1e-10, where the
+            # shards' summation order alone moves it by 1e-5 of itself; every stopping tolerance is ≥ 1e-8)
+            assert math.isclose(value, right[path], rel_tol=rtol, abs_tol=1e-9), (path, value, right[path])
         elif not (isinstance(value, float) and math.isnan(value) and math.isnan(right[path])):
             assert value == right[path], (path, value, right[path])  # metrics, steps, counts: exactly equal
 
