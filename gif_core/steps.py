@@ -2,7 +2,10 @@
 
 A first-order Δ has no fixed scale: its length follows the gradient of a loss the model may already have driven
 near zero, and a truncated least-squares solve returns a shorter Δ than a converged one. On the bundled CNN a
-well-fit class needed α ≈ 1000–4000 while another class peaked at α ≈ 4, so no fixed grid serves. The search is
+well-fit class needed α ≈ 1000–4000 while another class peaked at α ≈ 4, so no fixed grid serves. Methods whose
+curvature is damped only slightly along directions the Hessian sample never spans return far longer Δ: DataInf and
+HyperINF on the bundled CNN (class 0, seed 0) forget the class at α ≈ 6e-5–8e-5 and wreck the model (20% on
+validation) at every α ≥ 1e-3, so the floor lies at 1e-9 (a floor of 1e-3 had reported them as wrecks). The search is
 geometric and says where it stopped:
 
 1. **Bracket.** Evaluate α = ``start``, ``start``·f, ``start``·f², … (f = ``factor``) while the objective is still
@@ -45,7 +48,7 @@ class StepSearchConfig:
     start: float = 1.0
     factor: float = 2.0
     cap: float = 1e4
-    floor: float = 1e-3
+    floor: float = 1e-9
     patience: int = 2
     tolerance: float = 1.0
     refine: int = 2

@@ -50,9 +50,20 @@ def test_reaching_the_cap_is_reported_not_hidden():
 
 def test_the_floor_and_a_flat_objective_are_reported():
     falling = search_step(lambda alpha: -10 * alpha)  # the less change the better
-    assert falling.step == falling.floor == 1e-3 and falling.floor_hit and not falling.cap_hit
+    assert falling.step == falling.floor == 1e-9 and falling.floor_hit and not falling.cap_hit
     flat = search_step(lambda alpha: 7.0)
-    assert flat.flat and flat.step == 1e-3  # ties go to the smallest α: no α changes what is measured
+    assert flat.flat and flat.step == 1e-9  # ties go to the smallest α: no α changes what is measured
+
+
+def test_a_peak_far_below_one_is_found():
+    """DataInf on the bundled CNN (class 0): the objective is a level wreck (20) for every α ≥ 1e-3 and peaks near
+    α ≈ 6e-5; the downward walk must reach it, not stop at a floor above it."""
+
+    def objective(alpha: float) -> float:
+        return 20.0 if alpha >= 1e-3 else 98.0 - 30 * abs(math.log10(alpha / 6e-5))
+
+    search = search_step(objective)
+    assert 3e-5 < search.step < 1.2e-4 and not search.floor_hit and search.objective > 90
 
 
 def test_ties_go_to_the_smallest_step_and_plateaus_are_crossed():
