@@ -34,6 +34,8 @@ from gif_core.evaluate import predict_proba
 from gif_core.gradient_store import DTYPE, GradientStore, default_gradient_dir, gradient_key, gradient_store
 from gif_core.interrupt import ForwardWatch, StopCheck, check
 from gif_core.scores import (
+    APPROXIMATE_INVERSES,
+    SCORE_METHODS,
     LowRankInverse,
     SelfInfluence,
     influence_of_gradient,
@@ -44,7 +46,7 @@ from gif_core.scores import (
 from gif_core.selection import Selection, SelectionConfig, select_on_data
 from gif_core.solvers import SolverConfig, SolveReport
 
-OUR_METHODS = ("if", "if-lowrank", "gif", "tracin")
+OUR_METHODS = SCORE_METHODS
 CAPTUM_METHODS = ("captum-tracincp", "captum-naive", "captum-arnoldi")
 BROWSE_METHODS = (*OUR_METHODS, *CAPTUM_METHODS)
 METHOD_LABELS = {
@@ -52,16 +54,21 @@ METHOD_LABELS = {
     "if-lowrank": "Influence function (IF, low-rank H)",
     "gif": "GIF-restricted",
     "tracin": "TracIn (final checkpoint)",
+    "datainf": "DataInf (layer-wise closed form)",
+    "hyperinf": "HyperINF (layer-wise Schulz)",
+    "ekfac": "EK-FAC IF",
     "captum-tracincp": "Captum TracInCP",
     "captum-naive": "Captum naive IF",
     "captum-arnoldi": "Captum Arnoldi IF",
 }
-CACHED_SCORE_METHODS = ("if", "gif", *CAPTUM_METHODS)
-"""Methods whose scores for one test point are kept on disk (:data:`SCORES_KIND`): each costs a solve or Captum's
-work per point, so asking again, in any session, is served from the cache. The others are a product with G."""
+CACHED_SCORE_METHODS = ("if", "gif", *APPROXIMATE_INVERSES, *CAPTUM_METHODS)
+"""Methods whose scores for one test point are kept on disk (:data:`SCORES_KIND`): each costs a solve, passes over
+the Hessian sample (DataInf, HyperINF, EK-FAC) or Captum's work per point, so asking again, in any session, is served from the cache. The others are a product with G."""
 SCORES_KIND = "browse-scores/1"
 EIGENPAIRS_KIND = "eigenpairs/1"
 """The ``gif_cache`` kind of an eigenpair entry (see :mod:`gif_core.cache_files`)."""
+LAYERWISE_PASSES = {"datainf": 2, "hyperinf": 1}
+"""Passes over the Hessian sample's per-sample gradients per test point (:mod:`gif_core.layerwise`)."""
 NAIVE_FULL_LIMIT = 5_000
 """Captum's naive IF materialises the Hessian of its parameters; above this many, it is restricted to the last
 Linear layer (and the result says so)."""
@@ -432,13 +439,25 @@ class InfluenceBrowser:
             products = LANCZOS_PRODUCTS_PER_RANK * rank
             phases.append(("eigenpairs by Lanczos", _times_or_none(products, self._timed("product"))))
             disk += p * rank * 8 + rank * 8
+        passes = LAYERWISE_PASSES.get(method, 0)
+        if passes:
+            blocks = passes * math.ceil(self.curvature.n_samples / self.curvature.config.batch_size)
+            what = f"{passes} pass(es) over the Hessian sample's per-sample gradients"
+            phases.append((what, _times_or_none(blocks, self._timed("block"))))
+        if method == "ekfac":
+            phases.append(("EK-FAC's Kronecker factors and eigenvalue corrections over the Hessian sample", None))
         products = self.solve_products(method, solver)
         if products:
             what = f"the solve: at most {products} Hessian-vector products"
             phases.append((what, _times_or_none(products, self._timed("product"))))
         seconds = [value for _, value in phases if value is not None]
         total = sum(seconds) if len(seconds) == len(phases) else None
-        note = "" if total is not None else "Another computation on this model is running; its time is measured after."
+        if method == "ekfac":
+            note = "EK-FAC's factors are curvlinops' own passes and are not estimated."
+        else:
+            note = (
+                "" if total is not None else "Another computation on this model is running; its time is measured after."
+            )
         return CostEstimate(method, tuple(phases), total, disk, note=note)
 
     # -- scores ------------------------------------------------------------------------------------------------
@@ -716,6 +735,11 @@ SCORE_UNITS = {
     **dict.fromkeys(
         ("if", "if-lowrank", "gif"),
         "the predicted change of the test cross-entropy loss, in nats, if the training sample were removed",
+    ),
+    **dict.fromkeys(
+        ("datainf", "hyperinf", "ekfac"),
+        "IF's units (nats of test loss if the sample were removed) with H replaced by the method's approximation, "
+        "damped by its own rule, so its values are of IF's kind but not equal to them; compare rankings first",
     ),
     **dict.fromkeys(
         ("tracin", "captum-tracincp"),

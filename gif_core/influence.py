@@ -28,15 +28,14 @@ g the vector of the request (:mod:`gif_core.problem`), T the selected coordinate
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 
 from gif_core.constraints import MAX_REGULARISER, Alternatives, Interval, OneOf, validate
-from gif_core.ekfac import ekfac_inverse
-from gif_core.layerwise import LayerwiseConfig, LayerwiseReport, datainf_inverse, hyperinf_inverse
+from gif_core.ekfac import ekfac_solve
+from gif_core.layerwise import LayerwiseConfig, datainf_solve, hyperinf_solve
 from gif_core.operators import HessianOperator
 from gif_core.params import embed
 from gif_core.problem import EditProblem
@@ -253,26 +252,13 @@ def _gradient_direction(problem: EditProblem, selection: Selection, config: Esti
     return problem.g.clone(), [report], "Δ = g (H replaced by I)"
 
 
-def _layerwise_report(name: str, layerwise: LayerwiseReport, seconds: float, converged: bool) -> SolveReport:
-    note = (
-        f"{layerwise.gradient_passes} pass(es) over the Hessian sample's per-sample gradients; {layerwise.layers} "
-        f"layers, the largest factor {layerwise.largest_factor}"
-    )
-    return SolveReport(name, layerwise.iterations, 0, layerwise.residual, converged, seconds, note)
-
-
 def _datainf(problem: EditProblem, selection: Selection, config: EstimatorConfig):
-    start = time.perf_counter()
-    delta, layerwise = datainf_inverse(problem.hessian, problem.g, config.layerwise)
-    report = _layerwise_report("datainf", layerwise, time.perf_counter() - start, True)
+    delta, report = datainf_solve(problem.hessian, problem.g, config.layerwise)
     return delta.to(problem.g.dtype), [report], "Δ_l = (1/λ_l)[g_l − mean_i g_il (g_ilᵀg_l)/(λ_l + ‖g_il‖²)] per layer"
 
 
 def _hyperinf(problem: EditProblem, selection: Selection, config: EstimatorConfig):
-    start = time.perf_counter()
-    delta, layerwise = hyperinf_inverse(problem.hessian, problem.g, config.layerwise)
-    converged = layerwise.residual <= config.layerwise.schulz_tolerance
-    report = _layerwise_report("hyperinf (Schulz)", layerwise, time.perf_counter() - start, converged)
+    delta, report = hyperinf_solve(problem.hessian, problem.g, config.layerwise)
     return (
         delta.to(problem.g.dtype),
         [report],
@@ -281,7 +267,6 @@ def _hyperinf(problem: EditProblem, selection: Selection, config: EstimatorConfi
 
 
 def _ekfac(problem: EditProblem, selection: Selection, config: EstimatorConfig):
-    delta, ekfac = ekfac_inverse(problem.hessian, problem.g)
-    note = f"curvlinops EK-FAC over {ekfac.modules} Linear/Conv2d modules, exact damping {ekfac.damping:g}"
-    report = SolveReport("ekfac", 0, 0, 0.0, True, ekfac.seconds, note)
-    return delta.to(problem.g.dtype), [report], f"(EK-FAC(G) + {ekfac.damping:g}·I) x = g"
+    delta, report = ekfac_solve(problem.hessian, problem.g)
+    damping = problem.hessian.config.weight_decay + problem.hessian.config.damping
+    return delta.to(problem.g.dtype), [report], f"(EK-FAC(G) + {damping:g}·I) x = g"

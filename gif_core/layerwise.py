@@ -31,6 +31,7 @@ all-reduced, so every rank gets the same Δ.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -40,6 +41,7 @@ import torch
 from gif_core.constraints import Alternatives, Interval, validate
 from gif_core.curvature import Curvature
 from gif_core.params import ParamSpace
+from gif_core.solvers import SolveReport
 
 HYPERINF_MAX_SIDE = 4096
 """The largest GFIM HyperINF inverts (out × out entries): above it a Schulz iteration costs minutes on a CPU."""
@@ -200,3 +202,32 @@ def hyperinf_inverse(
     _check_finite(out, "HyperINF")
     largest = max(int(g.index.shape[0]) for g in groups)
     return out.to(curvature.dtype), LayerwiseReport(1, len(groups), largest, worst, most)
+
+
+def _solve_report(name: str, layerwise: LayerwiseReport, seconds: float, converged: bool) -> SolveReport:
+    note = (
+        f"{layerwise.gradient_passes} pass(es) over the Hessian sample's per-sample gradients; {layerwise.layers} "
+        f"layers, the largest factor {layerwise.largest_factor}"
+    )
+    return SolveReport(name, layerwise.iterations, 0, layerwise.residual, converged, seconds, note)
+
+
+def datainf_solve(
+    curvature: Curvature, vector: torch.Tensor, config: LayerwiseConfig | None = None
+) -> tuple[torch.Tensor, SolveReport]:
+    """:func:`datainf_inverse` with its cost as a solver report (closed form: always converged)."""
+    start = time.perf_counter()
+    out, layerwise = datainf_inverse(curvature, vector, config)
+    return out, _solve_report("datainf", layerwise, time.perf_counter() - start, True)
+
+
+def hyperinf_solve(
+    curvature: Curvature, vector: torch.Tensor, config: LayerwiseConfig | None = None
+) -> tuple[torch.Tensor, SolveReport]:
+    """:func:`hyperinf_inverse` with its cost as a solver report (converged when every layer's Schulz residual
+    ‖I − AX‖_F reached the tolerance)."""
+    config = config or LayerwiseConfig()
+    start = time.perf_counter()
+    out, layerwise = hyperinf_inverse(curvature, vector, config)
+    converged = layerwise.residual <= config.schulz_tolerance
+    return out, _solve_report("hyperinf (Schulz)", layerwise, time.perf_counter() - start, converged)

@@ -18,7 +18,11 @@ TracInCP with one checkpoint of weight 1).
 ``method="gif"``: the GIF-restricted variant: removing z updates only T, Δ_T = (AᵀA)⁻¹Aᵀ∇ℓ_z/n with A = H_{:,T},
 and the test-loss change is ∇ℓ_test,Tᵀ Δ_T, i.e. I = ∇ℓ_zᵀ s / n with s = A (AᵀA)⁻¹ (∇ℓ_test)_T (one LSMR solve
 per test point: s is the minimum-norm solution of Aᵀs = (∇ℓ_test)_T).
-In both, the training gradients are computed once (``torch.func.vmap``) and each new test point costs one solve
+``method="datainf"``, ``"hyperinf"``, ``"ekfac"``: IF with H⁻¹ replaced by the method's approximate inverse M⁻¹ of the
+curvature over the Hessian sample (DataInf's and HyperINF's layer-wise inverses of the Fisher, :mod:`gif_core.layerwise`;
+EK-FAC of the GGN + (λ + δ)I, :mod:`gif_core.ekfac`): s = M⁻¹∇ℓ_test, I = ∇ℓ_zᵀ s / n. M is symmetric positive
+definite, so the sign means what IF's does; no Hessian-vector product, passes over the Hessian sample per test point.
+In all, the training gradients are computed once (``torch.func.vmap``) and each new test point costs one solve
 plus one matrix-vector product.
 """
 
@@ -31,12 +35,20 @@ import torch
 from scipy.sparse import linalg as spla
 
 from gif_core.curvature import Curvature
+from gif_core.ekfac import ekfac_solve
 from gif_core.gradient_store import GradientStore
+from gif_core.layerwise import datainf_solve, hyperinf_solve
 from gif_core.operators import HessianOperator
 from gif_core.selection import Selection
 from gif_core.solvers import SolverConfig, SolveReport, solve_least_squares, solve_symmetric
 
-SCORE_METHODS = ("if", "if-lowrank", "gif", "tracin")
+APPROXIMATE_INVERSES: dict[str, Callable[[Curvature, torch.Tensor], tuple[torch.Tensor, SolveReport]]] = {
+    "datainf": datainf_solve,
+    "hyperinf": hyperinf_solve,
+    "ekfac": ekfac_solve,
+}
+"""s = M⁻¹v for the methods that replace H⁻¹ by an approximate inverse (each with its default damping rule)."""
+SCORE_METHODS = ("if", "if-lowrank", "gif", "tracin", *APPROXIMATE_INVERSES)
 
 TrainGradients = torch.Tensor | GradientStore
 """G [n_train, p]: in memory (:func:`training_gradients`) or read block by block from the cache (:mod:`gif_core.gradient_store`)."""
@@ -126,9 +138,13 @@ def influence_of_gradient(
 ) -> tuple[torch.Tensor, SolveReport | None]:
     """Every training sample's score G s / n for one test-loss gradient ∇ℓ_test [p] (a point's, or a set's mean:
     scores are linear in it), with the direction s = H⁻¹∇ℓ_test (``if``, MINRES), V Λ⁻¹ Vᵀ∇ℓ_test
-    (``if-lowrank``), A(AᵀA)⁻¹(∇ℓ_test)_T (``gif``, LSMR), or G ∇ℓ_test without the 1/n (``tracin``); and the
-    solve's report (None without a solve). Positive = helpful. Arguments are checked by :func:`influence_scores`."""
+    (``if-lowrank``), A(AᵀA)⁻¹(∇ℓ_test)_T (``gif``, LSMR), M⁻¹∇ℓ_test (:data:`APPROXIMATE_INVERSES`), or G ∇ℓ_test
+    without the 1/n (``tracin``); and the solve's report (None without a solve). Positive = helpful. Arguments are
+    checked by :func:`influence_scores`."""
     n = len(train_gradients)
+    if method in APPROXIMATE_INVERSES:
+        s, report = APPROXIMATE_INVERSES[method](curvature, test_gradient)
+        return _times(train_gradients, s.float()) / n, report
     if method == "tracin":
         return _times(train_gradients, test_gradient.float()), None
     if method == "if-lowrank":

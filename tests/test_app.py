@@ -12,6 +12,7 @@ import torch
 from conftest import finish_jobs, no_errors, open_page
 from streamlit.testing.v1 import AppTest
 
+from gif_core.browse import BROWSE_METHODS
 from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES, METHODS
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -165,9 +166,7 @@ def test_influence_page_filters():
     assert all(o.split("label ")[1].split(" ")[0] != o.split("predicted ")[1] for o in labels)
 
 
-@pytest.mark.parametrize(
-    "method", ["if", "if-lowrank", "gif", "tracin", "captum-tracincp", "captum-naive", "captum-arnoldi"]
-)
+@pytest.mark.parametrize("method", BROWSE_METHODS)
 def test_influence_page_every_method_on_the_small_model(method):
     at = page("influence", bundled="iris_mlp")
     no_errors(at)

@@ -183,3 +183,45 @@ def test_the_shown_formula_has_the_sign_the_scores_have():
     result = influence_scores(curvature, grads.float(), test_x, test_y, "if", solver=TIGHT)
     assert rel_err(result.scores[0].double(), formula) < 1e-4
     assert "helpful" in SCORE_MEANING.split("negative")[0]  # the positive half of the sentence says helpful
+
+
+def test_approximate_inverse_scores_match_their_dense_formulas():
+    """DataInf, HyperINF and EK-FAC scores ∇ℓ_zᵀ M⁻¹ ∇ℓ_test / n on logistic regression (one layer, weight and bias
+    together), each M built here from per-sample gradients taken one sample at a time: DataInf's mean of damped
+    rank-one inverses, HyperINF's damped GFIM over the [W | b] matrices, and EK-FAC with a one-sample Hessian
+    sample, where it is exact: (H + (λ + δ)I)⁻¹."""
+    torch.manual_seed(0)
+    model, data = nn.Linear(4, 3).double(), blobs(30)
+    weight_decay, damping = 0.01, 0.1
+    test_x, test_y = data.inputs[:2] + 0.1, data.labels[:2]
+    test_grads = _per_sample_gradients_by_hand(model, test_x, test_y, 0.0)
+    by_hand = _per_sample_gradients_by_hand(model, data.inputs, data.labels, weight_decay)
+    n, p = len(data.labels), 15
+
+    def scores(method, hessian_sample):
+        curvature = Curvature(model, hessian_sample, CurvatureConfig(weight_decay, damping=damping))
+        grads = training_gradients(curvature, data.inputs, data.labels)
+        result = influence_scores(curvature, grads, test_x, test_y, method)
+        assert len(result.reports) == 2 and all(r.converged for r in result.reports)
+        return result.scores.double()
+
+    sample = _per_sample_gradients_by_hand(model, data.inputs, data.labels, 0.0)  # the data loss's g_i
+    lam = 0.1 * sample.square().sum() / (n * p)
+    eye = torch.eye(p, dtype=torch.float64)
+    datainf = torch.stack([torch.linalg.inv(torch.outer(g, g) + lam * eye) for g in sample]).mean(0)
+    expected = (by_hand @ datainf @ test_grads.T).T / n
+    assert rel_err(scores("datainf", (data.inputs, data.labels)), expected) < 1e-5
+
+    def as_matrix(g):  # [W | b] ∈ R^{3×5}
+        return torch.cat([g[:12].reshape(3, 4), g[12:, None]], dim=1)
+
+    gfim = sum(as_matrix(g) @ as_matrix(g).T for g in sample) / (n * 5)
+    damped = gfim + 0.1 * torch.trace(gfim) / 3 * torch.eye(3, dtype=torch.float64)
+    directions = [torch.linalg.solve(damped, as_matrix(t)) for t in test_grads]
+    flat = torch.stack([torch.cat([d[:, :4].reshape(-1), d[:, 4]]) for d in directions])
+    assert rel_err(scores("hyperinf", (data.inputs, data.labels)), (by_hand @ flat.T).T / n) < 1e-5
+
+    one = (data.inputs[:1], data.labels[:1])
+    H = dense_hessian(model, *one, weight_decay) + damping * eye
+    expected = (by_hand @ torch.linalg.solve(H, test_grads.T)).T / n
+    assert rel_err(scores("ekfac", one), expected) < 1e-6  # G and the scores are float32
