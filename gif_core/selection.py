@@ -12,6 +12,9 @@ and select whole neurons (the fan-in row of the weight plus the bias entry, see 
   retained data barely constrains (F_retain is the diagonal empirical Fisher over the Hessian sample minus U; the idea
   behind Selective Synaptic Dampening's importance ratio). All neurons of a layer have the same size, so ranking by
   this score is ranking by score per parameter.
+* ``ekfac``     score_j = Σ_{params of j} Δ², Δ = (EK-FAC(G) + (λ + δ)I)⁻¹ g (:mod:`gif_core.ekfac`): the neurons the
+  EK-FAC influence update of the request moves most (the reference code's EK-FAC-based selection; every trainable
+  parameter must lie in a Linear/Conv2d module).
 * ``param-gradient`` the individual parameters with the largest |g|, anywhere (not neuron-wise).
 
 Budget: ``ratio`` of all trainable parameters, spent in whole neurons, and never zero neurons in a layer:
@@ -42,10 +45,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from gif_core.constraints import Alternatives, Interval, OneOf, validate
+from gif_core.ekfac import ekfac_inverse
 from gif_core.params import NeuronLayer, ParamSpace
 from gif_core.problem import EditProblem
 
-NEURON_METHODS = ("output", "gradient", "lowest-output", "lowest-gradient", "random", "curvature")
+NEURON_METHODS = ("output", "gradient", "lowest-output", "lowest-gradient", "random", "curvature", "ekfac")
+REQUEST_METHODS = ("curvature", "ekfac", "param-gradient")
+"""Selectors that need an edit request (a retained set, a Hessian sample, a g), not bare data."""
 METHODS = (*NEURON_METHODS, "param-gradient")
 BUDGETS = ("per-layer", "global")
 
@@ -169,13 +175,13 @@ def select_on_data(
 
     The same neuron selectors and budgets as :func:`select`, for data that is not part of an edit request (the
     GIF-restricted influence scores of :mod:`gif_core.scores` restrict the solve to the test point's neurons).
-    ``curvature`` and ``param-gradient`` need an edit request (a retained set, a g) and are refused here.
+    The :data:`REQUEST_METHODS` need an edit request and are refused here.
     """
     config = config or SelectionConfig()
-    if config.method not in NEURON_METHODS or config.method == "curvature":
+    if config.method in REQUEST_METHODS:
         raise ValueError(
             f"Selector {config.method!r} needs an edit request; on bare data choose one of "
-            f"{', '.join(m for m in NEURON_METHODS if m != 'curvature')}."
+            f"{', '.join(m for m in NEURON_METHODS if m not in REQUEST_METHODS)}."
         )
     space = ParamSpace.from_model(model)
     if not space.layers:
@@ -198,6 +204,9 @@ def _neuron_scores(problem: EditProblem, config: SelectionConfig) -> dict[str, t
         fisher = problem.retained_fisher().cpu()
         ratio = problem.g.cpu().square() / (fisher + config.fisher_epsilon)
         return {l.module: _block_sums(ratio, l) for l in problem.space.layers}
+    if config.method == "ekfac":
+        delta, _ = ekfac_inverse(problem.hessian, problem.g)
+        return {l.module: _block_sums(delta.detach().cpu().square(), l) for l in problem.space.layers}
     return _scores_on_data(
         problem.model, problem.space.layers, problem.forget_inputs, problem.forget_labels, problem.new_labels, config
     )

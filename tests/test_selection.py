@@ -3,10 +3,19 @@ import torch
 from conftest import blobs, tiny_convnet, tiny_mlp
 from torch import nn
 
+from gif_core.curvature import CurvatureConfig
 from gif_core.params import ParamSpace, state_hash
-from gif_core.problem import prepare
+from gif_core.problem import ProblemConfig, prepare
 from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval
-from gif_core.selection import METHODS, SelectionConfig, _captured_outputs, from_mask, select, select_all
+from gif_core.selection import (
+    METHODS,
+    REQUEST_METHODS,
+    SelectionConfig,
+    _captured_outputs,
+    from_mask,
+    select,
+    select_all,
+)
 
 
 def _wide_model():
@@ -18,7 +27,8 @@ def _wide_model():
 
 @pytest.fixture
 def problem():
-    return prepare(_wide_model(), blobs(n=90, image=True), ClassRemoval(1), 3)
+    damped = ProblemConfig(curvature=CurvatureConfig(damping=0.01))  # the ekfac selector's inverse needs λ + δ > 0
+    return prepare(_wide_model(), blobs(n=90, image=True), ClassRemoval(1), 3, damped)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "param-gradient"])
@@ -98,7 +108,8 @@ def test_curvature_selector_prefers_weakly_constrained_parameters():
 def test_label_change_gradient_selection_runs_and_model_untouched():
     model = tiny_convnet()
     before = state_hash(model)
-    problem = prepare(model, blobs(image=True), LabelChange([0, 1], [1, 2]), 3)
+    damped = ProblemConfig(curvature=CurvatureConfig(damping=0.01))  # the ekfac selector's inverse needs λ + δ > 0
+    problem = prepare(model, blobs(image=True), LabelChange([0, 1], [1, 2]), 3, damped)
     for method in METHODS:
         select(problem, SelectionConfig(method, 0.3))
     assert state_hash(model) == before
@@ -145,12 +156,12 @@ def test_a_ratio_smaller_than_one_neuron_still_selects_one_neuron_per_layer():
 def bundled_cnn_class_removal():
     from gif_core.checkpoints import load_checkpoint
     from gif_core.data import load_data
-    from gif_core.problem import ProblemConfig
     from gif_core.zoo import default_model_path
 
     model, card = load_checkpoint(default_model_path())
     data = load_data(card.dataset, seed=card.split_seed)
-    return prepare(model, data.train, ClassRemoval(3), card.num_classes, ProblemConfig(hessian_samples=16))
+    config = ProblemConfig(hessian_samples=16, curvature=CurvatureConfig(damping=0.01))  # λ + δ > 0 for ekfac
+    return prepare(model, data.train, ClassRemoval(3), card.num_classes, config)
 
 
 @pytest.mark.parametrize("budget", ["per-layer", "global"])
@@ -202,6 +213,32 @@ def test_selection_on_bare_data_refuses_request_only_selectors():
     from gif_core.selection import select_on_data
 
     model, data = tiny_mlp(), blobs()
-    for method in ("curvature", "param-gradient"):
+    for method in REQUEST_METHODS:
         with pytest.raises(ValueError, match="needs an edit request"):
             select_on_data(model, data.inputs[:2], data.labels[:2], SelectionConfig(method=method))
+
+
+def test_ekfac_selector_picks_the_neurons_the_exact_influence_update_moves_most():
+    """With one retained sample EK-FAC is exact on a Linear layer (tests/test_ekfac.py), so the selector must pick the
+    output neurons with the largest Σ Δ² of Δ = (H + (λ + δ)I)⁻¹ g, H the dense Hessian; on this draw (two samples
+    removed, one retained) the most moved neuron is not the one with the largest Σ g², so the test tells the EK-FAC
+    order from the gradient's."""
+    from conftest import dense_hessian
+
+    torch.manual_seed(3)
+    model, data = nn.Linear(4, 5).double(), blobs(3, n_classes=5)
+    config = ProblemConfig(curvature=CurvatureConfig(weight_decay=0.01, damping=1e-3))
+    problem = prepare(model, data, SampleRemoval([0, 1]), 5, config)
+    H = dense_hessian(model, data.inputs[2:], data.labels[2:], 0.01) + 1e-3 * torch.eye(25, dtype=torch.float64)
+    delta = torch.linalg.solve(H, problem.g.double())
+
+    def per_neuron(values):  # weight rows then the bias entry of each of the 5 output neurons
+        return values[:20].reshape(5, 4).sum(1) + values[20:]
+
+    exact_order = torch.argsort(per_neuron(delta.square()), descending=True)
+    gradient_order = torch.argsort(per_neuron(problem.g.double().square()), descending=True)
+    assert exact_order[0] != gradient_order[0]
+    for ratio, count in ((0.2, 1), (0.4, 2), (0.6, 3)):
+        selection = select(problem, SelectionConfig("ekfac", ratio))
+        chosen = {int(j) for j in range(5) if bool(selection.mask[j * 4])}
+        assert chosen == set(exact_order[:count].tolist()), ratio

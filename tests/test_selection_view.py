@@ -11,8 +11,9 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from gif_core.checkpoints import load_checkpoint
+from gif_core.curvature import CurvatureConfig
 from gif_core.params import ParamSpace
-from gif_core.problem import prepare
+from gif_core.problem import ProblemConfig, prepare
 from gif_core.requests import ClassRemoval
 from gif_core.selection import (
     NEURON_METHODS,
@@ -104,7 +105,8 @@ def test_neuron_selectors_leave_no_layer_without_a_unit(method, budget):
     model = nn.Sequential(
         nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 32), nn.ReLU(), nn.Linear(32, 3)
     ).double()
-    problem = prepare(model, blobs(n=90, image=True), ClassRemoval(1), 3)
+    damped = ProblemConfig(curvature=CurvatureConfig(damping=0.01))  # the ekfac selector's inverse needs λ + δ > 0
+    problem = prepare(model, blobs(n=90, image=True), ClassRemoval(1), 3, damped)
     assert layers_without_units(select(problem, SelectionConfig(method, 0.01, budget))) == ()
 
 
