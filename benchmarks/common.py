@@ -84,6 +84,7 @@ SETTINGS = {
     "least_squares_solver": ("solver", "least_squares_solver"),
     "symmetric_solver": ("solver", "symmetric_solver"),
     "gif_ridge": ("solver", "gif_ridge"),
+    "gif_preconditioner": ("solver", "gif_preconditioner"),
     "rtol": ("solver", "rtol"),
     "maxiter": ("solver", "maxiter"),
 }

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, markdown_table, provenance, write_results
 from benchmarks.paper_setup import PROFILES, ModelSetting, flatten_outcome, retrained_for, summarise, trained
 from gif_core.experiment import run_edit
 from gif_core.influence import METHOD_SUMMARIES
@@ -114,7 +115,34 @@ def leader(summary: list[dict]) -> dict | None:
     return min(candidates, key=lambda s: s["avg_gap mean"]) if candidates else None
 
 
-def report_body(plan: Plan, summary: list[dict], references: list[dict], lead: dict | None) -> str:
+def paired_with_leader(rows: list[dict], lead: str) -> list[dict]:
+    """Per row: the mean (and its standard error) of its Avg. Gap minus the leader's on the same (class, seed), and
+    on how many of those the row was better, tied or worse — whether a lead is more than noise between runs."""
+    gaps = {(r["row"], r["class"], r["seed"]): r["avg_gap"] for r in rows if not r["diverged"]}
+    out = []
+    for name in dict.fromkeys(r["row"] for r in rows):
+        if name == lead:
+            continue
+        diffs = [gap - gaps[(lead, c, s)] for (n, c, s), gap in gaps.items() if n == name and (lead, c, s) in gaps]
+        if not diffs:
+            continue
+        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+        out.append(
+            {
+                "row": name,
+                "pairs": len(diffs),
+                "gap minus leader's": f"{statistics.fmean(diffs):+.3f} ± {se:.3f}",
+                "better": sum(d < 0 for d in diffs),
+                "tied": sum(d == 0 for d in diffs),
+                "worse": sum(d > 0 for d in diffs),
+            }
+        )
+    return out
+
+
+def report_body(
+    plan: Plan, summary: list[dict], references: list[dict], lead: dict | None, rows: list[dict] | None = None
+) -> str:
     retrained = {
         k: statistics.fmean(r[k] for r in references)
         for k in ("forget_acc", "retain_acc", "test_acc", "retrain_seconds")
@@ -140,6 +168,20 @@ def report_body(plan: Plan, summary: list[dict], references: list[dict], lead: d
             f"Leading row by mean Avg. Gap (among rows that never diverged): **{lead['row']}** ({lead['avg_gap']})."
             if lead
             else "Every row diverged at least once: no leader.",
+            *(
+                [
+                    "",
+                    f"Paired with the leader on the same (class, seed): each row's Avg. Gap minus {lead['row']}'s, mean "
+                    "± standard error, and the pairs where the row was better, tied or worse.",
+                    "",
+                    markdown_table(
+                        paired_with_leader(rows, lead["row"]),
+                        ["row", "pairs", "gap minus leader's", "better", "tied", "worse"],
+                    ),
+                ]
+                if lead and rows
+                else []
+            ),
         ]
     )
 
@@ -149,21 +191,30 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny digits MLP, class 0, one seed")
     parser.add_argument("--seeds", help="comma-separated seeds instead of the plan's (e.g. 0 for one seed)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render", type=Path, help="rewrite the tables from this reference_rows.json's edits instead of running"
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
 
-    def write(rows: list[dict], references: list[dict], seeds_done: tuple[int, ...]) -> None:
+    def write(rows: list[dict], references: list[dict], seeds_done: tuple[int, ...], meta: dict | None = None) -> None:
         done = dataclasses.replace(plan, seeds=seeds_done)
         summary = summary_rows(rows, done)
         lead = leader(summary)
-        body = report_body(done, summary, references, lead)
+        body = report_body(done, summary, references, lead, rows)
         leading = lead["row"] if lead else None
         data = {"plan": plan.name, "rows": rows, "summary": summary, "retrained": references, "leader": leading}
-        write_results("reference_rows", body, data, args.out)
+        write_results("reference_rows", body, data, args.out, meta)
         print(body)
 
+    if args.render:
+        stored = json.loads(args.render.read_text())
+        seeds = tuple(sorted({r["seed"] for r in stored["rows"]}))
+        rendered = {**stored["provenance"], "tables rendered by": provenance()["command"]}
+        write(stored["rows"], stored["retrained"], seeds, rendered)
+        return
     run(plan, after_seed=write)
 
 

@@ -19,6 +19,7 @@ eigendecompositions; no Hessian-vector product. Every trainable parameter must b
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from gif_core.curvature import Curvature
+from gif_core.operators import SymmetricOperator
 from gif_core.solvers import SolveReport
 
 SUPPORTED_MODULES = (nn.Linear, nn.Conv2d)
@@ -56,8 +58,11 @@ def _check_modules(model: nn.Module) -> int:
     return modules
 
 
-def ekfac_inverse(curvature: Curvature, vector: torch.Tensor) -> tuple[torch.Tensor, EkfacReport]:
-    """(EK-FAC(G) + (λ + δ)·I)⁻¹ ``vector`` over ``curvature``'s Hessian sample (module docstring)."""
+def ekfac_inverse_operator(curvature: Curvature) -> tuple[SymmetricOperator, EkfacReport]:
+    """The p×p operator v ↦ (EK-FAC(G) + (λ + δ)·I)⁻¹ v over ``curvature``'s Hessian sample (module docstring),
+    factors computed once here; each product afterwards is two eigenbasis rotations per module and no pass over
+    the data. Symmetric positive definite, so it restricts to rows and columns like H (a preconditioner for the
+    GIF solve: ``operator.restrict(index, index)``)."""
     from curvlinops import EKFACLinearOperator, KFACInverseLinearOperator
 
     if curvature.sharded:
@@ -84,11 +89,24 @@ def ekfac_inverse(curvature: Curvature, vector: torch.Tensor) -> tuple[torch.Ten
         num_data=curvature.n_samples,
     )
     inverse = KFACInverseLinearOperator(ekfac, damping=damping, use_exact_damping=True)
-    with torch.enable_grad():
-        out = inverse @ vector.to(curvature.device, curvature.dtype)
-    if not torch.isfinite(out).all():
-        raise FloatingPointError("EK-FAC's inverse produced NaN or inf: add damping.")
-    return out, EkfacReport(time.perf_counter() - start, modules, damping)
+
+    def product(vector: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            out = inverse @ vector.to(curvature.device, curvature.dtype)
+        if not torch.isfinite(out).all():
+            raise FloatingPointError("EK-FAC's inverse produced NaN or inf: add damping.")
+        return out
+
+    operator = SymmetricOperator(product, curvature.space.numel, curvature.device, curvature.dtype)
+    return operator, EkfacReport(time.perf_counter() - start, modules, damping)
+
+
+def ekfac_inverse(curvature: Curvature, vector: torch.Tensor) -> tuple[torch.Tensor, EkfacReport]:
+    """(EK-FAC(G) + (λ + δ)·I)⁻¹ ``vector`` over ``curvature``'s Hessian sample (module docstring)."""
+    start = time.perf_counter()
+    operator, report = ekfac_inverse_operator(curvature)
+    out = operator @ vector
+    return out, dataclasses.replace(report, seconds=time.perf_counter() - start)
 
 
 def ekfac_solve(curvature: Curvature, vector: torch.Tensor) -> tuple[torch.Tensor, SolveReport]:

@@ -34,9 +34,9 @@ from typing import ClassVar
 import torch
 
 from gif_core.constraints import MAX_REGULARISER, Alternatives, Interval, OneOf, validate
-from gif_core.ekfac import ekfac_solve
+from gif_core.ekfac import ekfac_inverse_operator, ekfac_solve
 from gif_core.layerwise import LayerwiseConfig, datainf_solve, hyperinf_solve
-from gif_core.operators import HessianOperator
+from gif_core.operators import Composed, HessianOperator
 from gif_core.params import embed
 from gif_core.problem import EditProblem
 from gif_core.selection import Selection, select_all
@@ -77,6 +77,9 @@ METHOD_SUMMARIES = {
 """One line per estimator: what it moves and its formula; every Δ has the sign of H⁻¹g (θ + α·Δ, α > 0, forgets)."""
 
 
+GIF_PRECONDITIONERS = ("none", "ekfac")
+
+
 @dataclass(frozen=True)
 class EstimatorConfig:
     """How the estimators solve (``EditConfig.solver``): ``symmetric_solver`` for IF/PIF/FIF/SIF,
@@ -84,7 +87,10 @@ class EstimatorConfig:
     (``rtol``, ``maxiter``, ``track_residuals``, ``richardson_restarts``, LiSSA's fixed scale ``lissa_scale``:
     :attr:`stopping`; the baselines' other constants keep :class:`~gif_core.solvers.SolverConfig`'s values), and
     DataInf's and HyperINF's layer damping (``layer_damping``: × the mean eigenvalue of each layer's factor,
-    :class:`~gif_core.layerwise.LayerwiseConfig`). Damping of H itself is a curvature setting
+    :class:`~gif_core.layerwise.LayerwiseConfig`), and GIF's right preconditioner (``gif_preconditioner``: ``none``,
+    or ``ekfac``: x = M y with M = ((EK-FAC + (λ+δ)I)⁻¹)_TT, the EK-FAC inverse restricted to T, and LSMR on
+    min ‖H[:,T] M y − g‖² + ρ‖y‖²; M costs EK-FAC's factors once and no Hessian-vector product;
+    benchmarks/results/gif_preconditioner.md measures it). Damping of H itself is a curvature setting
     (:class:`~gif_core.problem.HessianConfig`).
 
     The defaults are an edit's, chosen by ``benchmarks/defaults.py`` (see :class:`gif_core.experiment.EditConfig`):
@@ -100,9 +106,11 @@ class EstimatorConfig:
     richardson_restarts: int = 100
     lissa_scale: float = 10.0
     layer_damping: float = 0.1
+    gif_preconditioner: str = "none"
 
     CONSTRAINTS: ClassVar[dict[str, Alternatives]] = {
         "symmetric_solver": (OneOf(SYMMETRIC_METHODS),),
+        "gif_preconditioner": (OneOf(GIF_PRECONDITIONERS),),
         "least_squares_solver": (OneOf(LEAST_SQUARES_METHODS),),
         "gif_ridge": (Interval(0, MAX_REGULARISER),),
     }
@@ -224,13 +232,19 @@ def _frozen(problem: EditProblem, selection: Selection, config: EstimatorConfig)
 def _generalized(problem: EditProblem, selection: Selection, config: EstimatorConfig):
     index = selection.indices.to(problem.g.device)
     columns = HessianOperator(problem.hessian).restrict(cols=index)  # H_{:,T}; its transpose y ↦ (H y)_T
-    x, report = solve_least_squares(columns, problem.g, config.least_squares_solver, config.gif_ridge, config.stopping)
     ridge = f" + {config.gif_ridge:g}‖x‖²" if config.gif_ridge else ""
-    return (
-        embed(x, index, problem.space.numel),
-        [report],
-        f"min ‖{_damping_note(problem)}[:, T] x − g‖²{ridge} by {report.name}",
-    )
+    damped = _damping_note(problem)
+    if config.gif_preconditioner == "ekfac":
+        inverse, ekfac = ekfac_inverse_operator(problem.hessian)
+        right = inverse.restrict(index, index)  # M = ((EK-FAC + (λ+δ)I)⁻¹)_TT
+        y, report = solve_least_squares(
+            Composed(columns, right), problem.g, config.least_squares_solver, config.gif_ridge, config.stopping
+        )
+        report = replace(report, seconds=report.seconds + ekfac.seconds)
+        solved = f"x = M y, min ‖{damped}[:, T] M y − g‖²{ridge.replace('x', 'y')} by {report.name}, M the EK-FAC inverse on T"
+        return embed(right @ y, index, problem.space.numel), [report], solved
+    x, report = solve_least_squares(columns, problem.g, config.least_squares_solver, config.gif_ridge, config.stopping)
+    return embed(x, index, problem.space.numel), [report], f"min ‖{damped}[:, T] x − g‖²{ridge} by {report.name}"
 
 
 def _second_order(problem: EditProblem, selection: Selection, config: EstimatorConfig):

@@ -152,6 +152,24 @@ class DenseMatrix(LinearMap):
         return self.matrix.T @ y
 
 
+class Composed(LinearMap):
+    """A·M of an operator A: R^k → R^p and M: R^k → R^k (a right preconditioner): x ↦ A(Mx), y ↦ Mᵀ(Aᵀy). Counted,
+    each of its products costs one product of A (one Hessian-vector product for A = H[:, T])."""
+
+    def __init__(self, operator: LinearMap, right: LinearMap) -> None:
+        if operator.shape[1] != right.shape[0]:
+            raise ValueError(f"Cannot compose a {operator.shape} operator with a {right.shape} one.")
+        self.operator, self.right = operator, right
+        self.shape = (operator.shape[0], right.shape[1])
+        self.device, self.dtype = operator.device, operator.dtype
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        return self.operator.matvec(self.right.matvec(x))
+
+    def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
+        return self.right.rmatvec(self.operator.rmatvec(y))
+
+
 class Normal(LinearMap):
     """AᵀA + δI of an operator A (k×k, symmetric positive semi-definite; two products of A each)."""
 

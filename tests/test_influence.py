@@ -1,5 +1,6 @@
 """Estimators against independent truth: dense closed forms on tiny models, exact retraining on a convex model."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -79,6 +80,26 @@ def test_gif_converges_on_an_indefinite_hessian_and_equals_least_squares():
         result = estimate("gif", problem, selection, config)
         truth = torch.linalg.lstsq(H[:, T], problem.g.unsqueeze(1)).solution.squeeze(1)
         assert result.converged and rel_err(result.delta[T], truth) < 1e-4
+
+
+def test_ekfac_preconditioned_gif_reaches_the_same_least_squares_solution():
+    # x = M y with M = (EK-FAC⁻¹)_TT positive definite: min ‖H[:,T] M y − g‖ has the minimiser y = M⁻¹x*, so a
+    # converged preconditioned solve returns GIF's least-squares solution itself, on an indefinite H.
+    model, data = tiny_mlp(seed=3), blobs(seed=3)
+    problem = prepare(
+        model, data, SampleRemoval([2, 9]), 3, ProblemConfig(curvature=CurvatureConfig(weight_decay=1e-3))
+    )
+    H = dense_hessian(model, data.inputs[problem.retain_rows], data.labels[problem.retain_rows], 1e-3)
+    selection = select(problem, SelectionConfig("output", ratio=0.4))
+    T = selection.indices
+    truth = torch.linalg.lstsq(H[:, T], problem.g.unsqueeze(1)).solution.squeeze(1)
+    config = EstimatorConfig(gif_ridge=0.0, rtol=1e-10, maxiter=5000, gif_preconditioner="ekfac")
+    result = estimate("gif", problem, selection, config)
+    assert result.converged and rel_err(result.delta[T], truth) < 1e-4
+    assert "EK-FAC" in result.solved and bool((result.delta[~selection.mask] == 0).all())
+    plain = estimate("gif", problem, selection, dataclasses.replace(config, gif_preconditioner="none", maxiter=2))
+    early = estimate("gif", problem, selection, dataclasses.replace(config, maxiter=2))
+    assert rel_err(early.delta, plain.delta) > 1e-3  # early-stopped, the preconditioner changes the iterate
 
 
 def test_richardson_baseline_and_krylov_reach_the_same_gif_solution():
