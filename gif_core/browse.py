@@ -33,6 +33,7 @@ from gif_core.data import LabelledSet, seeded_subset
 from gif_core.evaluate import predict_proba
 from gif_core.gradient_store import DTYPE, GradientStore, default_gradient_dir, gradient_key, gradient_store
 from gif_core.interrupt import ForwardWatch, StopCheck, check
+from gif_core.projection import TrakConfig, TrakKernel, trak_kernel, true_class_complement
 from gif_core.scores import (
     APPROXIMATE_INVERSES,
     SCORE_METHODS,
@@ -57,6 +58,7 @@ METHOD_LABELS = {
     "datainf": "DataInf (layer-wise closed form)",
     "hyperinf": "HyperINF (layer-wise Schulz)",
     "ekfac": "EK-FAC IF",
+    "trak": "TRAK (random projection)",
     "captum-tracincp": "Captum TracInCP",
     "captum-naive": "Captum naive IF",
     "captum-arnoldi": "Captum Arnoldi IF",
@@ -85,6 +87,7 @@ class BrowserConfig:
     solver: SolverConfig = field(default_factory=lambda: SolverConfig(rtol=1e-3, maxiter=100))
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(method="gradient", ratio=0.05))
     lowrank_rank: int = 50
+    trak: TrakConfig = field(default_factory=TrakConfig)
     captum_hessian_samples: int = 500
     captum_arnoldi_dim: int = 100
     cache_dir: Path | None = None
@@ -247,6 +250,7 @@ class InfluenceBrowser:
         self._captum: dict[str, CaptumEstimator] = {}
         self._self_influence: dict[str, SelfInfluence] = {}
         self._lowrank: LowRankInverse | None = None
+        self._trak: TrakKernel | None = None
         self._timings: dict[str, float] = {}
         self._watch = ForwardWatch()
         self._watch.install((self._model, self.curvature.module))  # Captum's copies of the model inherit it
@@ -352,6 +356,25 @@ class InfluenceBrowser:
                     save_entry(path, EIGENPAIRS_KIND, key, tensors)
             return self._lowrank
 
+    def trak_config(self) -> TrakConfig:
+        """The browser's TRAK settings with k at most half of min(n, p), where ΦᵀΦ keeps full rank."""
+        limit = min(len(self.train), self.curvature.space.numel) // 2
+        return dataclasses.replace(self.config.trak, dim=max(1, min(self.config.trak.dim, limit)))
+
+    def ensure_trak(self, stop: StopCheck | None = None, progress: Progress | None = None) -> TrakKernel:
+        """TRAK's projected kernel (:mod:`gif_core.projection`), built on first use from G with one pass over it and
+        kept in memory: G's rows are gradients of the regularised loss, so their shared λθ is taken out first."""
+        gradients = self.ensure_gradients(stop, progress)
+        with self._working(stop, progress):
+            if self._trak is None:
+                config = self.trak_config()
+                message = f"TRAK: projecting {len(self.train):,} gradients to {config.dim} dimensions (once per model)"
+                with self._phase(progress, message, None):
+                    complements = true_class_complement(self._model, self.train.inputs, self.train.labels)
+                    shared = self.curvature.config.weight_decay * self.curvature.theta
+                    self._trak = trak_kernel(gradients, complements, config, shared)
+            return self._trak
+
     def prepare(self, method: str, *, stop: StopCheck | None = None, progress: Progress | None = None) -> float:
         """Do ``method``'s one-off set-up now (G for our methods, eigenpairs for low-rank IF, Captum's estimator);
         returns seconds."""
@@ -361,6 +384,8 @@ class InfluenceBrowser:
             self.ensure_gradients(stop, progress)
             if method == "if-lowrank":
                 self.ensure_lowrank(stop, progress)
+            if method == "trak":
+                self.ensure_trak(stop, progress)
         else:
             with self._working(stop, progress):
                 self._captum_estimator(method, progress)
@@ -446,6 +471,8 @@ class InfluenceBrowser:
             phases.append((what, _times_or_none(blocks, self._timed("block"))))
         if method == "ekfac":
             phases.append(("EK-FAC's Kronecker factors and eigenvalue corrections over the Hessian sample", None))
+        if method == "trak" and self._trak is None:
+            phases.append((f"TRAK's projection of G to {self.trak_config().dim} dimensions (one pass over it)", None))
         products = self.solve_products(method, solver)
         if products:
             what = f"the solve: at most {products} Hessian-vector products"
@@ -454,6 +481,8 @@ class InfluenceBrowser:
         total = sum(seconds) if len(seconds) == len(phases) else None
         if method == "ekfac":
             note = "EK-FAC's factors are curvlinops' own passes and are not estimated."
+        elif method == "trak" and self._trak is None:
+            note = "TRAK's one pass over the cached gradients is not estimated (a read of G and a product per block)."
         else:
             note = (
                 "" if total is not None else "Another computation on this model is running; its time is measured after."
@@ -528,11 +557,12 @@ class InfluenceBrowser:
         if method in OUR_METHODS:
             gradients = self.ensure_gradients(stop, progress)
             lowrank = self.ensure_lowrank(stop, progress) if method == "if-lowrank" else None
+            trak = self.ensure_trak(stop, progress) if method == "trak" else None
             with self._working(stop, progress):
                 expected = self.solve_products(method, solver) * self._passes_per_product + 1
                 with self._phase(progress, f"{METHOD_LABELS[method]}: scoring {len(self.train):,} samples", expected):
                     result = influence_scores(
-                        self.curvature, gradients, inputs, labels, method, selection, solver, lowrank
+                        self.curvature, gradients, inputs, labels, method, selection, solver, lowrank, trak
                     )
             scores = result.scores[0]
             report = result.reports[0] if result.reports else None
@@ -656,9 +686,11 @@ class InfluenceBrowser:
     ) -> tuple[torch.Tensor, SolveReport | None, Selection | None]:
         """Scores G s / n for the set's mean test gradient ∇ℓ̄ with the direction s of
         :func:`~gif_core.scores.influence_scores`: s = H⁻¹∇ℓ̄ (``if``, MINRES), V Λ⁻¹ Vᵀ∇ℓ̄ (``if-lowrank``),
-        A(AᵀA)⁻¹(∇ℓ̄)_T (``gif``, LSMR, T selected on the set), or s = ∇ℓ̄ without the 1/n (``tracin``)."""
+        A(AᵀA)⁻¹(∇ℓ̄)_T (``gif``, LSMR, T selected on the set), M⁻¹∇ℓ̄ (DataInf, HyperINF, EK-FAC), or s = ∇ℓ̄
+        without the 1/n (``tracin``); TRAK's projected features times K⁻¹Pᵀ∇ℓ̄ (``trak``)."""
         gradients = self.ensure_gradients(stop, progress)
         lowrank = self.ensure_lowrank(stop, progress) if method == "if-lowrank" else None
+        trak = self.ensure_trak(stop, progress) if method == "trak" else None
         selection = None
         if method == "gif":
             with self._working(stop, progress):
@@ -668,7 +700,7 @@ class InfluenceBrowser:
         with self._working(stop, progress), self._phase(progress, f"{METHOD_LABELS[method]}: one solve", None):
             gradient = self.curvature.gradient(inputs, labels, regulariser=False)
             scores, report = influence_of_gradient(
-                self.curvature, gradients, gradient, method, selection, solver, lowrank
+                self.curvature, gradients, gradient, method, selection, solver, lowrank, trak
             )
         return scores, report, selection
 
@@ -740,6 +772,11 @@ SCORE_UNITS = {
         ("datainf", "hyperinf", "ekfac"),
         "IF's units (nats of test loss if the sample were removed) with H replaced by the method's approximation, "
         "damped by its own rule, so its values are of IF's kind but not equal to them; compare rankings first",
+    ),
+    **dict.fromkeys(
+        ("trak",),
+        "∇ℓ_testᵀ P K⁻¹ Pᵀ ∇ℓ_z with K the projected Gauss–Newton matrix of the margins summed over the training set "
+        "(TRAK's score times the test point's 1 − p_y); no 1/n, so compare its ranking with IF's, not its values",
     ),
     **dict.fromkeys(
         ("tracin", "captum-tracincp"),

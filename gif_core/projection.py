@@ -7,11 +7,14 @@ Gaussian projection P [p, k] of variance 1/k, TRAK's features, kernel and weight
     φ_i = Pᵀ∇f_i,   K = ΦᵀΦ + λI  (Φ = [φ_i], n × k),   Q_i = 1 − p_{y,i},
     τ(z, i) = φ_zᵀ K⁻¹ φ_i Q_i = (Pᵀ∇ℓ_z)ᵀ K⁻¹ (Pᵀ∇ℓ_i) / Q_z.
 
-Positive = training on i raises z's margin: i is **helpful**, the sign of :data:`gif_core.scores.SCORE_MEANING`.
-K is the projected Gauss–Newton matrix of the margins; TRAK itself uses λ = 0, here λ = ``ridge`` · mean diag(ΦᵀΦ)
-keeps the Cholesky factor defined when k approaches the rank of the gradients. With k = p and λ = 0 the projection
-cancels (K⁻¹ = P⁻¹(Σ∇f∇fᵀ)⁻¹P⁻ᵀ) and τ is the unprojected formula; tests/test_projection.py checks that against
-margin gradients taken by autograd. Memory: P holds p·k and the features n·k float32 numbers, instead of G's n·p.
+The score here is Q_z·τ(z, i) = ∇ℓ_zᵀ (P K⁻¹ Pᵀ) ∇ℓ_i: TRAK times a positive factor of the test point alone, so the
+same order, sign and LDS per test point, and — like every score of :mod:`gif_core.scores` — linear in ∇ℓ_z (IF with
+H⁻¹ replaced by P K⁻¹ Pᵀ, the projected Gauss–Newton inverse of the margins), so the mean gradient of a set scores
+the set. Positive = training on i raises z's margin: i is **helpful**, the sign of
+:data:`gif_core.scores.SCORE_MEANING`. TRAK itself uses λ = 0; here λ = ``ridge`` · mean diag(ΦᵀΦ) keeps the
+Cholesky factor defined when k approaches the rank of the gradients. With k = p and λ = 0 the projection cancels
+(P K⁻¹ Pᵀ = (Σ∇f∇fᵀ)⁻¹) and the score is the unprojected formula; tests/test_projection.py checks that against margin
+gradients taken by autograd. Memory: P holds p·k and the features n·k float32 numbers, instead of G's n·p.
 """
 
 from __future__ import annotations
@@ -60,14 +63,12 @@ class TrakKernel:
     def dim(self) -> int:
         return int(self.projection.shape[1])
 
-    def scores(self, test_gradient: torch.Tensor, test_complement: float) -> torch.Tensor:
-        """τ(z, i) for every training sample i [n] (positive = helpful), from the test point's loss gradient ∇ℓ_z [p]
-        and 1 − p_z, its probability of every class but the true one (:func:`true_class_complement`)."""
-        if not 0.0 < test_complement <= 1.0:
-            raise ValueError(f"The test point's 1 − p_y must lie in (0, 1], got {test_complement}.")
+    def scores(self, test_gradient: torch.Tensor) -> torch.Tensor:
+        """∇ℓ_zᵀ P K⁻¹ Pᵀ ∇ℓ_i for every training sample i [n] (positive = helpful) from the test loss gradient ∇ℓ_z [p]
+        (a point's, or a set's mean): TRAK's τ(z, i) times 1 − p_z (module docstring)."""
         projected = (test_gradient.detach().to("cpu", torch.float32) @ self.projection).double()
         direction = torch.cholesky_solve(projected[:, None], self.cholesky)[:, 0]
-        return (self.features.double() @ direction / test_complement).float()
+        return (self.features.double() @ direction).float()
 
 
 def true_class_complement(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,9 @@ per test point: s is the minimum-norm solution of Aᵀs = (∇ℓ_test)_T).
 curvature over the Hessian sample (DataInf's and HyperINF's layer-wise inverses of the Fisher, :mod:`gif_core.layerwise`;
 EK-FAC of the GGN + (λ + δ)I, :mod:`gif_core.ekfac`): s = M⁻¹∇ℓ_test, I = ∇ℓ_zᵀ s / n. M is symmetric positive
 definite, so the sign means what IF's does; no Hessian-vector product, passes over the Hessian sample per test point.
+``method="trak"``: TRAK-style random projection (:mod:`gif_core.projection`, one model): I = ∇ℓ_testᵀ P K⁻¹ Pᵀ ∇ℓ_z
+with K = ΦᵀΦ + λI over the projected margin gradients of the training set (TRAK's τ times the test point's 1 − p_y:
+same order and sign); built once from G (:class:`~gif_core.projection.TrakKernel`), no solve and no 1/n.
 In all, the training gradients are computed once (``torch.func.vmap``) and each new test point costs one solve
 plus one matrix-vector product.
 """
@@ -39,6 +42,7 @@ from gif_core.ekfac import ekfac_solve
 from gif_core.gradient_store import GradientStore
 from gif_core.layerwise import datainf_solve, hyperinf_solve
 from gif_core.operators import HessianOperator
+from gif_core.projection import TrakKernel
 from gif_core.selection import Selection
 from gif_core.solvers import SolverConfig, SolveReport, solve_least_squares, solve_symmetric
 
@@ -48,7 +52,7 @@ APPROXIMATE_INVERSES: dict[str, Callable[[Curvature, torch.Tensor], tuple[torch.
     "ekfac": ekfac_solve,
 }
 """s = M⁻¹v for the methods that replace H⁻¹ by an approximate inverse (each with its default damping rule)."""
-SCORE_METHODS = ("if", "if-lowrank", "gif", "tracin", *APPROXIMATE_INVERSES)
+SCORE_METHODS = ("if", "if-lowrank", "gif", "tracin", *APPROXIMATE_INVERSES, "trak")
 
 TrainGradients = torch.Tensor | GradientStore
 """G [n_train, p]: in memory (:func:`training_gradients`) or read block by block from the cache (:mod:`gif_core.gradient_store`)."""
@@ -107,6 +111,7 @@ def influence_scores(
     selection: Selection | None = None,
     solver: SolverConfig | None = None,
     lowrank: LowRankInverse | None = None,
+    trak: TrakKernel | None = None,
 ) -> InfluenceScores:
     """Influence of every training sample on each test point's loss (see module docstring for the sign)."""
     if method not in SCORE_METHODS:
@@ -115,11 +120,13 @@ def influence_scores(
         raise ValueError("GIF-restricted scores need a non-empty parameter selection (gif_core.selection.select).")
     if method == "if-lowrank" and lowrank is None:
         raise ValueError("Low-rank IF scores need the eigenpairs of H: pass lowrank=lowrank_inverse(curvature, rank).")
+    if method == "trak" and trak is None:
+        raise ValueError("TRAK scores need the projected kernel: pass trak=gif_core.projection.trak_kernel(...).")
     rows, reports = [], []
     for i in range(len(test_labels)):
         test_gradient = curvature.gradient(test_inputs[i : i + 1], test_labels[i : i + 1], regulariser=False)
         row, report = influence_of_gradient(
-            curvature, train_gradients, test_gradient, method, selection, solver, lowrank
+            curvature, train_gradients, test_gradient, method, selection, solver, lowrank, trak
         )
         rows.append(row)
         if report is not None:
@@ -135,13 +142,18 @@ def influence_of_gradient(
     selection: Selection | None = None,
     solver: SolverConfig | None = None,
     lowrank: LowRankInverse | None = None,
+    trak: TrakKernel | None = None,
 ) -> tuple[torch.Tensor, SolveReport | None]:
     """Every training sample's score G s / n for one test-loss gradient ∇ℓ_test [p] (a point's, or a set's mean:
     scores are linear in it), with the direction s = H⁻¹∇ℓ_test (``if``, MINRES), V Λ⁻¹ Vᵀ∇ℓ_test
     (``if-lowrank``), A(AᵀA)⁻¹(∇ℓ_test)_T (``gif``, LSMR), M⁻¹∇ℓ_test (:data:`APPROXIMATE_INVERSES`), or G ∇ℓ_test
-    without the 1/n (``tracin``); and the solve's report (None without a solve). Positive = helpful. Arguments are
-    checked by :func:`influence_scores`."""
+    without the 1/n (``tracin``), or TRAK's projected features times K⁻¹Pᵀ∇ℓ_test (``trak``, no 1/n); and the solve's
+    report (None without a solve). Positive = helpful. Arguments are checked by :func:`influence_scores`."""
     n = len(train_gradients)
+    if method == "trak":
+        if trak is None:
+            raise ValueError("TRAK scores need the projected kernel: pass trak=gif_core.projection.trak_kernel(...).")
+        return trak.scores(test_gradient), None
     if method in APPROXIMATE_INVERSES:
         s, report = APPROXIMATE_INVERSES[method](curvature, test_gradient)
         return _times(train_gradients, s.float()) / n, report

@@ -269,7 +269,8 @@ with left:
         help=f"Hessian-based methods use H + {session.BROWSE_DAMPING}·I over a 500-sample Hessian. Low-rank IF "
         "and TracIn are instant after a one-off set-up per model; the exact solve and GIF-restricted solve per "
         "test point (one per set); DataInf, HyperINF and EK-FAC replace H⁻¹ by their approximate inverse (passes "
-        "over the Hessian sample per test point, no solve); Captum's run on the same model and data.",
+        "over the Hessian sample per test point, no solve); TRAK projects the cached gradients once to a few hundred "
+        "dimensions and inverts their Gauss–Newton matrix there; Captum's run on the same model and data.",
     )
     k = st.slider("How many samples", 4, 24, 8, key="browse_k")
     session.keep_in_link("test_row", "browse_method")
