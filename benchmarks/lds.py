@@ -60,6 +60,7 @@ class LdsSetting:
     test_points: int
     methods: tuple[str, ...]
     solver: SolverConfig = dataclasses.field(default_factory=lambda: SolverConfig(rtol=1e-3, maxiter=100))
+    damping: float = 0.0
 
 
 LINEAR_METHODS = (*SCORE_METHODS, "captum-tracincp")
@@ -70,7 +71,8 @@ FULL = (
         50,
         40,
         LINEAR_METHODS,
-        SolverConfig(rtol=1e-6, maxiter=500),
+        SolverConfig(rtol=1e-5, maxiter=300),
+        damping=1e-2,
     ),
     LdsSetting(
         ModelSetting("MLP", "mlp", "mnist-bundled", RECIPE, 500, 100),
@@ -143,7 +145,7 @@ def run_setting(lds: LdsSetting, log=print) -> list[dict]:
     start = time.perf_counter()
     truth = targets(original, kept, test_rows).double()
     retrain_seconds = time.perf_counter() - start
-    config = BrowserConfig(hessian_samples=lds.setting.hessian_samples, solver=lds.solver)
+    config = BrowserConfig(hessian_samples=lds.setting.hessian_samples, damping=lds.damping, solver=lds.solver)
     browser = InfluenceBrowser(original.model, original.train, original.card.recipe["weight_decay"], config)
     rows = []
     for method in lds.methods:
@@ -163,6 +165,8 @@ def run_setting(lds: LdsSetting, log=print) -> list[dict]:
                 "test points": len(values),
                 "undefined": len(test_rows) - len(values),
                 "subsets": lds.subsets,
+                "damping": lds.damping,
+                "hessian samples": lds.setting.hessian_samples,
                 "score seconds": seconds,
                 "retrain seconds": retrain_seconds,
                 "check": check,
@@ -182,7 +186,8 @@ def main() -> None:
     if args.models:
         plan = tuple(lds for lds in plan if lds.setting.arch in args.models.split(","))
     rows = [row for lds in plan for row in run_setting(lds)]
-    columns = ["model", "method", "LDS", "test points", "undefined", "subsets", "score seconds", "retrain seconds"]
+    columns = ["model", "method", "LDS", "test points", "undefined", "subsets", "hessian samples", "damping"]
+    columns += ["score seconds", "retrain seconds"]
     body = "\n".join(
         [
             "# Linear datamodeling score of the score methods (issue 16)",

@@ -60,7 +60,8 @@ def _check_modules(model: nn.Module) -> int:
 
 def ekfac_inverse_operator(curvature: Curvature) -> tuple[SymmetricOperator, EkfacReport]:
     """The p×p operator v ↦ (EK-FAC(G) + (λ + δ)·I)⁻¹ v over ``curvature``'s Hessian sample (module docstring),
-    factors computed once here; each product afterwards is two eigenbasis rotations per module and no pass over
+    factors computed once, at the first product (curvlinops computes them lazily: the report's seconds cover the
+    construction only); each product afterwards is two eigenbasis rotations per module and no pass over
     the data. Symmetric positive definite, so it restricts to rows and columns like H (a preconditioner for the
     GIF solve: ``operator.restrict(index, index)``)."""
     from curvlinops import EKFACLinearOperator, KFACInverseLinearOperator
