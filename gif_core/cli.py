@@ -36,7 +36,7 @@ from gif_core.constraints import ConfigError
 from gif_core.data import DATASETS
 from gif_core.experiment import EditConfig, EditReport
 from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES, METHODS, EstimatorConfig
-from gif_core.models import ARCHITECTURES
+from gif_core.models import ARCHITECTURES, is_architecture, unknown_architecture
 from gif_core.outputs import check_new_outputs, write_new_files
 from gif_core.problem import DTYPES, HESSIAN_DATA, HessianConfig
 from gif_core.requests import ClassRemoval, LabelChange, SampleRemoval, parse_label_change, parse_sample_removal
@@ -55,12 +55,24 @@ class UsageError(Exception):
     """A bad argument: reported as one line, exit status 2."""
 
 
+def _architecture(name: str) -> str:
+    """argparse's type of ``--arch``: ours or torchvision's registry (no list to keep by hand)."""
+    if not is_architecture(name):
+        raise argparse.ArgumentTypeError(unknown_architecture(repr(name)))
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gif", description="Generalized Influence Functions explorer.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model and save it with its model card")
-    train.add_argument("--arch", default="cnn", choices=ARCHITECTURES)
+    train.add_argument(
+        "--arch",
+        default="cnn",
+        type=_architecture,
+        help=f"{', '.join(ARCHITECTURES)}, or any torchvision classification model by name (e.g. mobilenet_v3_small)",
+    )
     train.add_argument("--data", default="mnist-bundled", choices=DATASETS)
     train.add_argument("--root", help="local folder of the data set (mnist, cifar10, svhn, imagefolder)")
     train.add_argument("--out", required=True, help="new .safetensors file (never overwritten)")

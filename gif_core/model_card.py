@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeGuard
 import torch
 
 from gif_core.data import BUNDLED_DATASETS, DATASETS, load_data
-from gif_core.models import ARCHITECTURES, build_model
+from gif_core.models import build_model, is_architecture, unknown_architecture
 from gif_core.train import OPTIMIZERS, Recipe
 
 FORMAT_VERSION = 1
@@ -57,10 +57,8 @@ class ModelCard:
     def __post_init__(self) -> None:
         """Validate every field (types, ranges, sizes) before anything is built from the card: a ValueError
         names the field, what it holds and what it must be."""
-        if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
-            raise ValueError(
-                f"model card names unknown architecture {_show(self.arch)}; known: {', '.join(ARCHITECTURES)}"
-            )
+        if not is_architecture(self.arch):
+            raise ValueError(f"model card names an {unknown_architecture(_show(self.arch))}")
         if not _is_int(self.format_version) or self.format_version != FORMAT_VERSION:
             raise ValueError(
                 f"model card format_version {_show(self.format_version)} is not supported (this version reads "

@@ -1,16 +1,33 @@
 """Classifier architectures, built from an input shape and a number of classes.
 
-Parameter names are stable (plain ``nn.Sequential`` and named submodules), so checkpoints and parameter
-selections refer to the same tensors across runs. ``cnn`` is the default: small (46,730 parameters at
-28x28), no BatchNorm and no dropout, so Hessian-vector products on it are cheap and exact.
+Our six (:data:`ARCHITECTURES`) and every torchvision classification model by its registry name
+(:mod:`gif_core.torchvision_models`, behind an input adapter for small or greyscale images; ``resnet18`` and
+``vgg11`` are ours: torchvision's with a small-image stem and head). Parameter names are stable (plain
+``nn.Sequential`` and named submodules), so checkpoints and parameter selections refer to the same tensors across
+runs. ``cnn`` is the default: small (46,730 parameters at 28x28), no BatchNorm and no dropout, so Hessian-vector
+products on it are cheap and exact.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from gif_core.torchvision_models import build_torchvision, torchvision_names
+
 ARCHITECTURES: tuple[str, ...] = ("mlp", "logreg", "cnn", "lenet", "resnet18", "vgg11")
+"""Our own architectures; :func:`architecture_names` adds torchvision's registry."""
 IMAGE_ARCHITECTURES: tuple[str, ...] = ("cnn", "lenet", "resnet18", "vgg11")
+
+
+def architecture_names() -> tuple[str, ...]:
+    """Every accepted name: ours, then torchvision's classification models (its registry, not a list kept here)."""
+    return (*ARCHITECTURES, *(name for name in torchvision_names() if name not in ARCHITECTURES))
+
+
+def is_architecture(name: object) -> bool:
+    """Whether ``name`` is one of ours or a torchvision classification model (torchvision is imported only for a
+    name that is not ours)."""
+    return isinstance(name, str) and (name in ARCHITECTURES or name in torchvision_names())
 
 
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -19,11 +36,13 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     The initialisation draws from torch's global random generator: seed it (or use
     :func:`gif_core.train.build_and_train`) for reproducible weights.
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if not is_architecture(arch):
+        raise ValueError(unknown_architecture(repr(arch)))
     shape = tuple(int(d) for d in input_shape)
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if arch not in ARCHITECTURES:
+        return build_torchvision(arch, shape, num_classes)
     if arch in IMAGE_ARCHITECTURES and len(shape) != 3:
         raise ValueError(
             f"{arch!r} needs image inputs (C, H, W), got shape {shape}; for tabular data choose mlp or logreg"
@@ -39,6 +58,14 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     if arch == "resnet18":
         return _resnet18(shape[0], num_classes)
     return _vgg11(shape[0], num_classes)
+
+
+def unknown_architecture(shown: str) -> str:
+    """The message for a name (``shown`` as the caller quotes it) that is neither ours nor torchvision's."""
+    return (
+        f"unknown architecture {shown}; choose one of {', '.join(ARCHITECTURES)} or a torchvision classification "
+        "model by name (e.g. resnet50, mobilenet_v3_small, efficientnet_b0, convnext_tiny, vit_b_16)"
+    )
 
 
 def _size(shape: tuple[int, ...]) -> int:

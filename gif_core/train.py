@@ -157,8 +157,22 @@ def train_model(
                     f"{epoch_losses[-1]} (learning rate {recipe.lr:g}, optimizer {recipe.optimizer}); nothing was "
                     "saved: lower the learning rate"
                 )
+    _recalibrate_batch_norm(model, data, recipe.batch_size, target)
     model.eval()
     return TrainReport(seconds=time.perf_counter() - start, epoch_losses=tuple(epoch_losses))
+
+
+def _recalibrate_batch_norm(model: nn.Module, data: LabelledSet, batch_size: int, device: torch.device) -> None:
+    """BatchNorm's running statistics recomputed at the trained weights, as the average of the batch statistics over
+    one pass of the training set (``torch.optim.swa_utils.update_bn``): what eval mode — predictions, gradients and
+    Hessians here — then uses. The statistics a training run leaves are an exponential average over weights that kept
+    changing, with torchvision's MobileNet-V3 momentum of 0.01 still near their initial values after a short run (its
+    eval-mode accuracy on digits was 10% against 92% in training mode). Models without BatchNorm are untouched."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    batches = [inputs.to(device) for inputs in data.inputs.split(batch_size)]
+    with torch.no_grad():
+        torch.optim.swa_utils.update_bn(batches, model)
 
 
 def _l2_term(model: nn.Module, weight_decay: float) -> float:

@@ -11,7 +11,7 @@ from app.gallery import show_grid
 from gif_core.comparison import compare_predictions
 from gif_core.data import BUNDLED_DATASETS, class_mix
 from gif_core.model_card import CardForm, card_from_form
-from gif_core.models import ARCHITECTURES
+from gif_core.models import ARCHITECTURES, architecture_names
 from gif_core.train import OPTIMIZERS, Recipe
 from gif_core.workspace import open_workspace, open_workspace_path, resolve_local_checkpoint, resolve_local_folder
 from gif_core.zoo import list_bundled
@@ -32,7 +32,15 @@ def written_card(download_name: str) -> str | None:
     while the form describes no valid card (the reason is shown in its place)."""
     st.markdown("**Write the model card**: what the uploaded weights are, so the model can be rebuilt around them.")
     left, middle, right = st.columns(3)
-    arch = left.selectbox("Architecture", ARCHITECTURES, index=ARCHITECTURES.index("cnn"), key="card_arch")
+    names = architecture_names()
+    arch = left.selectbox(
+        "Architecture",
+        names,
+        index=names.index("cnn"),
+        key="card_arch",
+        help=f"Ours ({', '.join(ARCHITECTURES)}) or any torchvision classification model by name, randomly "
+        "initialised and adapted to small or greyscale images (repeated to 3 channels, resized up if too small).",
+    )
     dataset = middle.selectbox("Trained on", BUNDLED_DATASETS, key="card_dataset")
     split_seed = right.number_input(
         "Split seed",

@@ -1,0 +1,89 @@
+"""Issue 17: any torchvision classification model by name, adapted to small greyscale images, with BatchNorm's
+statistics recalibrated after training and Hessian-vector products through MobileNet-V3's activations."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+from torchvision.models import list_models
+
+from gif_core.curvature import Curvature, CurvatureConfig
+from gif_core.data import LabelledSet
+from gif_core.model_card import ModelCard
+from gif_core.models import ARCHITECTURES, architecture_names, build_model, is_architecture
+from gif_core.torchvision_models import ClampHardsigmoid, ClampHardswish
+from gif_core.train import Recipe, train_model
+
+
+def test_the_accepted_names_are_ours_then_torchvisions_registry():
+    names = architecture_names()
+    assert names[: len(ARCHITECTURES)] == ARCHITECTURES
+    assert set(names) == set(ARCHITECTURES) | set(list_models(module=torchvision.models))
+    assert is_architecture("mobilenet_v3_small") and not is_architecture("bert") and not is_architecture(3)
+    classes = [str(c) for c in range(10)]
+    card = ModelCard(
+        arch="mobilenet_v3_small",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        classes=classes,
+        dataset="mnist-bundled",
+        split_seed=0,
+    )
+    assert card.arch == "mobilenet_v3_small"
+
+
+@pytest.mark.parametrize(
+    ("name", "side"), [("resnet50", 32), ("alexnet", 64), ("vit_b_16", 32), ("inception_v3", 96), ("maxvit_t", 224)]
+)
+def test_small_greyscale_images_are_resized_to_the_smallest_side_the_architecture_takes(name, side):
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = build_model(name, (1, 28, 28), 10)
+        out = model.train()(torch.empty(2, 1, 28, 28))
+    assert model.side == side and model.repeat_channels and out.shape == (2, 10)
+
+
+def test_architectures_that_cannot_be_sized_or_fed_are_refused():
+    with pytest.raises(ValueError, match="cannot be checked before it is built"):
+        build_model("regnet_x_400mf", (3, 32, 32), 10)
+    with pytest.raises(ValueError, match=r"1 \(greyscale, repeated\) or 3 channels"):
+        build_model("resnet50", (2, 32, 32), 10)
+    with pytest.raises(ValueError, match="mlp or logreg"):
+        build_model("mobilenet_v3_small", (64,), 10)
+
+
+def test_clamp_activations_equal_torchs_and_differentiate_twice():
+    x = torch.linspace(-5, 5, 201, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(ClampHardsigmoid()(x), F.hardsigmoid(x)) and torch.allclose(
+        ClampHardswish()(x), F.hardswish(x)
+    )
+    (first,) = torch.autograd.grad(ClampHardswish()(x).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), x)  # torch's own hardswish has no second derivative
+    inside = (x.abs() < 3).detach()
+    assert torch.allclose(second[inside], torch.full_like(second[inside], 1 / 3))
+    assert bool((second[~inside] == 0).all())
+
+
+def test_hessian_vector_products_through_mobilenet_v3_are_symmetric():
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", (1, 8, 8), 3).eval()
+    assert not any(isinstance(m, nn.Hardswish | nn.Hardsigmoid) for m in model.modules())
+    inputs, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    curvature = Curvature(model, (inputs, labels), CurvatureConfig(weight_decay=1e-3))
+    u, v = (torch.randn(curvature.space.numel, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    hu, hv = curvature.hvp(u), curvature.hvp(v)
+    assert bool(torch.isfinite(hu).all()) and float((hu - 1e-3 * u).norm()) > 0
+    assert float(v @ hu) == pytest.approx(float(u @ hv), rel=1e-3)
+
+
+def test_batch_norm_statistics_are_recalibrated_at_the_trained_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, momentum=0.01), nn.ReLU(), nn.Linear(4, 2))
+    inputs = torch.randn(40, 3) * 3 + 2
+    data = LabelledSet(inputs, (inputs[:, 0] > 2).long(), torch.arange(40))
+    train_model(model, data, Recipe(epochs=2, batch_size=64, lr=1e-2))  # one batch holds the whole set
+    with torch.no_grad():
+        hidden = model[0](inputs)
+    assert torch.allclose(model[1].running_mean, hidden.mean(0), atol=1e-5)
+    assert torch.allclose(model[1].running_var, hidden.var(0, unbiased=True), rtol=1e-4)
+    assert not model.training
