@@ -26,7 +26,7 @@ from gif_core.data import DataBundle, LabelledSet, load_data
 from gif_core.experiment import EditConfig
 from gif_core.requests import EditRequest
 from gif_core.retrain import retrain
-from gif_core.train import Recipe
+from gif_core.train import TRAINING_PROCEDURE, Recipe
 from gif_core.zoo import MNIST_CNN_RECIPE, train_and_save
 
 ALL_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -169,7 +169,13 @@ def trained(setting: ModelSetting, seed: int, backdoor: BackdoorSpec | None = No
     bundle = load_data(setting.dataset, seed=0)
     train = bundle.train if backdoor is None else poison_training_set(bundle.train, backdoor, bundle.num_classes)[0]
     recipe = dataclasses.replace(setting.recipe, seed=seed)
-    payload = {"arch": setting.arch, "dataset": setting.dataset, "recipe": recipe.to_dict(), "data": _data_key(train)}
+    payload = {
+        "arch": setting.arch,
+        "dataset": setting.dataset,
+        "recipe": recipe.to_dict(),
+        "data": _data_key(train),
+        "training": TRAINING_PROCEDURE,
+    }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
     path = default_cache_dir() / "benchmarks" / f"{key}.safetensors"
     if not path.is_file():

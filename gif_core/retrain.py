@@ -39,7 +39,7 @@ from gif_core.cache_files import (
 from gif_core.checkpoints import ModelCard, load_checkpoint_bytes
 from gif_core.data import DataBundle, LabelledSet
 from gif_core.requests import EditRequest
-from gif_core.train import Recipe, build_and_train
+from gif_core.train import TRAINING_PROCEDURE, Recipe, build_and_train
 
 
 def edited_training_set(train: LabelledSet, request: EditRequest, num_classes: int) -> LabelledSet:
@@ -53,7 +53,8 @@ ENTRY_KIND = "retrained/1"
 
 def retrain_key(base_id: str, request: EditRequest, card: ModelCard, train: LabelledSet) -> str:
     """The cache key of a retrain question: a hash of the base checkpoint id, the request, the card's
-    architecture, data set name, split seed, recipe and backdoor spec, and the fingerprint of ``train`` (the
+    architecture, data set name, split seed, recipe, the training procedure's version and backdoor spec, and the
+    fingerprint of ``train`` (the
     training set the base model saw, before the edit)."""
     payload = {
         "base": base_id,
@@ -62,6 +63,7 @@ def retrain_key(base_id: str, request: EditRequest, card: ModelCard, train: Labe
         "dataset": card.dataset,
         "split_seed": card.split_seed,
         "recipe": card.recipe,
+        "training": TRAINING_PROCEDURE,
         "backdoor": card.extra.get("backdoor"),
         "train": data_fingerprint(train.inputs, train.labels),
     }

@@ -104,6 +104,12 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
+TRAINING_PROCEDURE = 2
+"""The version of what :func:`train_model` does beyond its recipe, for cache keys of trained weights: 2 recomputes
+BatchNorm's running statistics after training (:func:`_recalibrate_batch_norm`); weights cached by version 1 are
+not served for it."""
+
+
 def train_model(
     model: nn.Module,
     data: LabelledSet,
