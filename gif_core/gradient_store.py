@@ -280,3 +280,15 @@ def gradient_store(
 
     write_gradient_file(path, key, shape, blocks())
     return GradientStore(path, False, time.perf_counter() - start)
+
+
+TrainGradients = torch.Tensor | GradientStore
+"""G [n_train, p]: in memory (:func:`gif_core.scores.training_gradients`) or read block by block from the cache."""
+
+
+def gradients_times(train_gradients: TrainGradients, right: torch.Tensor) -> torch.Tensor:
+    """G @ right on the CPU, in right's dtype (block by block for a cached store)."""
+    right = right.detach().cpu()
+    if isinstance(train_gradients, GradientStore):
+        return train_gradients.matmul(right)
+    return train_gradients.to(right.dtype) @ right

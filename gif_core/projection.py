@@ -25,9 +25,7 @@ import torch
 from torch import nn
 
 from gif_core.evaluate import predict_proba
-from gif_core.gradient_store import GradientStore
-
-ProjectedGradients = torch.Tensor | GradientStore
+from gif_core.gradient_store import TrainGradients, gradients_times
 
 
 @dataclass(frozen=True)
@@ -79,15 +77,8 @@ def true_class_complement(model: nn.Module, inputs: torch.Tensor, labels: torch.
     return others.sum(1)
 
 
-def _project(train_gradients: ProjectedGradients, projection: torch.Tensor) -> torch.Tensor:
-    """G P [n, k] (float32), block by block for a cached store."""
-    if isinstance(train_gradients, GradientStore):
-        return train_gradients.matmul(projection)
-    return train_gradients.to(torch.float32) @ projection
-
-
 def trak_kernel(
-    train_gradients: ProjectedGradients,
+    train_gradients: TrainGradients,
     train_complements: torch.Tensor,
     config: TrakConfig | None = None,
     shared: torch.Tensor | None = None,
@@ -110,7 +101,7 @@ def trak_kernel(
         )
     generator = torch.Generator().manual_seed(config.seed)
     projection = torch.randn(p, config.dim, generator=generator) / config.dim**0.5
-    features = _project(train_gradients, projection)
+    features = gradients_times(train_gradients, projection)
     if shared is not None:
         features = features - shared.detach().to("cpu", torch.float32) @ projection
     margins = features.double() / q[:, None]  # Φ = Pᵀ∇f_i = −Pᵀ∇ℓ_i / (1 − p_i); the sign cancels in ΦᵀΦ

@@ -39,7 +39,7 @@ from scipy.sparse import linalg as spla
 
 from gif_core.curvature import Curvature
 from gif_core.ekfac import ekfac_solve
-from gif_core.gradient_store import GradientStore
+from gif_core.gradient_store import GradientStore, TrainGradients, gradients_times
 from gif_core.layerwise import datainf_solve, hyperinf_solve
 from gif_core.operators import HessianOperator
 from gif_core.projection import TrakKernel
@@ -54,9 +54,6 @@ APPROXIMATE_INVERSES: dict[str, Callable[[Curvature, torch.Tensor], tuple[torch.
 """s = M⁻¹v for the methods that replace H⁻¹ by an approximate inverse (each with its default damping rule)."""
 SCORE_METHODS = ("if", "if-lowrank", "gif", "tracin", *APPROXIMATE_INVERSES, "trak")
 
-TrainGradients = torch.Tensor | GradientStore
-"""G [n_train, p]: in memory (:func:`training_gradients`) or read block by block from the cache (:mod:`gif_core.gradient_store`)."""
-
 
 SCORE_FORMULA = "∇ℓ_testᵀ H⁻¹ ∇ℓ_z / n"
 """The influence of training sample z on a test loss as every score here computes it (the removal effect: no leading
@@ -64,14 +61,6 @@ minus). Text that shows the formula uses this constant; tests/test_scores.py che
 
 SCORE_MEANING = "positive means removing z would raise the test loss (z is helpful), negative means z is harmful"
 """What the sign of a score means, in words."""
-
-
-def _times(train_gradients: TrainGradients, right: torch.Tensor) -> torch.Tensor:
-    """G @ right on the CPU, in right's dtype."""
-    right = right.detach().cpu()
-    if isinstance(train_gradients, GradientStore):
-        return train_gradients.matmul(right)
-    return train_gradients.to(right.dtype) @ right
 
 
 @dataclass(frozen=True)
@@ -156,22 +145,22 @@ def influence_of_gradient(
         return trak.scores(test_gradient), None
     if method in APPROXIMATE_INVERSES:
         s, report = APPROXIMATE_INVERSES[method](curvature, test_gradient)
-        return _times(train_gradients, s.float()) / n, report
+        return gradients_times(train_gradients, s.float()) / n, report
     if method == "tracin":
-        return _times(train_gradients, test_gradient.float()), None
+        return gradients_times(train_gradients, test_gradient.float()), None
     if method == "if-lowrank":
         if lowrank is None:
             raise ValueError(
                 "Low-rank IF scores need the eigenpairs of H: pass lowrank=lowrank_inverse(curvature, rank)."
             )
-        return _times(train_gradients, lowrank.apply(test_gradient)).float() / n, None
+        return gradients_times(train_gradients, lowrank.apply(test_gradient)).float() / n, None
     if method == "if":
         s, report = solve_symmetric(HessianOperator(curvature), test_gradient, "minres", solver)
     else:
         if selection is None:
             raise ValueError("GIF-restricted scores need a parameter selection (gif_core.selection.select).")
         s, report = _restricted_direction(curvature, test_gradient, selection, solver)
-    return _times(train_gradients, s.float()) / n, report
+    return gradients_times(train_gradients, s.float()) / n, report
 
 
 def _restricted_direction(
@@ -257,7 +246,7 @@ def self_influence(
         return SelfInfluence(method, torch.tensor(values))
     inverse = lowrank if lowrank is not None else lowrank_inverse(curvature, rank)
     keep = inverse.eigenvalues > 0
-    projections = _times(train_gradients, inverse.eigenvectors[:, keep])
+    projections = gradients_times(train_gradients, inverse.eigenvectors[:, keep])
     lowrank_values = (projections.square() / inverse.eigenvalues[keep]).sum(1) / n
     return SelfInfluence(method, lowrank_values.float(), inverse.eigenvalues)
 
