@@ -176,7 +176,7 @@ def _recalibrate_batch_norm(model: nn.Module, data: LabelledSet, batch_size: int
     eval-mode accuracy on digits was 10% against 92% in training mode). Models without BatchNorm are untouched."""
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return
-    batches = [inputs.to(device) for inputs in data.inputs.split(batch_size)]
+    batches = (inputs.to(device) for inputs in data.inputs.split(batch_size))  # one batch on the device at a time
     with torch.no_grad():
         torch.optim.swa_utils.update_bn(batches, model)
 
