@@ -21,7 +21,7 @@ from app import jobs
 from gif_core.experiment import EditConfig, PreparedEdit, preparation_key
 from gif_core.interrupt import Cancelled, StopCheck, check
 from gif_core.requests import ClassRemoval, EditRequest
-from gif_core.retrain import Retrained, cached_retrain
+from gif_core.retrain import Retrained
 from gif_core.workspace import Workspace
 
 SLOT = "warmup"
@@ -80,7 +80,7 @@ def _prepare(
         progress(message, fraction)
 
     report("Looking up the retrained model in the cache", 0.0)
-    retrained = cached_retrain(loaded.card, loaded.train, request, loaded.model_id) if with_retrain else None
+    retrained = loaded.cached_retrain(request) if with_retrain else None
     return Warmed(loaded.prepare(request, config, retrained=retrained, progress=report), retrained)
 
 

@@ -24,6 +24,7 @@ Raise the two limits by setting those environment variables to a larger whole nu
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -37,12 +38,15 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from gif_core.exported import EXPORTED_ARCH, export_bytes, load_exported
 from gif_core.model_card import MAX_CARD_BYTES, ModelCard
 from gif_core.models import build_model
 from gif_core.outputs import write_new_files
 from gif_core.train import resolve_device
 
-WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth")
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".pt2")
+SAVED_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt2")
+"""How checkpoints are written: safetensors weights, or an exported program's ``.pt2``."""
 _MAX_LISTED = 8
 
 MAX_PARAMETERS_ENV = "GIF_MAX_PARAMETERS"
@@ -89,7 +93,10 @@ def count_parameters(arch: str, input_shape: tuple[int, ...], num_classes: int) 
 
 
 def check_model_size(card: ModelCard) -> int:
-    """The number of parameters and buffers of ``card``'s model; ValueError above :func:`max_parameters`."""
+    """The number of parameters and buffers of ``card``'s model; ValueError above :func:`max_parameters`. An
+    exported program's are counted from its file when it is read (0 here): its card does not say what it holds."""
+    if card.arch == EXPORTED_ARCH:
+        return 0
     count, limit = count_parameters(card.arch, card.input_shape, card.num_classes), max_parameters()
     if count > limit:
         raise ValueError(
@@ -115,7 +122,7 @@ def check_weights_size(content: bytes, filename: str) -> None:
     limit = max_weight_bytes()
     if len(content) > limit:
         raise _too_many_bytes(filename, len(content), limit, expanded=False)
-    if Path(filename).suffix.lower() not in (".pt", ".pth"):
+    if Path(filename).suffix.lower() not in (".pt", ".pth", ".pt2"):
         return  # safetensors: never compressed, every tensor lies inside the file
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
@@ -144,10 +151,14 @@ def card_path_for(weights_path: str | Path) -> Path:
 
 
 def check_new_checkpoint_path(path: str | Path) -> Path:
-    """``path`` if a checkpoint may be saved there: a ``.safetensors`` name whose weights and card do not exist."""
+    """``path`` if a checkpoint may be saved there: a ``.safetensors`` name (``.pt2`` for an exported program)
+    whose weights and card do not exist."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"checkpoints are saved as .safetensors files, got {path.name!r}; use a .safetensors name")
+    if path.suffix not in SAVED_SUFFIXES:
+        raise ValueError(
+            f"checkpoints are saved as .safetensors files (.pt2 for an exported program), got {path.name!r}; use a "
+            ".safetensors name"
+        )
     for existing in (path, card_path_for(path)):
         if existing.exists():
             raise FileExistsError(f"{existing} already exists; choose a new name (checkpoints are never overwritten)")
@@ -163,12 +174,18 @@ def weights_bytes(model: nn.Module) -> bytes:
 
 def checkpoint_files(model: nn.Module, card: ModelCard, path: str | Path) -> dict[Path, bytes]:
     """The two files of a checkpoint at ``path`` (weights and card), as bytes, for :func:`gif_core.outputs.write_new_files`.
-    Non-finite weights are refused: a model with NaN or inf in it is never saved."""
+    Non-finite weights are refused: a model with NaN or inf in it is never saved. An exported program's model is
+    saved as a ``.pt2`` (exported again, and checked by loading it back: :func:`gif_core.exported.export_bytes`)."""
     path = check_new_checkpoint_path(path)
     bad = _non_finite(model.state_dict())
     if bad:
         raise FloatingPointError(f"the model has non-finite weights (NaN or inf) in {bad}; it is not saved")
-    return {path: weights_bytes(model), card_path_for(path): card.to_json().encode()}
+    exported = card.arch == EXPORTED_ARCH
+    if exported != (path.suffix == ".pt2"):
+        wanted = ".pt2" if exported else ".safetensors"
+        raise ValueError(f"a {card.arch} model is saved as a {wanted} file, got {path.name!r}; use a {wanted} name")
+    weights = export_bytes(model, card.input_shape) if exported else weights_bytes(model)
+    return {path: weights, card_path_for(path): card.to_json().encode()}
 
 
 def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path) -> Path:
@@ -232,17 +249,23 @@ def load_checkpoint_bytes(
     card_json: str | bytes,
     filename: str,
     device: str | torch.device | None = None,
+    template: nn.Module | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """:func:`load_checkpoint` for uploaded content: the format is chosen by ``filename``'s suffix."""
-    return load_weights(ModelCard.from_json(card_json), weights, filename, device=device)
+    return load_weights(ModelCard.from_json(card_json), weights, filename, device=device, template=template)
 
 
 def load_weights(
-    card: ModelCard, weights: bytes | BinaryIO, filename: str, device: str | torch.device | None = None
+    card: ModelCard,
+    weights: bytes | BinaryIO,
+    filename: str,
+    device: str | torch.device | None = None,
+    template: nn.Module | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """The model ``card`` describes with ``weights`` loaded into it (the format chosen by ``filename``'s suffix),
     in eval mode on ``device``. The model's size and the weights' size are checked before either is built or
-    read."""
+    read. ``template``: a model of the architecture to load a state dict into (a copy of it), instead of the one
+    built from ``card.arch`` — how the weights of a model retrained from an exported program are read back."""
     check_model_size(card)
     if isinstance(weights, bytes):
         content = weights
@@ -251,20 +274,58 @@ def load_weights(
         content = weights.read(limit + 1)
         if len(content) > limit:
             raise _too_many_bytes(filename, len(content), limit, expanded=False)
-    return _load_sized(card, content, filename, device)
+    return _load_sized(card, content, filename, device, template)
 
 
 def _load_sized(
-    card: ModelCard, content: bytes, filename: str, device: str | torch.device | None
+    card: ModelCard,
+    content: bytes,
+    filename: str,
+    device: str | torch.device | None,
+    template: nn.Module | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """:func:`load_weights` once the card's model is known to be within the parameter limit."""
     check_weights_size(content, filename)
+    if (Path(filename).suffix.lower() == ".pt2") != (card.arch == EXPORTED_ARCH and template is None):
+        raise ValueError(
+            f"{filename!r} and its card disagree: a .pt2 file holds an exported program, whose card names the "
+            f"architecture {EXPORTED_ARCH!r} (this card names {card.arch!r}); write the card with `gif card`"
+        )
+    if template is None and card.arch == EXPORTED_ARCH:
+        return _load_exported(card, content, filename, device)
     state = _read_state_dict(content, filename)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG untouched
-        model = build_model(card.arch, card.input_shape, card.num_classes)
+        model = (
+            copy.deepcopy(template)
+            if template is not None
+            else build_model(card.arch, card.input_shape, card.num_classes)
+        )
     _check_compatible(model, state, card)
     _check_finite(state, filename)
     model.load_state_dict(state)
+    return model.to(resolve_device(device)).eval(), card
+
+
+def _load_exported(
+    card: ModelCard, content: bytes, filename: str, device: str | torch.device | None
+) -> tuple[nn.Module, ModelCard]:
+    """The exported program in ``content`` (:func:`gif_core.exported.load_exported`), refused above the parameter
+    limit, with non-finite weights, or when its logits are not ``card.num_classes`` wide."""
+    model = load_exported(content, filename, card.input_shape)
+    count, limit = sum(tensor.numel() for tensor in model.state_dict().values()), max_parameters()
+    if count > limit:
+        raise ValueError(
+            f"the exported program in {filename!r} holds {count:,} parameters and buffers, more than the limit of "
+            f"{limit:,}; raise the limit with the environment variable {MAX_PARAMETERS_ENV}"
+        )
+    _check_finite(model.state_dict(), filename)
+    with torch.no_grad():
+        width = model(torch.zeros((1, *card.input_shape))).shape
+    if tuple(width) != (1, card.num_classes):
+        raise ValueError(
+            f"the exported program in {filename!r} returns outputs of shape {list(width)[1:]} per input, but its card "
+            f"has {card.num_classes} classes; check the card's num_classes"
+        )
     return model.to(resolve_device(device)).eval(), card
 
 

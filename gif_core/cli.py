@@ -2,6 +2,7 @@
 
     gif train --arch cnn --data mnist-bundled --out PATH
     gif info PATH
+    gif card WEIGHTS --arch resnet18 --data mnist-bundled --epochs 20   (or WEIGHTS.pt2: an exported program)
     gif remove --class 3 --method gif,if --retrain --json report.json
 
 Bad arguments print one line starting with ``gif: error:`` and exit with status 2; nothing is written.
@@ -31,11 +32,15 @@ from gif_core.checkpoints import (
     checkpoint_files,
     checkpoint_id,
     load_checkpoint,
+    load_weights,
+    read_weights_file,
 )
 from gif_core.constraints import ConfigError
 from gif_core.data import DATASETS
 from gif_core.experiment import EditConfig, EditReport
+from gif_core.exported import EXPORTED_ARCH
 from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES, METHODS, EstimatorConfig
+from gif_core.model_card import CardForm, card_from_form
 from gif_core.models import ARCHITECTURES, is_architecture, unknown_architecture
 from gif_core.outputs import check_new_outputs, write_new_files
 from gif_core.problem import DTYPES, HESSIAN_DATA, HessianConfig
@@ -87,6 +92,32 @@ def _parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="show a checkpoint's model card")
     info.add_argument("path")
+
+    card = commands.add_parser(
+        "card",
+        help="write the model card of weights trained elsewhere (a state dict, or a .pt2 exported program)",
+        description="The card is written beside the weights (same name, .json) and checked by loading the weights "
+        "into the model it describes, strictly. Input shape and classes are the data set's.",
+    )
+    card.add_argument("weights", help=".safetensors/.pt/.pth state dict, or a .pt2 from torch.export.save")
+    card.add_argument(
+        "--arch",
+        type=_architecture,
+        help="the state dict's architecture (ours or any torchvision classification model); not for a .pt2",
+    )
+    card.add_argument("--data", required=True, choices=DATASETS, help="the data set the weights were trained on")
+    card.add_argument("--data-root", help="local folder of the data set (mnist, cifar10, svhn, imagefolder)")
+    card.add_argument("--split-seed", type=int, default=0, help="the seed that split the data set")
+    card.add_argument(
+        "--epochs", type=int, help="how the weights were trained (with the options below); without it the card has "
+        "no recipe and the model cannot be retrained for --retrain",
+    )  # fmt: skip
+    card.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    card.add_argument("--lr", type=float, default=2e-3)
+    card.add_argument("--weight-decay", type=float, default=1e-4)
+    card.add_argument("--batch-size", type=int, default=64)
+    card.add_argument("--seed", type=int, default=0)
+    card.add_argument("--notes", default="")
 
     remove = commands.add_parser("remove", help="what if some training data had not been there?")
     remove.add_argument(
@@ -166,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    command = {"train": _train, "info": _info, "remove": _remove}[args.command]
+    command = {"train": _train, "info": _info, "card": _card, "remove": _remove}[args.command]
     # under torchrun, `remove` joins the launcher's process group (NCCL where models load onto the GPU, else gloo);
     # every rank fails alike, and rank 0 says why
     remove = args.command == "remove"
@@ -196,6 +227,28 @@ def _info(args: argparse.Namespace) -> int:
     print(f"{args.path}  (id {checkpoint_id(args.path)})")
     print(card.to_json())
     return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    weights = Path(args.weights)
+    exported = weights.suffix.lower() == ".pt2"
+    if exported and args.arch not in (None, EXPORTED_ARCH):
+        raise UsageError(f"{weights.name} is an exported program: its graph is its architecture; drop --arch")
+    if not exported and args.arch is None:
+        raise UsageError("--arch is required for a state dict: the architecture its weights belong to")
+    if not weights.is_file():
+        raise FileNotFoundError(f"weights file {weights} not found; check the path")
+    (card_path,) = check_new_outputs([(str(card_path_for(weights)), "the model card")])
+    recipe = None
+    if args.epochs is not None:
+        recipe = Recipe(args.optimizer, args.lr, 0.9, args.weight_decay, args.epochs, args.batch_size, args.seed)
+    arch = EXPORTED_ARCH if exported else args.arch
+    form = CardForm(arch, args.data, args.split_seed, recipe, args.notes)
+    card = dataclasses.replace(card_from_form(form, args.data_root), notes=args.notes)
+    load_weights(card, read_weights_file(weights), weights.name)  # strictly: every key and shape, finite
+    write_new_files({card_path: card.to_json().encode()})
+    print(f"wrote {card_path}")
+    return _info(argparse.Namespace(path=str(weights)))
 
 
 def _request(args: argparse.Namespace) -> ClassRemoval | SampleRemoval | LabelChange | None:

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeGuard
 import torch
 
 from gif_core.data import BUNDLED_DATASETS, DATASETS, load_data
+from gif_core.exported import EXPORTED_ARCH
 from gif_core.models import build_model, is_architecture, unknown_architecture
 from gif_core.train import OPTIMIZERS, Recipe
 
@@ -57,8 +58,11 @@ class ModelCard:
     def __post_init__(self) -> None:
         """Validate every field (types, ranges, sizes) before anything is built from the card: a ValueError
         names the field, what it holds and what it must be."""
-        if not is_architecture(self.arch):
-            raise ValueError(f"model card names an {unknown_architecture(_show(self.arch))}")
+        if self.arch != EXPORTED_ARCH and not is_architecture(self.arch):
+            raise ValueError(
+                f"model card names an {unknown_architecture(_show(self.arch))}, or {EXPORTED_ARCH!r} for a .pt2 "
+                "exported program"
+            )
         if not _is_int(self.format_version) or self.format_version != FORMAT_VERSION:
             raise ValueError(
                 f"model card format_version {_show(self.format_version)} is not supported (this version reads "
@@ -248,17 +252,19 @@ class CardForm:
 FORM_NOTE = "Card written in GIF Explorer's form for an uploaded state dict."
 
 
-def card_from_form(form: CardForm) -> ModelCard:
-    """The validated :class:`ModelCard` ``form`` describes: input shape and class names read from its data set,
-    every field checked by :class:`ModelCard`, and the architecture checked to build for that input shape (on
-    ``torch.device("meta")``: nothing allocated), so a card that cannot fit any weights is refused when written."""
-    if form.dataset not in BUNDLED_DATASETS:
+def card_from_form(form: CardForm, data_root: str | None = None) -> ModelCard:
+    """The validated :class:`ModelCard` ``form`` describes: input shape and class names read from its data set
+    (a folder-based one from ``data_root``), every field checked by :class:`ModelCard`, and the architecture checked
+    to build for that input shape (on ``torch.device("meta")``: nothing allocated), so a card that cannot fit any
+    weights is refused when written. An exported program (``arch`` :data:`~gif_core.exported.EXPORTED_ARCH`) is
+    checked against its data set when its ``.pt2`` is loaded."""
+    if form.dataset not in BUNDLED_DATASETS and data_root is None:
         raise ValueError(
             f"a card written here must name a data set that loads without a folder ({', '.join(BUNDLED_DATASETS)}), "
             f"got {_show(form.dataset)}; for {', '.join(d for d in DATASETS if d not in BUNDLED_DATASETS)}, save the "
             "card beside the weights and load them by path with the data folder"
         )
-    bundle = load_data(form.dataset)  # the shape and the classes do not depend on the split seed
+    bundle = load_data(form.dataset, root=data_root)  # the shape and the classes do not depend on the split seed
     card = ModelCard(
         arch=form.arch,
         input_shape=bundle.input_shape,
@@ -269,6 +275,8 @@ def card_from_form(form: CardForm) -> ModelCard:
         recipe={} if form.recipe is None else form.recipe.to_dict(),
         notes=" ".join(part for part in (FORM_NOTE, form.notes.strip()) if part),
     )
+    if card.arch == EXPORTED_ARCH:
+        return card
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             build_model(card.arch, card.input_shape, card.num_classes)

@@ -38,6 +38,7 @@ from gif_core.cache_files import (
 )
 from gif_core.checkpoints import ModelCard, load_checkpoint_bytes
 from gif_core.data import DataBundle, LabelledSet
+from gif_core.exported import reinitialised
 from gif_core.requests import EditRequest
 from gif_core.train import TRAINING_PROCEDURE, Recipe, build_and_train
 
@@ -86,26 +87,34 @@ def _cache_path(key: str, cache_dir: Path | None) -> Path:
     return (cache_dir or default_cache_dir()) / "retrained" / f"{key}.safetensors"
 
 
-def _read_entry(path: Path, key: str) -> Retrained:
+def _read_entry(path: Path, key: str, template: nn.Module | None = None) -> Retrained:
     """The verified entry at ``path`` (see the module docstring); :class:`InvalidEntry` if it must not be served."""
     tensors, metadata = load_entry(path, ENTRY_KIND, key)
     try:
         card_json = metadata["card"]
         weights = safetensors.torch.save(tensors)
-        model, card = load_checkpoint_bytes(weights, card_json, path.name)
+        model, card = load_checkpoint_bytes(weights, card_json, path.name, template=template)
     except (KeyError, ValueError) as error:
         raise InvalidEntry(f"its model card or weights do not make a model ({error})") from error
     return Retrained(model, card, path, True, card.train_seconds)
 
 
 def cached_retrain(
-    card: ModelCard, train: LabelledSet, request: EditRequest, base_id: str, *, cache_dir: Path | None = None
+    card: ModelCard,
+    train: LabelledSet,
+    request: EditRequest,
+    base_id: str,
+    *,
+    cache_dir: Path | None = None,
+    template: nn.Module | None = None,
 ) -> Retrained | None:
     """The retrained model of :func:`retrain` if the cache holds a valid entry for it, else None (nothing is
-    trained). An invalid entry is a miss, with a :class:`~gif_core.cache_files.CacheWarning`."""
+    trained). An invalid entry is a miss, with a :class:`~gif_core.cache_files.CacheWarning`. ``template``: the
+    model whose architecture the entry's weights are loaded into, for a card that names none (an exported
+    program)."""
     key = retrain_key(base_id, request, card, train)
     path = _cache_path(key, cache_dir)
-    return read_or_miss(path, lambda entry: _read_entry(entry, key), "The retrained-model cache entry")
+    return read_or_miss(path, lambda entry: _read_entry(entry, key, template), "The retrained-model cache entry")
 
 
 def retrain(
@@ -118,29 +127,34 @@ def retrain(
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     show_bar: bool = True,
+    template: nn.Module | None = None,
 ) -> Retrained:
     """The model retrained without U (or with U relabelled), from the cache when it was trained before.
 
     ``train`` is the training set the base model saw (the bundle's, or its poisoned version for a backdoor);
     ``base_id`` identifies the base checkpoint (e.g. :func:`gif_core.checkpoints.checkpoint_id`). Both are part
-    of the cache key. A missing or invalid entry is (re)written atomically: a concurrent run asking the same
+    of the cache key. ``template`` is the model itself when its card names no architecture (an exported program):
+    the retrained model is then ``template`` re-initialised by :func:`gif_core.exported.reinitialised` (PyTorch's
+    default initialisation of each layer, seeded by the recipe) and trained by the same recipe. A missing or invalid entry is (re)written atomically: a concurrent run asking the same
     question writes the same model, and whichever finishes last replaces the other's file.
     """
     if not card.recipe:
         raise ValueError("The model card has no training recipe: it cannot be retrained. Train it with `gif train`.")
-    cached = cached_retrain(card, train, request, base_id, cache_dir=cache_dir)
+    cached = cached_retrain(card, train, request, base_id, cache_dir=cache_dir, template=template)
     if cached is not None:
         return cached
     key = retrain_key(base_id, request, card, train)
     path = _cache_path(key, cache_dir)
     edited = edited_training_set(train, request, card.num_classes)
     start = time.perf_counter()
+    recipe = Recipe.from_dict(card.recipe)
     model, report = build_and_train(
         card.arch,
         dataclasses.replace(bundle, train=edited),
-        Recipe.from_dict(card.recipe),
+        recipe,
         progress=progress,
         show_bar=show_bar,
+        initial=None if template is None else lambda: reinitialised(template, recipe.seed),
     )
     seconds = time.perf_counter() - start
     new_card = dataclasses.replace(

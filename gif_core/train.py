@@ -194,13 +194,15 @@ def build_and_train(
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
     show_bar: bool = True,
+    initial: Callable[[], nn.Module] | None = None,
 ) -> tuple[nn.Module, TrainReport]:
     """Build ``arch`` for ``bundle`` with initial weights seeded by ``recipe.seed``, and train it on
-    ``bundle.train``. The same recipe gives bit-identical weights on the same hardware and thread count (other
+    ``bundle.train``; ``initial`` (called under the same seed) builds the freshly initialised model instead, for an
+    architecture that is not built by name (an exported program: :func:`gif_core.exported.reinitialised`). The same recipe gives bit-identical weights on the same hardware and thread count (other
     thread counts or GPU kernels round differently in the last bits). The caller's global random state is left
     untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        model = build_model(arch, bundle.input_shape, bundle.num_classes)
+        model = initial() if initial is not None else build_model(arch, bundle.input_shape, bundle.num_classes)
     report = train_model(model, bundle.train, recipe, device=device, progress=progress, show_bar=show_bar)
     return model, report

@@ -40,8 +40,9 @@ from gif_core.experiment import (
     prepare_edit,
     stage,
 )
+from gif_core.exported import EXPORTED_ARCH
 from gif_core.requests import EditRequest, LabelChange, backdoor_relabel
-from gif_core.retrain import Retrained, retrain
+from gif_core.retrain import Retrained, cached_retrain, retrain
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,20 @@ class Workspace:
     ) -> Retrained:
         """The model retrained on the training split this model saw, edited by ``request`` (cached; see
         :func:`gif_core.retrain.retrain`)."""
-        return retrain(self.card, self.bundle, self.train, request, self.model_id, progress=progress, show_bar=show_bar)
+        return retrain(
+            self.card, self.bundle, self.train, request, self.model_id, progress=progress, show_bar=show_bar,
+            template=self.retrain_template,
+        )  # fmt: skip
+
+    @property
+    def retrain_template(self) -> nn.Module | None:
+        """The model itself when its card names no architecture to rebuild (an exported program: the architecture
+        is its graph), else None."""
+        return self.model if self.card.arch == EXPORTED_ARCH else None
+
+    def cached_retrain(self, request: EditRequest) -> Retrained | None:
+        """The retrained model of :meth:`retrain` if the cache holds it, else None (nothing is trained)."""
+        return cached_retrain(self.card, self.train, request, self.model_id, template=self.retrain_template)
 
     def prepare(
         self,
