@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from gif_core.any_module import Objective, edit_module, retrain_module, tensor_bundle
 from gif_core.browse import InfluenceBrowser
 from gif_core.curvature import Curvature, CurvatureConfig
 from gif_core.data import DataBundle, LabelledSet, load_data
@@ -59,6 +60,7 @@ __all__ = [
     "LabelledSet",
     "LayerwiseConfig",
     "MethodOutcome",
+    "Objective",
     "PreparedEdit",
     "ProblemConfig",
     "Retrained",
@@ -74,6 +76,7 @@ __all__ = [
     "bundled_model_path",
     "datainf_inverse",
     "default_model_path",
+    "edit_module",
     "ekfac_inverse",
     "estimate",
     "hyperinf_inverse",
@@ -86,11 +89,13 @@ __all__ = [
     "parse_sample_removal",
     "prepare",
     "prepare_edit",
+    "retrain_module",
     "run_edit",
     "select",
     "self_influence",
     "solve_least_squares",
     "solve_symmetric",
+    "tensor_bundle",
     "training_gradients",
     "training_loss",
 ]

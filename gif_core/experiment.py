@@ -450,7 +450,7 @@ class PreparedEdit:
 
     key: tuple
     model: nn.Module
-    card: ModelCard
+    card: ModelCard | None
     bundle: DataBundle
     scenario: Scenario
     problem: EditProblem
@@ -479,7 +479,7 @@ class PreparedEdit:
 
 def prepare_edit(
     model: nn.Module,
-    card: ModelCard,
+    card: ModelCard | None,
     bundle: DataBundle,
     request: EditRequest,
     config: EditConfig | None = None,
@@ -489,14 +489,18 @@ def prepare_edit(
     retrained_model: nn.Module | None = None,
     model_info: dict | None = None,
     progress: Progress | None = None,
+    weight_decay: float | None = None,
 ) -> PreparedEdit:
     """Validate ``request`` and do the work every method shares (see :class:`PreparedEdit`); ``model`` is never
-    modified. The Hessian includes the weight decay of the card's training recipe; with ``config.linearize`` its
-    products are traced here, so that the solves of :func:`answer` pay only the tangent passes."""
+    modified. The Hessian includes the weight decay λ of the training objective: the card's recipe's, or
+    ``weight_decay`` for a model without a card (``card=None``; :mod:`gif_core.any_module`). With
+    ``config.linearize`` its products are traced here, so that the solves of :func:`answer` pay only the tangent
+    passes."""
     config = config or EditConfig()
+    weight_decay = _weight_decay(card, weight_decay)
     report_progress = progress or (lambda _message, _fraction: None)
     scenario = build_scenario(request, bundle, train, backdoor)
-    problem_config = config.curvature.problem_config(weight_decay=float(card.recipe.get("weight_decay", 0.0)))
+    problem_config = config.curvature.problem_config(weight_decay=weight_decay)
     report_progress("Computing the gradient of the request", 0.0)
     problem = prepare(model, scenario.train, request, bundle.num_classes, problem_config)
     report_progress("Tracing the Hessian-vector product" if problem.hessian.linearizes else "Hessian ready", 0.3)
@@ -514,6 +518,18 @@ def prepare_edit(
         prepared = prepared.with_retrained(retrained_model)
     report_progress("Prepared", 1.0)
     return prepared
+
+
+def _weight_decay(card: ModelCard | None, weight_decay: float | None) -> float:
+    """λ of the training objective: the card's recipe's, or the one given for a model without a card (not both)."""
+    if card is not None and weight_decay is not None:
+        raise ValueError("give the weight decay through the model card's recipe or as weight_decay, not both")
+    if card is not None:
+        return float(card.recipe.get("weight_decay", 0.0))
+    value = 0.0 if weight_decay is None else float(weight_decay)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    return value
 
 
 def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None = None) -> EditReport:
@@ -591,7 +607,7 @@ def answer(prepared: PreparedEdit, config: EditConfig, progress: Progress | None
 
 def run_edit(
     model: nn.Module,
-    card: ModelCard,
+    card: ModelCard | None,
     bundle: DataBundle,
     request: EditRequest,
     config: EditConfig | None = None,
@@ -600,6 +616,7 @@ def run_edit(
     backdoor: BackdoorSpec | None = None,
     retrained_model: nn.Module | None = None,
     progress: Progress | None = None,
+    weight_decay: float | None = None,
 ) -> EditReport:
     """Answer ``request`` with every method of ``config``: :func:`prepare_edit`, then :func:`answer`; ``model`` is
     never modified.
@@ -610,7 +627,7 @@ def run_edit(
     config = config or EditConfig()
     prepared = prepare_edit(
         model, card, bundle, request, config, train=train, backdoor=backdoor, retrained_model=retrained_model,
-        progress=stage(progress, 0.0, PREPARE_SHARE),
+        progress=stage(progress, 0.0, PREPARE_SHARE), weight_decay=weight_decay,
     )  # fmt: skip
     return answer(prepared, config, stage(progress, PREPARE_SHARE, 1 - PREPARE_SHARE))
 

@@ -437,8 +437,8 @@ def reinitialised(module: nn.Module, seed: int) -> nn.Module:
     loose = [name for name, parameter in fresh.named_parameters() if parameter.requires_grad and name not in covered]
     if loose:
         raise ValueError(
-            f"the exported model's parameters {', '.join(loose[:8])} lie outside any Linear/Conv2d/BatchNorm layer, "
-            "so it cannot be re-initialised for the retrained ground truth; compare against IF instead of retraining"
+            f"the model's parameters {', '.join(loose[:8])} lie outside any Linear/Conv2d/BatchNorm layer, so it "
+            "cannot be re-initialised for the retrained ground truth; compare against IF instead of retraining"
         )
     return fresh
 
