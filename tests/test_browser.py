@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import cache_folder
 
 from app.browser_driver import CHROMIUM, Dashboard, chromium_page, dashboard, running_dashboard, wait_idle
@@ -201,3 +202,43 @@ def test_long_work_stops_on_cancel_on_leaving_and_on_reload(tmp_path):
         page.get_by_role("button", name="Explain this prediction").click()
         page.get_by_text("The solve did not converge").wait_for(timeout=300_000)
         assert page.get_by_text("stopped after 2 iterations").count() >= 1
+
+
+def test_an_uploaded_exported_program_answers_a_class_removal_in_a_real_browser(tmp_path):
+    """Issue 17: a .pt2 of a module the library does not know, uploaded with its card through the page's file
+    inputs, loads, and the What-if page removes a class with it against the retrained program."""
+    _require_chromium()
+    from test_exported import RECIPE, DigitNet, exported_bytes
+
+    from gif_core.cli import main
+    from gif_core.data import load_data
+    from gif_core.train import train_model
+
+    torch.manual_seed(0)
+    module = DigitNet()
+    train_model(module, load_data("digits").train, RECIPE, show_bar=False)
+    weights = tmp_path / "digitnet.pt2"
+    weights.write_bytes(exported_bytes(module))
+    assert main(["card", str(weights), "--data", "digits", "--epochs", "8", "--lr", "0.01"]) == 0
+    with dashboard(env={"GIF_CACHE_DIR": str(tmp_path / "cache")}) as url, chromium_page(height=2400) as page:
+        page.goto(url, timeout=120_000)
+        page.get_by_role("heading", name="GIF Explorer").wait_for(timeout=120_000)
+        wait_idle(page)
+        page.get_by_text("Upload", exact=True).click()
+        wait_idle(page)
+        uploads = page.locator('input[type="file"]')
+        uploads.nth(0).set_input_files(str(weights))
+        wait_idle(page)
+        uploads.nth(1).set_input_files(str(weights.with_suffix(".json")))
+        wait_idle(page)
+        page.get_by_role("button", name="Load upload").click()
+        page.get_by_text("exported on digits").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        page.get_by_role("link", name="What-if edit").click()  # the sidebar keeps the session (and its upload)
+        page.get_by_role("button", name="Run the edit").wait_for(timeout=120_000)
+        wait_idle(page)
+        page.get_by_role("button", name="Run the edit").click()
+        page.get_by_text("Metrics (percent").wait_for(timeout=600_000)
+        wait_idle(page)
+        assert page.get_by_text("digitnet.pt2").count() >= 1 and page.get_by_text("retrained (").count() >= 1
+        assert page.get_by_text("Traceback").count() == 0 and page.get_by_text("Error").count() == 0

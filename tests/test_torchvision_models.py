@@ -87,3 +87,29 @@ def test_batch_norm_statistics_are_recalibrated_at_the_trained_weights():
     assert torch.allclose(model[1].running_mean, hidden.mean(0), atol=1e-5)
     assert torch.allclose(model[1].running_var, hidden.var(0, unbiased=True), rtol=1e-4)
     assert not model.training
+
+
+@pytest.mark.slow
+def test_a_torchvision_mobilenet_trained_by_gif_train_answers_a_class_removal_against_retraining(tmp_path, monkeypatch):
+    """Issue 17's goal on small sizes: `gif train` of a torchvision registry model on 8x8 greyscale digits, then
+    `gif remove` with GIF vs IF vs the retrained model, the report's rows and selection checked."""
+    import json
+
+    from gif_core.cli import main
+
+    monkeypatch.setenv("GIF_CACHE_DIR", str(tmp_path / "cache"))
+    weights, report_path = tmp_path / "mnv3.safetensors", tmp_path / "report.json"
+    train = ["train", "--arch", "mobilenet_v3_small", "--data", "digits", "--epochs", "2"]
+    assert main([*train, "--out", str(weights)]) == 0
+    remove = ["remove", "--model", str(weights), "--class", "3", "--method", "gif,if", "--retrain", "--quiet"]
+    assert main([*remove, "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["retrained"]["forget_acc"] == 0.0 and report["original"]["forget_acc"] > 50
+    rows = {row["method"]: row for row in report["results"]}
+    assert set(rows) == {"gif", "if"}
+    for row in rows.values():
+        assert not row["diverged"] and row["forget_acc"] < report["original"]["forget_acc"]
+        assert 0 <= row["vs_retrain"]["avg_gap"] <= 100
+    layers = report["selection"]["layers"]
+    assert layers["net.classifier.3"]["units_selected"] >= 1  # the head of torchvision's MobileNet-V3
+    assert any(layer["kind"] == "conv" and layer["units_selected"] >= 1 for layer in layers.values())

@@ -10,6 +10,7 @@ from app import charts, session, warmup
 from app.gallery import show_grid
 from gif_core.comparison import compare_predictions
 from gif_core.data import BUNDLED_DATASETS, class_mix
+from gif_core.exported import EXPORTED_ARCH
 from gif_core.model_card import CardForm, card_from_form
 from gif_core.models import ARCHITECTURES, architecture_names
 from gif_core.train import OPTIMIZERS, Recipe
@@ -32,14 +33,15 @@ def written_card(download_name: str) -> str | None:
     while the form describes no valid card (the reason is shown in its place)."""
     st.markdown("**Write the model card**: what the uploaded weights are, so the model can be rebuilt around them.")
     left, middle, right = st.columns(3)
-    names = architecture_names()
+    names = (*architecture_names(), EXPORTED_ARCH)
     arch = left.selectbox(
         "Architecture",
         names,
         index=names.index("cnn"),
         key="card_arch",
         help=f"Ours ({', '.join(ARCHITECTURES)}) or any torchvision classification model by name, randomly "
-        "initialised and adapted to small or greyscale images (repeated to 3 channels, resized up if too small).",
+        "initialised and adapted to small or greyscale images (repeated to 3 channels, resized up if too small); "
+        f"{EXPORTED_ARCH!r} for a .pt2 exported program, whose graph is its architecture.",
     )
     dataset = middle.selectbox("Trained on", BUNDLED_DATASETS, key="card_dataset")
     split_seed = right.number_input(
@@ -96,7 +98,8 @@ def model_loader() -> None:
                 session.use_workspace(session.bundled_workspace(name), {"bundled": name})
         elif source == "Local path":
             path = st.text_input(
-                "Checkpoint path (.safetensors or .pt, with its .json card beside it)", key="local_path"
+                "Checkpoint path (.safetensors, .pt or a .pt2 exported program, with its .json card beside it)",
+                key="local_path",
             )
             root = st.text_input("Data folder (only for MNIST/CIFAR-10/SVHN/ImageFolder cards)", key="data_root")
             if st.button("Load from path", key="load_path"):
@@ -110,8 +113,11 @@ def model_loader() -> None:
                 session.use_workspace(open_workspace_path(weights_path, data_root), link)
         else:
             weights = st.file_uploader(
-                "Weights (.safetensors, or a .pt state dict, also as {'state_dict': ...})",
-                type=["safetensors", "pt", "pth"],
+                "Weights (.safetensors, a .pt state dict, also as {'state_dict': ...}, or a .pt2 from torch.export.save)",
+                type=["safetensors", "pt", "pth", "pt2"],
+                help="A .pt2 brings its own architecture (its graph of ATen operators); it is checked before it is "
+                "read, and nothing in it is run but those operators. Export in eval mode with a dynamic batch "
+                'dimension: torch.export.export(model.eval(), (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))',
             )
             card = st.file_uploader("Model card (.json)", type=["json"])
             write = card is None and st.checkbox("No model card? Write one here", key="write_card")
