@@ -3,8 +3,11 @@
 Every estimator in :mod:`gif_core.influence` works on one flat vector θ ∈ R^p: the model's trainable parameters
 in ``named_parameters()`` order, each flattened row-major. :class:`ParamSpace` records the names, shapes and
 offsets of that layout, and the output-neuron structure of every ``Linear``/``Conv`` layer (a neuron — an output
-unit or a conv channel — owns its whole fan-in row of the weight plus its bias entry). Indices into the flat
-vector are always derived from parameter *names*, never from module iteration order.
+unit or a conv channel — owns its whole fan-in row of the weight plus its bias entry, and, when the conv's output
+goes straight into a BatchNorm and nowhere else, that BatchNorm's scale γ_j and shift β_j of the same channel: they
+act on that channel alone). Indices into the flat vector are always derived from parameter *names*, never from
+module iteration order; which BatchNorm normalises which conv is read from the model's data flow (its
+``torch.fx`` graph, traced symbolically; a model that cannot be traced keeps its BatchNorms as separate tensors).
 
 Edits never touch the caller's model: :func:`apply_delta` returns a deep copy holding θ + step·Δ.
 """
@@ -17,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 _NEURON_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -36,8 +39,9 @@ class ParamBlock:
 class NeuronLayer:
     """A Linear/Conv module whose output neurons (channels) are the units the neuron selectors pick.
 
-    Neuron j owns row j of the weight (its whole fan-in: ``fan_in`` entries) and entry j of the bias, so a
-    neuron block has ``neuron_size = fan_in + (1 if bias else 0)`` parameters.
+    Neuron j owns row j of the weight (its whole fan-in: ``fan_in`` entries), entry j of the bias and entry j of
+    each ``channel_blocks`` tensor (the affine γ and β of the BatchNorm that normalises this conv's output), so a
+    neuron block has ``neuron_size = fan_in + (1 if bias else 0) + len(channel_blocks)`` parameters.
     """
 
     module: str
@@ -46,10 +50,16 @@ class NeuronLayer:
     fan_in: int
     weight: ParamBlock
     bias: ParamBlock | None
+    channel_blocks: tuple[ParamBlock, ...] = ()
+
+    @property
+    def per_neuron_blocks(self) -> tuple[ParamBlock, ...]:
+        """The 1-D tensors with one entry per neuron: the bias, then the channel blocks."""
+        return ((self.bias,) if self.bias is not None else ()) + self.channel_blocks
 
     @property
     def neuron_size(self) -> int:
-        return self.fan_in + (1 if self.bias is not None else 0)
+        return self.fan_in + len(self.per_neuron_blocks)
 
     @property
     def numel(self) -> int:
@@ -60,9 +70,7 @@ class NeuronLayer:
         neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
         row = torch.arange(self.fan_in, dtype=torch.long)
         weight_idx = (self.weight.offset + neurons[:, None] * self.fan_in + row[None, :]).reshape(-1)
-        if self.bias is None:
-            return weight_idx
-        return torch.cat([weight_idx, self.bias.offset + neurons])
+        return torch.cat([weight_idx, *(block.offset + neurons for block in self.per_neuron_blocks)])
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class ParamSpace:
         if not blocks:
             raise ValueError("The model has no trainable parameters: nothing to edit.")
         by_name = {b.name: b for b in blocks}
+        normalised_by = _batch_norm_of_each_conv(model)
         layers: list[NeuronLayer] = []
         for module_name, module in model.named_modules():
             if not isinstance(module, _NEURON_MODULES):
@@ -94,7 +103,10 @@ class ParamSpace:
             bias = by_name.get(f"{module_name}.bias" if module_name else "bias")
             n_out = weight.shape[0]
             kind = "linear" if isinstance(module, nn.Linear) else "conv"
-            layers.append(NeuronLayer(module_name, kind, n_out, weight.numel // n_out, weight, bias))
+            norm = normalised_by.get(module_name)
+            affine = [by_name.get(f"{norm}.{name}") for name in ("weight", "bias")] if norm is not None else []
+            channel = tuple(block for block in affine if block is not None and block.numel == n_out)
+            layers.append(NeuronLayer(module_name, kind, n_out, weight.numel // n_out, weight, bias, channel))
         return cls(tuple(blocks), tuple(layers))
 
     @property
@@ -138,6 +150,34 @@ class ParamSpace:
         mask = torch.zeros(self.numel, dtype=torch.bool)
         mask[torch.as_tensor(indices, dtype=torch.long)] = True
         return mask
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _batch_norm_of_each_conv(model: nn.Module) -> dict[str, str]:
+    """{conv module name: the BatchNorm module normalising its output}, for each Conv whose output is used by one
+    affine BatchNorm of as many channels and by nothing else, read from the model's ``torch.fx`` graph (the model's
+    own, or traced symbolically). Empty for a model without BatchNorm or one that cannot be traced."""
+    modules = dict(model.named_modules())
+    if not any(isinstance(m, _BATCH_NORMS) and m.affine for m in modules.values()):
+        return {}
+    try:
+        graph = model.graph if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model).graph
+    except Exception:  # dynamic control flow, untraceable ops: BatchNorms stay separate tensors (stated above)
+        return {}
+    partners: dict[str, str] = {}
+    for node in graph.nodes:
+        norm = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not (isinstance(norm, _BATCH_NORMS) and norm.affine and node.args):
+            continue
+        source = node.args[0]
+        if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1):
+            continue
+        conv = modules.get(str(source.target))
+        if isinstance(conv, nn.Conv1d | nn.Conv2d | nn.Conv3d) and conv.out_channels == norm.num_features:
+            partners[str(source.target)] = str(node.target)
+    return partners
 
 
 def embed(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:

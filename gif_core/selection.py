@@ -28,7 +28,9 @@ Budget: ``ratio`` of all trainable parameters, spent in whole neurons, and never
 * ``global``: first the best-scoring neuron of every layer (the same floor), then all remaining neurons ranked
   together by their score divided by their layer's mean score, added greedily while they fit in ratio·ΣP_l.
 
-Parameters outside Linear/Conv layers (e.g. BatchNorm) are never picked by the neuron selectors.
+A BatchNorm that normalises a conv's output (and nothing else uses that output) belongs to the conv's channels: its
+γ_j and β_j are picked with channel j (:class:`~gif_core.params.NeuronLayer`). Other parameters outside Linear/Conv
+layers are never picked by the neuron selectors.
 Hooks are registered on a private copy of the model and always removed.
 """
 
@@ -214,9 +216,9 @@ def _neuron_scores(problem: EditProblem, config: SelectionConfig) -> dict[str, t
 
 def _block_sums(values: torch.Tensor, layer: NeuronLayer) -> torch.Tensor:
     w = values[layer.weight.offset : layer.weight.offset + layer.weight.numel].view(layer.n_neurons, -1).sum(1)
-    if layer.bias is None:
-        return w
-    return w + values[layer.bias.offset : layer.bias.offset + layer.n_neurons]
+    for block in layer.per_neuron_blocks:
+        w = w + values[block.offset : block.offset + layer.n_neurons]
+    return w
 
 
 @contextmanager
@@ -323,9 +325,7 @@ def _finish(
         all_neurons = torch.arange(l.n_neurons)
         block = mask[l.neuron_indices(all_neurons)]
         per_weight = block[: l.n_neurons * l.fan_in].view(l.n_neurons, l.fan_in)
-        full = per_weight.all(1)
-        if l.bias is not None:
-            full &= block[l.n_neurons * l.fan_in :]
+        full = per_weight.all(1) & block[l.n_neurons * l.fan_in :].view(-1, l.n_neurons).all(0)
         summaries.append(
             LayerSummary(l.module, l.kind, l.numel, int(block.sum()), l.n_neurons, full, scores.get(l.module))
         )

@@ -76,3 +76,44 @@ def test_state_hash_sees_changes():
     with torch.no_grad():
         model.bias[0] += 1e-6
     assert state_hash(model) != before
+
+
+def test_a_batch_norm_after_a_conv_belongs_to_its_channels_and_only_when_it_alone_reads_them():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm_first = nn.BatchNorm2d(3)  # registered before its conv: pairing follows data, not order
+            self.conv = nn.Conv2d(1, 3, 3)
+            self.shared = nn.Conv2d(3, 3, 1)
+            self.norm_shared = nn.BatchNorm2d(3)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.norm_first(self.conv(x))
+            s = self.shared(h)
+            h = self.norm_shared(s) + s  # the conv's output is read twice: its channels are not BN's alone
+            return self.head(h.mean((2, 3)))
+
+    space = ParamSpace.from_model(Net())
+    conv, shared = space.layer("conv"), space.layer("shared")
+    assert [b.name for b in conv.channel_blocks] == ["norm_first.weight", "norm_first.bias"]
+    assert shared.channel_blocks == () and conv.neuron_size == 9 + 1 + 2
+    picked = {int(i) for i in conv.neuron_indices(torch.tensor([1]))}
+    for name, entry in (("norm_first.weight", 1), ("norm_first.bias", 1), ("conv.bias", 1)):
+        assert space.block(name).offset + entry in picked
+    assert space.block("norm_first.weight").offset not in picked  # channel 0's γ stays with channel 0
+
+
+def test_a_batch_norm_selection_moves_gamma_and_beta_with_the_channel_in_resnet18():
+    from gif_core.models import build_model
+    from gif_core.selection import _finish
+
+    model = build_model("resnet18", (1, 16, 16), 10)
+    space = ParamSpace.from_model(model)
+    layers = {layer.module: layer for layer in space.layers}
+    stem = layers["net.conv1"] if "net.conv1" in layers else next(iter(layers.values()))
+    assert stem.channel_blocks, [layer.module for layer in space.layers][:4]
+    mask = space.mask_from_indices(stem.neuron_indices(torch.tensor([0, 5])))
+    summary = {s.module: s for s in _finish(space, mask, "custom", 0.0, {}).layers}[stem.module]
+    assert summary.selected_neurons.nonzero().reshape(-1).tolist() == [0, 5]
+    assert summary.n_selected == 2 * stem.neuron_size
