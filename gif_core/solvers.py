@@ -20,6 +20,10 @@ Two problem shapes occur (DESIGN.md section 2):
     series grow at every scale); and it stops when the smallest residual has not fallen by 1% in
     ``lissa_patience`` iterations (a stall). Every product, power iterations included, is counted. No iterate
     better than x = 0 is an error (the series diverged from its first step).
+* ``cg-torch`` and ``cgls-torch``: conjugate gradients on A x = b, and on the normal equations (AᵀA + δI) x = Aᵀb,
+  written in torch so that every vector stays on the operator's device (float64 recurrences, products in the
+  operator's own dtype): on a GPU no iterate crosses to the host. They stop on the residual this module reports
+  (‖r‖ ≤ rtol·‖b‖; the normal residual ≤ rtol·‖Aᵀb‖), like scipy's ``cg`` and this module's ``cgls``.
 * the GIF least-squares problem ``min_x ‖A x − b‖² + δ‖x‖²`` with A = H_{:,T} (a p×k operator whose ``matvec``
   and ``rmatvec`` each cost one Hessian-vector product): ``cgls`` (scipy's CG on the normal equations
   (AᵀA + δI) x = Aᵀb, which stop exactly on the normal residual reported here), ``lsmr`` (scipy), or
@@ -53,9 +57,12 @@ from threadpoolctl import threadpool_limits
 from gif_core.constraints import Alternatives, InstanceOf, Interval, validate
 from gif_core.operators import Counted, LinearMap, Normal, to_numpy
 
-SYMMETRIC_METHODS = ("minres", "cg", "lissa", "plissa")
+SYMMETRIC_METHODS = ("minres", "cg", "cg-torch", "lissa", "plissa")
 LISSA_METHODS = ("lissa", "plissa")
-LEAST_SQUARES_METHODS = ("cgls", "lsmr", "richardson")
+LEAST_SQUARES_METHODS = ("cgls", "lsmr", "cgls-torch", "richardson")
+TORCH_METHODS = ("cg-torch", "cgls-torch")
+"""Solvers whose recurrences run in torch on the operator's device (float64 vectors there), with no host round
+trip per product: the GPU path. Same iterates and stopping rule as scipy's ``cg`` and ``cgls`` (tested)."""
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,9 @@ def solve_symmetric(
     b_norm = _norm(b)
     if b_norm == 0:
         return torch.zeros_like(b), SolveReport(method, 0, 0, 0.0, True, time.perf_counter() - start, "b = 0")
-    if method in LISSA_METHODS:
-        x, iterations, lissa_history, note = (_lissa if method == "lissa" else _plissa)(op, b, config)
+    if method in LISSA_METHODS or method == "cg-torch":
+        solve = {"lissa": _lissa, "plissa": _plissa, "cg-torch": _torch_cg}[method]
+        x, iterations, lissa_history, note = solve(op, b, config)
         rel = _residual(op, x, b, b_norm, method)
         return x, SolveReport(
             method,
@@ -225,6 +233,9 @@ def solve_least_squares(
     if method == "richardson":
         x, iterations, history, note = _richardson(normal, atb, config)
         trace_calls = 0
+    elif method == "cgls-torch":
+        x, iterations, history, note = _torch_cgls(counted, b, atb, damping, config)
+        trace_calls = 0
     else:
         x, iterations, history, trace_calls = _scipy_least_squares(counted, b, atb, method, damping, config)
         note = ""
@@ -266,6 +277,60 @@ def _scipy_least_squares(
 
     x_np, _ = spla.cg(normal.to_scipy(), to_numpy(atb), rtol=config.rtol, maxiter=config.maxiter, callback=callback)
     return counted.to_torch(x_np), iterations, history, trace_counter.calls
+
+
+def _torch_cg(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.Tensor, int, list[float], str]:
+    """Conjugate gradients on A x = b in torch, x₀ = 0: r = b − A x, p ← r + (‖r_new‖²/‖r‖²) p, stopped when
+    ‖r‖ ≤ rtol·‖b‖ (one product per iteration; A must be positive definite, as for scipy's ``cg``)."""
+    return _conjugate_gradients(lambda v: op @ v, b, config)
+
+
+def _torch_cgls(
+    counted: Counted, b: torch.Tensor, atb: torch.Tensor, damping: float, config: SolverConfig
+) -> tuple[torch.Tensor, int, list[float], str]:
+    """CGLS in torch: conjugate gradients on (AᵀA + δI) x = Aᵀb, x₀ = 0, stopped when the normal residual
+    ‖Aᵀb − (AᵀA + δI) x‖ ≤ rtol·‖Aᵀb‖ (two products per iteration, A p and Aᵀ(A p))."""
+    del b  # the normal equations need only Aᵀb
+    return _conjugate_gradients(lambda v: counted.rmatvec(counted @ v) + damping * v, atb, config)
+
+
+def _conjugate_gradients(
+    product, rhs: torch.Tensor, config: SolverConfig
+) -> tuple[torch.Tensor, int, list[float], str]:
+    """CG for the positive definite map ``product`` and right-hand side ``rhs``, vectors in float64 on ``rhs``'s
+    device; a curvature pᵀAp ≤ 0 stops with a note (the map is not positive definite there). When the recurrence's
+    residual meets rtol but the true one may not (products in float32 drift apart from it), CG restarts
+    from x with r = rhs − A x (one more product), as long as restarts still reduce the true residual."""
+    dtype = rhs.dtype
+    rhs64 = rhs.to(torch.float64)
+    x, r = torch.zeros_like(rhs64), rhs64.clone()
+    target = config.rtol * float(r @ r) ** 0.5
+    history: list[float] = []
+    iterations, note, restarted_from = 0, "", float("inf")
+    while True:
+        p, gamma = r.clone(), float(r @ r)
+        while iterations < config.maxiter and gamma**0.5 > target:
+            q = product(p.to(dtype)).to(torch.float64)
+            curvature = float(p @ q)
+            if not np.isfinite(curvature) or curvature <= 0:
+                note = f"stopped at iteration {iterations + 1}: pᵀAp = {curvature:.3g} (not positive definite)"
+                break
+            alpha = gamma / curvature
+            x.add_(p, alpha=alpha)
+            r.sub_(q, alpha=alpha)
+            new_gamma = float(r @ r)
+            iterations += 1
+            history.append(config.rtol * new_gamma**0.5 / target)
+            p.mul_(new_gamma / gamma).add_(r)
+            gamma = new_gamma
+        if note or iterations >= config.maxiter or dtype == torch.float64:  # float64 products: r is the residual
+            break
+        r = rhs64 - product(x.to(dtype)).to(torch.float64)
+        true_norm = float(r @ r) ** 0.5
+        if true_norm <= target or true_norm >= 0.999 * restarted_from:
+            break
+        restarted_from = true_norm
+    return x.to(dtype), iterations, history if config.track_residuals else [], note
 
 
 def _richardson(normal: Normal, atb: torch.Tensor, config: SolverConfig) -> tuple[torch.Tensor, int, list[float], str]:

@@ -11,7 +11,7 @@ def _matrix(n: int, eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return q @ torch.diag(eigenvalues) @ q.T
 
 
-@pytest.mark.parametrize("method", ["minres", "cg"])
+@pytest.mark.parametrize("method", ["minres", "cg", "cg-torch"])
 def test_symmetric_positive_definite(method):
     A = _matrix(30, torch.linspace(0.5, 10, 30, dtype=torch.float64))
     b = torch.randn(30, dtype=torch.float64)
@@ -34,7 +34,7 @@ def test_non_convergence_is_reported_not_hidden():
     assert not report.converged and report.rel_residual > 1e-12 and report.iterations == 3
 
 
-@pytest.mark.parametrize("method", ["cgls", "lsmr", "richardson"])
+@pytest.mark.parametrize("method", ["cgls", "lsmr", "cgls-torch", "richardson"])
 def test_least_squares_matches_lstsq(method):
     A = torch.randn(40, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     b = torch.randn(40, dtype=torch.float64)
@@ -60,7 +60,7 @@ def test_nan_raises_and_bad_names():
         solve_symmetric(DenseMatrix(torch.full((3, 3), float("nan"), dtype=torch.float64)), b)
     with pytest.raises(ValueError, match="minres, cg"):
         solve_symmetric(DenseMatrix(torch.eye(3, dtype=torch.float64)), b, "gmres")
-    with pytest.raises(ValueError, match="cgls, lsmr, richardson"):
+    with pytest.raises(ValueError, match="cgls, lsmr, cgls-torch, richardson"):
         solve_least_squares(DenseMatrix(torch.eye(3, dtype=torch.float64)), b, "qr")
     with pytest.raises(ValueError, match="rtol"):
         SolverConfig(rtol=2.0)
@@ -137,3 +137,39 @@ def test_plissa_that_never_beats_zero_is_an_error_not_a_zero_edit():
     b = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)  # along the negative eigenvalue: every step grows
     with pytest.raises(FloatingPointError, match="no iterate better than x = 0"):
         solve_symmetric(DenseMatrix(A), b, "plissa", SolverConfig(maxiter=200))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_torch_native_solvers_take_scipys_iterates_and_stop_where_they_stop(dtype):
+    """The GPU path (recurrences in torch on the operator's device) against scipy's answers on the CPU: the same
+    iterates at every early-stopped iteration count (GIF stops early by design), the same products counted, and
+    its result on the operator's dtype and device."""
+    A = _matrix(40, torch.linspace(0.1, 20, 40, dtype=torch.float64)).to(dtype)
+    J = torch.randn(60, 25, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(dtype)
+    b, c = torch.randn(40, dtype=dtype), torch.randn(60, dtype=dtype)
+    tolerance = 1e-9 if dtype == torch.float64 else 2e-4
+    for maxiter in (1, 3, 10, 200) if dtype == torch.float64 else (1, 3, 10):  # float32 cannot reach 1e-8
+        config = SolverConfig(rtol=1e-8, maxiter=maxiter)
+        ours, ours_report = solve_symmetric(DenseMatrix(A), b, "cg-torch", config)
+        theirs, theirs_report = solve_symmetric(DenseMatrix(A), b, "cg", config)
+        assert ours.dtype == dtype and ours.device == b.device
+        assert rel_err(ours, theirs) < tolerance and ours_report.iterations == theirs_report.iterations
+        ours, ours_report = solve_least_squares(DenseMatrix(J), c, "cgls-torch", 0.1, config)
+        theirs, theirs_report = solve_least_squares(DenseMatrix(J), c, "cgls", 0.1, config)
+        assert rel_err(ours, theirs) < tolerance and ours_report.hvps == theirs_report.hvps
+        assert ours_report.converged == theirs_report.converged
+    reachable = SolverConfig(rtol=1e-5, maxiter=500)
+    for x, report in (
+        solve_symmetric(DenseMatrix(A), b, "cg-torch", reachable),
+        solve_least_squares(DenseMatrix(J), c, "cgls-torch", 0.1, reachable),
+    ):
+        assert report.converged and report.rel_residual <= 1e-5 and x.dtype == dtype
+
+
+def test_torch_cg_on_an_indefinite_operator_stops_and_says_why():
+    A = _matrix(20, torch.cat([torch.linspace(-3, -1, 5), torch.linspace(1, 5, 15)]).double())
+    b = torch.randn(20, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x, report = solve_symmetric(DenseMatrix(A), b, "cg-torch", SolverConfig(rtol=1e-10, maxiter=100))
+    if not report.converged:  # CG may still converge on an indefinite system; when it breaks down it says so
+        assert "not positive definite" in report.note or report.iterations == 100
+    assert bool(torch.isfinite(x).all())
