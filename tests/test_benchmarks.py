@@ -417,3 +417,19 @@ def test_summaries_are_the_mean_and_sample_standard_deviation_over_seeds():
     gif, full = summarise(rows, ("method",), ("forget_acc", "missing"))
     assert (gif["seeds"], gif["forget_acc"], full["forget_acc"]) == (2, "2.00 ± 1.41", "4.00 ± 0.00")
     assert "missing" not in gif
+
+
+def test_gpu_benchmark_runs_its_code_path_on_the_cpu_and_labels_the_device(tmp_path, monkeypatch):
+    """The GPU benchmark's code path (scipy and torch-native solvers, retraining) on the CPU: it must name the
+    device it ran on, and both backends must give an edit that forgets the class."""
+    from benchmarks import gpu
+
+    argv = ["gpu.py", "--device", "cpu", "--archs", "cnn", "--epochs", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    gpu.main()
+    rows = json.loads((tmp_path / "gpu_path_on_cpu.json").read_text())["rows"]
+    assert {(r["backend"], r["method"]) for r in rows} == {(b, m) for b in ("scipy", "torch") for m in ("gif", "if")}
+    assert {r["solver"] for r in rows} == {"lsmr", "minres", "cgls-torch", "cg-torch"}
+    for row in rows:
+        assert row["device"] == "cpu" and row["edit_s"] > 0 and row["retrain_s"] > 0 and row["hvps"] > 0
+        assert row["forget"] < 50 and row["retrained forget"] == 0
