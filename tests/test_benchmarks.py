@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from benchmarks import engine
+from gif_core.solvers import SYMMETRIC_METHODS
 
 
 def test_engine_benchmark_quick(tmp_path, monkeypatch):
@@ -16,7 +17,7 @@ def test_engine_benchmark_quick(tmp_path, monkeypatch):
     assert data["hvp_cost"]["ratio"] > 0 and {"command", "commit", "machine"} <= set(data["provenance"])
     assert {r["solver"] for r in data["solver_race"]["rows"]} == {"cgls", "lsmr", "richardson"}
     symmetric = data["symmetric_race"]["rows"]  # IF's solve: Krylov against the LiSSA baselines, every one a row
-    assert [r["solver"] for r in symmetric] == ["minres", "cg", "lissa", "plissa"]
+    assert [r["solver"] for r in symmetric] == list(SYMMETRIC_METHODS)  # minres, cg, cg-torch, lissa, plissa
     assert all(r["hvps"] >= r["iterations"] for r in symmetric if "hvps" in r)
     assert (tmp_path / "engine_residuals.png").stat().st_size > 1000
     assert "Produced by" in (tmp_path / "engine.md").read_text()
