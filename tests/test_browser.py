@@ -211,6 +211,7 @@ def test_an_uploaded_exported_program_answers_a_class_removal_in_a_real_browser(
     """Issue 17: a .pt2 of a module the library does not know, uploaded with its card through the page's file
     inputs, loads, and the What-if page removes a class with it against the retrained program."""
     _require_chromium()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from test_exported import RECIPE, DigitNet, exported_bytes
 
     from gif_core.cli import main
@@ -230,12 +231,16 @@ def test_an_uploaded_exported_program_answers_a_class_removal_in_a_real_browser(
         page.get_by_text("Upload", exact=True).click()
         wait_idle(page)
         uploads = page.locator('input[type="file"]')
-        uploads.nth(0).set_input_files(str(weights))
-        wait_idle(page)
-        uploads.nth(1).set_input_files(str(weights.with_suffix(".json")))
-        wait_idle(page)
+        for upload, path in enumerate((weights, weights.with_suffix(".json"))):  # each file listed before the next
+            uploads.nth(upload).set_input_files(str(path))
+            page.get_by_text(path.name, exact=True).first.wait_for(timeout=120_000)
+            wait_idle(page)
         page.get_by_role("button", name="Load upload").click()
-        page.get_by_text("exported on digits").first.wait_for(timeout=120_000)
+        try:
+            page.get_by_text("exported on digits").first.wait_for(timeout=300_000)
+        except PlaywrightTimeoutError:  # say what the page showed instead
+            shown = page.locator('[data-testid="stAlert"], [data-testid="stException"]').all_inner_texts()
+            raise AssertionError(f"The upload did not load; the page's messages: {shown}") from None
         wait_idle(page)
         page.get_by_role("link", name="What-if edit").click()  # the sidebar keeps the session (and its upload)
         page.get_by_role("button", name="Run the edit").wait_for(timeout=120_000)
