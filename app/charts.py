@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from gif_core.comparison import ModelPredictions
+from gif_core.params import UNIT_NAMES
 from gif_core.selection import Selection
 
 MODEL_COLOURS = {
@@ -124,13 +125,13 @@ def layer_fractions(selections: Mapping[str, Selection], titles: Mapping[str, st
 
 def channel_map(selection: Selection, module: str, label: str, title: str) -> go.Figure:
     """One row per selector-score (or selected flag) over the layer's units: channels of a Conv layer, neurons of
-    a Linear one. The title names the selector (``label``, e.g. ``"A: gradient"``) and the layer (``title``)."""
+    a Linear one, heads of an attention layer. The title names the selector (``label``, e.g. ``"A: gradient"``) and the layer (``title``)."""
     layer = next(l for l in selection.layers if l.module == module)
     chosen = layer.selected_neurons.numpy().astype(float)
     z = [chosen] if layer.scores is None else [layer.scores.numpy() / max(float(layer.scores.max()), 1e-30), chosen]
     y = ["selected"] if layer.scores is None else ["score (scaled)", "selected"]
     fig = go.Figure(go.Heatmap(z=z, y=y, x=list(range(layer.n_neurons)), colorscale="Viridis", zmin=0, zmax=1))
-    unit = "channel" if layer.kind == "conv" else "neuron"
+    unit = UNIT_NAMES[layer.kind]
     heading = f"{label} · {title}: {int(chosen.sum())} of {layer.n_neurons} {unit}s selected"
     return _layout(fig, heading, unit, "", 220)
 

@@ -95,6 +95,30 @@ class CurvatureConfig:
         validate(self)
 
 
+def _need_weights(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A MultiheadAttention forward pre-hook: call it with ``need_weights=True`` (see
+    :func:`_attention_in_composite_form`)."""
+    if len(args) > 4:  # forward(query, key, value, key_padding_mask, need_weights, ...) called positionally
+        args = (*args[:4], True, *args[5:])
+    else:
+        kwargs = {**kwargs, "need_weights": True}
+    return args, kwargs
+
+
+def _attention_in_composite_form(model: nn.Module) -> nn.Module:
+    """``model`` (a private copy) with each MultiheadAttention computing softmax(QKᵀ/√d)V by composite operations.
+
+    With ``need_weights=False`` (torchvision's ViT, most transformers) a MultiheadAttention calls the fused
+    scaled-dot-product kernel, which has no forward-mode derivative and no second derivative on the CPU, so neither
+    a Hessian-vector product nor a per-sample gradient could go through it. With ``need_weights=True`` the same
+    function is computed by ``bmm`` and ``softmax`` (differentiable twice); the attention weights it also returns
+    are what the model's code discards. The output differs only by rounding."""
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention) and _need_weights not in module._forward_pre_hooks.values():
+            module.register_forward_pre_hook(_need_weights, with_kwargs=True)
+    return model
+
+
 class Curvature:
     """Gradients and Hessian-vector products of L over one Hessian sample (see module docstring).
 
@@ -106,7 +130,7 @@ class Curvature:
 
     def __init__(self, model: nn.Module, sample: Batches, config: CurvatureConfig | None = None) -> None:
         self.config = config or CurvatureConfig()
-        self._model = copy.deepcopy(model).eval()
+        self._model = _attention_in_composite_form(copy.deepcopy(model).eval())
         if self.config.dtype is not None:
             self._model.to(self.config.dtype)
         self.space = ParamSpace.from_model(self._model)

@@ -418,26 +418,37 @@ def _has_path(root: nn.Module, path: str) -> bool:
     return True
 
 
-RESETTABLE_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+RESETTABLE_LAYERS = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention
+)  # fmt: skip
 
 
 def reinitialised(module: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``module`` with fresh weights: each Linear/Conv2d/BatchNorm's own ``reset_parameters`` (PyTorch's
-    default initialisation; BatchNorm's running statistics reset too), drawn from ``torch.manual_seed(seed)``
-    without touching the caller's random state. ValueError when a trainable parameter lies outside such a layer:
-    there is then no stated way to initialise it, so no honest retrained ground truth."""
+    """A copy of ``module`` with fresh weights: each Linear/Conv/BatchNorm/LayerNorm/Embedding's own
+    ``reset_parameters`` and each MultiheadAttention's ``_reset_parameters`` after its ``out_proj``'s, as at
+    construction (PyTorch's default initialisation; BatchNorm's running statistics reset too), drawn from
+    ``torch.manual_seed(seed)`` without touching the caller's random state. ValueError when a trainable parameter
+    lies outside such a layer: there is then no stated way to initialise it, so no honest retrained ground truth."""
     fresh = copy.deepcopy(module)
     covered: set[str] = set()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for path, layer in fresh.named_modules():
-            if isinstance(layer, RESETTABLE_LAYERS):
+        handled: set[int] = set()
+        for path, layer in fresh.named_modules():  # construction order: a parent's draws before its children's
+            if id(layer) in handled or not isinstance(layer, RESETTABLE_LAYERS):
+                continue
+            if isinstance(layer, nn.MultiheadAttention):  # it builds out_proj, then runs _reset_parameters
+                layer.out_proj.reset_parameters()
+                layer._reset_parameters()
+                handled.add(id(layer.out_proj))
+            else:
                 layer.reset_parameters()
-                covered.update(f"{path}.{name}" if path else name for name, _ in layer.named_parameters(recurse=False))
+            covered.update(f"{path}.{name}" if path else name for name, _ in layer.named_parameters())
     loose = [name for name, parameter in fresh.named_parameters() if parameter.requires_grad and name not in covered]
     if loose:
         raise ValueError(
-            f"the model's parameters {', '.join(loose[:8])} lie outside any Linear/Conv2d/BatchNorm layer, so it "
+            f"the model's parameters {', '.join(loose[:8])} lie outside any layer with a stated initialisation "
+            f"({', '.join(layer.__name__ for layer in RESETTABLE_LAYERS)}), so it "
             "cannot be re-initialised for the retrained ground truth; compare against IF instead of retraining"
         )
     return fresh

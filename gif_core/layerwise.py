@@ -95,11 +95,11 @@ def layer_groups(space: ParamSpace) -> tuple[LayerGroup, ...]:
     """Every Linear/Conv module (weight and bias, neuron by neuron) and every other trainable tensor (one column)."""
     groups, covered = [], set()
     for layer in space.layers:
-        weight = layer.weight.offset + torch.arange(layer.weight.numel).reshape(layer.n_neurons, layer.fan_in)
+        weight = layer.weight.offset + torch.arange(layer.weight.numel).reshape(layer.n_rows, layer.fan_in)
         columns = [weight]
         covered.add(layer.weight.name)
         if layer.bias is not None:
-            columns.append(layer.bias.offset + torch.arange(layer.n_neurons).reshape(-1, 1))
+            columns.append(layer.bias.offset + torch.arange(layer.n_rows).reshape(-1, 1))
             covered.add(layer.bias.name)
         groups.append(LayerGroup(layer.module or "(model)", torch.cat(columns, dim=1)))
     for block in space.blocks:

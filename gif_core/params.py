@@ -2,10 +2,13 @@
 
 Every estimator in :mod:`gif_core.influence` works on one flat vector θ ∈ R^p: the model's trainable parameters
 in ``named_parameters()`` order, each flattened row-major. :class:`ParamSpace` records the names, shapes and
-offsets of that layout, and the output-neuron structure of every ``Linear``/``Conv`` layer (a neuron — an output
-unit or a conv channel — owns its whole fan-in row of the weight plus its bias entry, and, when the conv's output
-goes straight into a BatchNorm and nowhere else, that BatchNorm's scale γ_j and shift β_j of the same channel: they
-act on that channel alone). Indices into the flat vector are always derived from parameter *names*, never from
+offsets of that layout, and the unit structure of every ``Linear``/``Conv`` layer (a neuron — an output
+unit or a conv channel, of a depthwise conv too — owns its whole fan-in row of the weight plus its bias entry, and,
+when the conv's output goes straight into a BatchNorm and nowhere else, that BatchNorm's scale γ_j and shift β_j of
+the same channel: they act on that channel alone) and of every ``nn.MultiheadAttention`` with a packed input
+projection (a head h of H, head width d = E/H, owns the 3d rows of ``in_proj_weight`` [3E, E] that compute its
+queries, keys and values — rows s·E + h·d + k for s = q, k, v and k < d — and their ``in_proj_bias`` entries; the
+output projection ``out_proj`` is a Linear layer of its own, so units never overlap). Indices into the flat vector are always derived from parameter *names*, never from
 module iteration order; which BatchNorm normalises which conv is read from the model's data flow (its
 ``torch.fx`` graph, traced symbolically; a model that cannot be traced keeps its BatchNorms as separate tensors).
 
@@ -16,13 +19,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
 _NEURON_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+UNIT_NAMES = {"linear": "neuron", "conv": "channel", "depthwise": "channel", "attention": "head"}
+"""What one unit of each layer kind is called."""
 
 
 @dataclass(frozen=True)
@@ -37,40 +43,90 @@ class ParamBlock:
 
 @dataclass(frozen=True)
 class NeuronLayer:
-    """A Linear/Conv module whose output neurons (channels) are the units the neuron selectors pick.
+    """A module whose units (neurons, channels or attention heads) the neuron selectors pick.
 
-    Neuron j owns row j of the weight (its whole fan-in: ``fan_in`` entries), entry j of the bias and entry j of
-    each ``channel_blocks`` tensor (the affine γ and β of the BatchNorm that normalises this conv's output), so a
-    neuron block has ``neuron_size = fan_in + (1 if bias else 0) + len(channel_blocks)`` parameters.
+    The weight is a matrix of ``n_rows`` rows of ``fan_in`` entries. Unit j owns the rows :meth:`unit_rows` gives
+    (row j of a Linear/Conv; the 3d query/key/value rows of head j of an attention layer, module docstring), the
+    entries of the bias at those rows and entry j of each ``channel_blocks`` tensor (the affine γ and β of the
+    BatchNorm that normalises a conv's output), so a unit has
+    ``neuron_size = rows_per_unit · (fan_in + (1 if bias else 0)) + len(channel_blocks)`` parameters.
     """
 
     module: str
-    kind: str  # "linear" or "conv"
+    kind: str  # "linear", "conv", "depthwise" or "attention" (see UNIT_NAMES)
     n_neurons: int
     fan_in: int
     weight: ParamBlock
     bias: ParamBlock | None
     channel_blocks: tuple[ParamBlock, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.channel_blocks and self.rows_per_unit != 1:
+            raise ValueError("Channel blocks (a BatchNorm's γ, β) belong to one-row units only")
+        if self.n_rows % self.rows_per_unit or (self.kind == "attention" and self.n_rows % 3):
+            raise ValueError(f"{self.module}: {self.n_rows} weight rows do not split into {self.n_neurons} units")
+
+    @property
+    def n_rows(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def rows_per_unit(self) -> int:
+        return self.n_rows // self.n_neurons
+
+    def unit_rows(self, units: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight rows of each unit, [len(units), rows_per_unit] (all units when None): row j for unit j of a
+        Linear/Conv; rows s·E + h·d + k (s = q, k, v; k < d) for head h of an attention layer."""
+        units = torch.arange(self.n_neurons) if units is None else torch.as_tensor(units, dtype=torch.long)
+        units = units.reshape(-1)
+        if self.kind != "attention":
+            return units[:, None]
+        embed = self.n_rows // 3
+        width = embed // self.n_neurons
+        within = (torch.arange(3)[:, None] * embed + torch.arange(width)[None, :]).reshape(-1)
+        return units[:, None] * width + within[None, :]
+
     @property
     def per_neuron_blocks(self) -> tuple[ParamBlock, ...]:
-        """The 1-D tensors with one entry per neuron: the bias, then the channel blocks."""
+        """The 1-D tensors with one entry per weight row (the bias) or per unit (the channel blocks)."""
         return ((self.bias,) if self.bias is not None else ()) + self.channel_blocks
 
     @property
     def neuron_size(self) -> int:
-        return self.fan_in + len(self.per_neuron_blocks)
+        bias = 1 if self.bias is not None else 0
+        return self.rows_per_unit * (self.fan_in + bias) + len(self.channel_blocks)
 
     @property
     def numel(self) -> int:
         return self.n_neurons * self.neuron_size
 
     def neuron_indices(self, neurons: torch.Tensor) -> torch.Tensor:
-        """Flat indices of all parameters owned by the given neurons (int64, sorted per neuron)."""
+        """Flat indices of all parameters owned by the given units: their weight rows (unit by unit), then their
+        bias entries, then their channel-block entries (int64)."""
         neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
-        row = torch.arange(self.fan_in, dtype=torch.long)
-        weight_idx = (self.weight.offset + neurons[:, None] * self.fan_in + row[None, :]).reshape(-1)
-        return torch.cat([weight_idx, *(block.offset + neurons for block in self.per_neuron_blocks)])
+        rows = self.unit_rows(neurons).reshape(-1)
+        entry = torch.arange(self.fan_in, dtype=torch.long)
+        weight_idx = (self.weight.offset + rows[:, None] * self.fan_in + entry[None, :]).reshape(-1)
+        bias_idx = [self.bias.offset + rows] if self.bias is not None else []
+        return torch.cat([weight_idx, *bias_idx, *(block.offset + neurons for block in self.channel_blocks)])
+
+    def unit_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Σ of a flat per-parameter vector over each unit's parameters, [n_neurons]."""
+        return self._per_unit(values, torch.Tensor.sum)
+
+    def units_fully_in(self, mask: torch.Tensor) -> torch.Tensor:
+        """Which units have every parameter in the flat boolean ``mask``, bool [n_neurons]."""
+        return self._per_unit(mask, torch.Tensor.all)
+
+    def _per_unit(self, values: torch.Tensor, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
+        weight = values[self.weight.offset : self.weight.offset + self.weight.numel].view(self.n_rows, self.fan_in)
+        rows = [weight]
+        if self.bias is not None:
+            rows.append(values[self.bias.offset : self.bias.offset + self.n_rows, None])
+        per_row = reduce(torch.cat(rows, 1), 1)
+        per_unit = [reduce(per_row[self.unit_rows()], 1)]
+        per_unit += [values[block.offset : block.offset + self.n_neurons, None] for block in self.channel_blocks]
+        return reduce(torch.stack([part.reshape(self.n_neurons) for part in per_unit], 1), 1)
 
 
 @dataclass(frozen=True)
@@ -95,6 +151,10 @@ class ParamSpace:
         normalised_by = _batch_norm_of_each_conv(model)
         layers: list[NeuronLayer] = []
         for module_name, module in model.named_modules():
+            if isinstance(module, nn.MultiheadAttention):
+                heads = _attention_layer(module_name, module, by_name)
+                layers += [heads] if heads is not None else []
+                continue
             if not isinstance(module, _NEURON_MODULES):
                 continue
             weight = by_name.get(f"{module_name}.weight" if module_name else "weight")
@@ -102,7 +162,7 @@ class ParamSpace:
                 continue
             bias = by_name.get(f"{module_name}.bias" if module_name else "bias")
             n_out = weight.shape[0]
-            kind = "linear" if isinstance(module, nn.Linear) else "conv"
+            kind = "linear" if isinstance(module, nn.Linear) else "depthwise" if _is_depthwise(module) else "conv"
             norm = normalised_by.get(module_name)
             affine = [by_name.get(f"{norm}.{name}") for name in ("weight", "bias")] if norm is not None else []
             channel = tuple(block for block in affine if block is not None and block.numel == n_out)
@@ -150,6 +210,22 @@ class ParamSpace:
         mask = torch.zeros(self.numel, dtype=torch.bool)
         mask[torch.as_tensor(indices, dtype=torch.long)] = True
         return mask
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    """A conv whose every output channel reads one input channel (groups = in_channels > 1)."""
+    return isinstance(module, _CONVS) and module.groups > 1 and module.groups == module.in_channels
+
+
+def _attention_layer(name: str, module: nn.MultiheadAttention, by_name: dict[str, ParamBlock]) -> NeuronLayer | None:
+    """The heads of a MultiheadAttention with a packed, trainable ``in_proj_weight`` (module docstring); None for
+    separate q/k/v projections (key or value width ≠ embedding width), whose weights no neuron selector picks."""
+    prefix = f"{name}." if name else ""
+    weight = by_name.get(f"{prefix}in_proj_weight")
+    if weight is None:
+        return None
+    bias = by_name.get(f"{prefix}in_proj_bias")
+    return NeuronLayer(name, "attention", module.num_heads, module.embed_dim, weight, bias)
 
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -1,10 +1,14 @@
 """Which parameters an edit may move: the GIF paper's selectors, made exact, and the :class:`Selection` type.
 
-Neuron selectors score every output neuron / conv channel j of every Linear/Conv layer on the questioned data U
-and select whole neurons (the fan-in row of the weight plus the bias entry, see :class:`~gif_core.params.NeuronLayer`):
+Neuron selectors score every unit j — output neuron of a Linear layer, channel of a Conv (depthwise too), head of
+an ``nn.MultiheadAttention`` — on the questioned data U and select whole units (a neuron's fan-in row of the weight
+plus its bias entry; a head's query, key and value rows; see :class:`~gif_core.params.NeuronLayer`):
 
-* ``output``    score_j = |mean over U (and spatial positions) of the layer output a_j|;
-* ``gradient``  score_j = |mean over U (and positions) of ∂E/∂a_j|, where E is the edit's own loss on U:
+* ``output``    score_j = |mean over U (and positions: pixels of a conv map, tokens of a sequence) of the layer
+  output a_j|; a head's score is the mean of that over its d outputs (the head's attention-weighted values, before
+  the output projection);
+* ``gradient``  score_j = |mean over U (and positions) of ∂E/∂a_j| (a head's: the mean over its d outputs), where
+  E is the edit's own loss on U:
   mean_i ℓ(x_i, y_i) for removals, mean_i [ℓ(x_i, y_i) − ℓ(x_i, y'_i)] for label changes (the direction of g);
 * ``lowest-output`` / ``lowest-gradient``  the same scores, lowest first (the paper's ablation);
 * ``random``    neurons drawn uniformly with a seeded generator;
@@ -29,15 +33,15 @@ Budget: ``ratio`` of all trainable parameters, spent in whole neurons, and never
   together by their score divided by their layer's mean score, added greedily while they fit in ratio·ΣP_l.
 
 A BatchNorm that normalises a conv's output (and nothing else uses that output) belongs to the conv's channels: its
-γ_j and β_j are picked with channel j (:class:`~gif_core.params.NeuronLayer`). Other parameters outside Linear/Conv
-layers are never picked by the neuron selectors.
+γ_j and β_j are picked with channel j (:class:`~gif_core.params.NeuronLayer`). Other parameters outside
+Linear/Conv/attention layers (LayerNorm, embeddings, a ViT's class token) are never picked by the neuron selectors.
 Hooks are registered on a private copy of the model and always removed.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
@@ -205,41 +209,78 @@ def _neuron_scores(problem: EditProblem, config: SelectionConfig) -> dict[str, t
     if config.method == "curvature":
         fisher = problem.retained_fisher().cpu()
         ratio = problem.g.cpu().square() / (fisher + config.fisher_epsilon)
-        return {l.module: _block_sums(ratio, l) for l in problem.space.layers}
+        return {l.module: l.unit_sums(ratio) for l in problem.space.layers}
     if config.method == "ekfac":
         delta, _ = ekfac_inverse(problem.hessian, problem.g)
-        return {l.module: _block_sums(delta.detach().cpu().square(), l) for l in problem.space.layers}
+        return {l.module: l.unit_sums(delta.detach().cpu().square()) for l in problem.space.layers}
     return _scores_on_data(
         problem.model, problem.space.layers, problem.forget_inputs, problem.forget_labels, problem.new_labels, config
     )
 
 
-def _block_sums(values: torch.Tensor, layer: NeuronLayer) -> torch.Tensor:
-    w = values[layer.weight.offset : layer.weight.offset + layer.weight.numel].view(layer.n_neurons, -1).sum(1)
-    for block in layer.per_neuron_blocks:
-        w = w + values[block.offset : block.offset + layer.n_neurons]
-    return w
+def _keep(outputs: dict[str, torch.Tensor], name: str, output: torch.Tensor) -> None:
+    if output.requires_grad:
+        output.retain_grad()
+    outputs[name] = output
 
 
 @contextmanager
-def _captured_outputs(model: nn.Module, modules: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Forward hooks that keep each named module's output (with its gradient retained); always removed."""
+def _captured_outputs(model: nn.Module, layers: tuple[NeuronLayer, ...]) -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks that keep each layer's output (with its gradient retained); always removed.
+
+    A Linear/Conv layer's output is its module's output. An attention layer's output is the concatenation of its
+    heads' outputs o = [o_1 … o_H] (before the output projection), as [batch, positions, E]: the hook runs the
+    module once more with ``out_proj`` set to the identity (so o comes from the module's own forward, masks and all)
+    and returns out_proj(o), the same value, so that gradients reach o; the MultiheadAttention's output is also
+    its ``out_proj`` layer's output (the module applies ``out_proj`` without calling it)."""
     outputs: dict[str, torch.Tensor] = {}
     named = dict(model.named_modules())
     handles = []
     try:
-        for name in modules:
+        for layer in layers:
+            module = named[layer.module]
+            if layer.kind == "attention":
+                handles.append(module.register_forward_hook(_heads_hook(layer.module, outputs), with_kwargs=True))
+                continue
 
-            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor, name: str = name) -> None:
-                if output.requires_grad:
-                    output.retain_grad()
-                outputs[name] = output
+            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor, name: str = layer.module) -> None:
+                _keep(outputs, name, output)
 
-            handles.append(named[name].register_forward_hook(hook))
+            handles.append(module.register_forward_hook(hook))
         yield outputs
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _heads_hook(name: str, outputs: dict[str, torch.Tensor]) -> Callable[..., tuple | None]:
+    """The attention layer's hook of :func:`_captured_outputs`."""
+    inside = [False]  # the second run of the module, from inside this hook, is not hooked again
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple | None:
+        if inside[0]:
+            return None
+        assert isinstance(module, nn.MultiheadAttention)
+        projection = module.out_proj
+        eye = torch.eye(module.embed_dim, dtype=projection.weight.dtype, device=projection.weight.device)
+        identity = {"out_proj.weight": eye}
+        if projection.bias is not None:
+            identity["out_proj.bias"] = torch.zeros_like(projection.bias)
+        inside[0] = True
+        try:
+            heads = torch.func.functional_call(module, identity, args, kwargs)[0]
+        finally:
+            inside[0] = False
+        if heads.ndim != 3:
+            raise ValueError(f"Attention layer {name!r} got unbatched input: its heads cannot be scored per sample.")
+        if not module.batch_first:  # [L, B, E]: scored as [B, L, E], on the tensors the loss is computed from
+            heads = heads.transpose(0, 1)
+        result = F.linear(heads, projection.weight, projection.bias)
+        _keep(outputs, name, heads)
+        _keep(outputs, f"{name}.out_proj" if name else "out_proj", result)
+        return (result if module.batch_first else result.transpose(0, 1), *output[1:])
+
+    return hook
 
 
 def _scores_on_data(
@@ -257,9 +298,9 @@ def _scores_on_data(
     use_gradient = config.method.endswith("gradient")
     model = copy.deepcopy(model).eval()
     param = next(model.parameters())
-    sums = {l.module: torch.zeros(l.n_neurons, dtype=torch.float64) for l in layers}
+    sums: dict[str, torch.Tensor] = {}
     m = len(labels)
-    with _captured_outputs(model, [l.module for l in layers]) as outputs:
+    with _captured_outputs(model, layers) as outputs:
         for start in range(0, m, config.batch_size):
             part = slice(start, start + config.batch_size)
             x = inputs[part].to(param.device, param.dtype)
@@ -273,20 +314,37 @@ def _scores_on_data(
                             logits, new_labels[part].to(param.device), reduction="sum"
                         )
                     edit_loss.backward()
+            missed = [l.module or "(model)" for l in layers if l.module not in outputs]
+            if missed:
+                raise ValueError(
+                    f"Layer(s) {', '.join(missed)} were not called in the model's forward pass (their weights are "
+                    "used some other way), so their outputs cannot be scored: use the param-gradient selector."
+                )
             for l in layers:
-                out = outputs[l.module]
+                out = outputs.pop(l.module)
                 values = out.grad if use_gradient else out.detach()
                 if values is None:
                     raise RuntimeError(f"Layer {l.module} received no gradient from the edit's loss.")
-                sums[l.module] += _per_neuron_sum(values).double().cpu()
-    return {name: (total / m).abs().float() for name, total in sums.items()}
+                total = _per_output_sum(values, l.kind).double().cpu()
+                sums[l.module] = total if l.module not in sums else sums[l.module] + total
+    return {l.module: _unit_scores((sums[l.module] / m).abs(), l).float() for l in layers}
 
 
-def _per_neuron_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum over the batch and, for conv outputs [B, C, ...], over spatial positions averaged per sample."""
-    if values.ndim > 2:
+def _per_output_sum(values: torch.Tensor, kind: str) -> torch.Tensor:
+    """Σ over the batch of each output's mean over its positions: conv outputs are [B, C, ...] (channels second),
+    Linear and attention outputs [B, ..., F] (features last: a token sequence's Linear layers too)."""
+    if kind in ("linear", "attention"):
+        values = values.reshape(len(values), -1, values.shape[-1]).mean(1)
+    elif values.ndim > 2:
         values = values.flatten(2).mean(2)
     return values.sum(0)
+
+
+def _unit_scores(output_scores: torch.Tensor, layer: NeuronLayer) -> torch.Tensor:
+    """One score per unit: the output's own for a neuron or channel; for head h, the mean over its d outputs."""
+    if layer.kind != "attention":
+        return output_scores
+    return output_scores.view(layer.n_neurons, -1).mean(1)
 
 
 def _allocate(
@@ -323,19 +381,19 @@ def _finish(
     summaries = []
     for l in space.layers:
         all_neurons = torch.arange(l.n_neurons)
-        block = mask[l.neuron_indices(all_neurons)]
-        per_weight = block[: l.n_neurons * l.fan_in].view(l.n_neurons, l.fan_in)
-        full = per_weight.all(1) & block[l.n_neurons * l.fan_in :].view(-1, l.n_neurons).all(0)
-        summaries.append(
-            LayerSummary(l.module, l.kind, l.numel, int(block.sum()), l.n_neurons, full, scores.get(l.module))
-        )
+        n_selected = int(mask[l.neuron_indices(all_neurons)].sum())
+        full = l.units_fully_in(mask)
+        summaries.append(LayerSummary(l.module, l.kind, l.numel, n_selected, l.n_neurons, full, scores.get(l.module)))
     return Selection(mask, method, ratio, tuple(summaries))
 
 
 def layer_architecture(module: nn.Module) -> str:
     """What a Linear/Conv module is, read from the module object: ``Linear 128→10``, ``Conv2d 1→16, 5×5`` (with
-    ``stride s`` / ``groups g`` when they are not 1), so a layer's name can be tied to the architecture."""
+    ``stride s`` / ``groups g`` when they are not 1, ``depthwise`` when every channel reads one input channel),
+    ``MultiheadAttention 4 heads × 8, E 32``, so a layer's name can be tied to the architecture."""
     kind = type(module).__name__
+    if isinstance(module, nn.MultiheadAttention):
+        return f"{kind} {module.num_heads} heads × {module.head_dim}, E {module.embed_dim}"
     if isinstance(module, nn.Linear):
         return f"{kind} {module.in_features}→{module.out_features}"
     if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
@@ -343,9 +401,9 @@ def layer_architecture(module: nn.Module) -> str:
         if any(s != 1 for s in module.stride):
             parts.append("stride " + "×".join(str(s) for s in module.stride))
         if module.groups != 1:
-            parts.append(f"groups {module.groups}")
+            parts.append("depthwise" if module.groups == module.in_channels else f"groups {module.groups}")
         return ", ".join(parts)
-    raise ValueError(f"{kind} is not a Linear or Conv layer; only those have units the selectors pick")
+    raise ValueError(f"{kind} is not a Linear, Conv or attention layer; only those have units the selectors pick")
 
 
 def layer_title(model: nn.Module, module_name: str) -> str:

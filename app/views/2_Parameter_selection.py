@@ -111,7 +111,10 @@ if stored is not None and stored[0] == loaded.model_id:
         st.info(note)
     st.dataframe(selection_counts(loaded.model, by_letter), hide_index=True, key="layer_counts")
     st.subheader("Per-channel view")
-    st.caption("Every Linear/Conv layer: channels of a Conv layer, neurons of a Linear layer; A left, B right.")
+    st.caption(
+        "Every layer with units: channels of a Conv layer (a depthwise one too), neurons of a Linear layer, heads of "
+        "an attention layer (each head's query, key and value rows); A left, B right."
+    )
     for layer in sel_a.layers:
         for column, (letter, s) in zip(st.columns(2), by_letter.items(), strict=True):
             figure = charts.channel_map(s, layer.module, f"{letter}: {s.method}", titles[layer.module])
