@@ -40,7 +40,7 @@ from gif_core.data import DATASETS
 from gif_core.experiment import EditConfig, EditReport
 from gif_core.exported import EXPORTED_ARCH
 from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES, METHODS, EstimatorConfig
-from gif_core.model_card import CardForm, card_from_form
+from gif_core.model_card import CardForm, ModelCard, card_from_form
 from gif_core.models import ARCHITECTURES, is_architecture, unknown_architecture
 from gif_core.outputs import check_new_outputs, write_new_files
 from gif_core.problem import DTYPES, HESSIAN_DATA, HessianConfig
@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         "card",
         help="write the model card of weights trained elsewhere (a state dict, or a .pt2 exported program)",
         description="The card is written beside the weights (same name, .json) and checked by loading the weights "
-        "into the model it describes, strictly. Input shape and classes are the data set's.",
+        "into the model it describes, strictly. Input shape and classes are the data set's; --classes and "
+        "--input-shape, when given, are checked against it.",
     )
     card.add_argument("weights", help=".safetensors/.pt/.pth state dict, or a .pt2 from torch.export.save")
     card.add_argument(
@@ -105,7 +106,18 @@ def _parser() -> argparse.ArgumentParser:
         type=_architecture,
         help="the state dict's architecture (ours or any torchvision classification model); not for a .pt2",
     )
-    card.add_argument("--data", required=True, choices=DATASETS, help="the data set the weights were trained on")
+    card.add_argument(
+        "--data",
+        "--dataset",
+        dest="data",
+        required=True,
+        choices=DATASETS,
+        help="the data set the weights were trained on",
+    )
+    card.add_argument("--classes", type=int, help="the model's number of classes (checked: the data set's)")
+    card.add_argument(
+        "--input-shape", type=_input_shape, help="C,H,W of one input, e.g. 1,28,28 (checked: the data set's)"
+    )
     card.add_argument("--data-root", help="local folder of the data set (mnist, cifar10, svhn, imagefolder)")
     card.add_argument("--split-seed", type=int, default=0, help="the seed that split the data set")
     card.add_argument(
@@ -245,10 +257,35 @@ def _card(args: argparse.Namespace) -> int:
     arch = EXPORTED_ARCH if exported else args.arch
     form = CardForm(arch, args.data, args.split_seed, recipe, args.notes)
     card = dataclasses.replace(card_from_form(form, args.data_root), notes=args.notes)
+    _check_stated_shape(card, args.classes, args.input_shape)
     load_weights(card, read_weights_file(weights), weights.name)  # strictly: every key and shape, finite
     write_new_files({card_path: card.to_json().encode()})
     print(f"wrote {card_path}")
     return _info(argparse.Namespace(path=str(weights)))
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    """``C,H,W`` (or any comma-separated positive sizes) as a tuple; argparse reports the error's message."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated sizes such as 1,28,28") from None
+    if min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every size must be a positive whole number, e.g. 1,28,28")
+    return shape
+
+
+def _check_stated_shape(card: ModelCard, classes: int | None, input_shape: tuple[int, ...] | None) -> None:
+    """A stated class count or input shape that is not the data set's is an error: the card describes the model on
+    that data, whose images and labels every edit feeds it."""
+    stated = {"--classes": (classes, card.num_classes), "--input-shape": (input_shape, tuple(card.input_shape))}
+    wrong = [f"{flag} {given} (the data set's: {actual})" for flag, (given, actual) in stated.items()
+             if given is not None and given != actual]  # fmt: skip
+    if wrong:
+        raise UsageError(
+            f"{'; '.join(wrong)}: data set {card.dataset!r} has {card.num_classes} classes of "
+            f"{'×'.join(map(str, card.input_shape))} inputs; name the data set the weights were trained on"
+        )
 
 
 def _request(args: argparse.Namespace) -> ClassRemoval | SampleRemoval | LabelChange | None:

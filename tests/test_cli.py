@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from gif_core.cli import main
 from gif_core.influence import METHOD_LABELS, METHOD_SUMMARIES
@@ -185,3 +186,36 @@ def test_precision_and_gauss_newton_flags_reach_the_edit_and_its_report(tmp_path
     assert report["config"]["solver"]["gif_ridge"] == 0.01 and report["config"]["selection"]["ratio"] == 0.05
     (gif,) = report["results"]
     assert not gif["diverged"] and gif["forget_acc"] < report["original"]["forget_acc"]
+
+
+def test_card_for_a_state_dict_checks_the_stated_classes_and_input_shape_against_the_data_set(tmp_path, capsys):
+    """Issue 17: ``gif card --arch NAME --classes N --input-shape C,H,W --dataset D`` for weights trained elsewhere;
+    the stated sizes must be the data set's, the weights must load strictly, and a refusal writes nothing."""
+    from safetensors.torch import save_file
+
+    from gif_core.checkpoints import load_checkpoint
+    from gif_core.models import build_model
+
+    weights = tmp_path / "mine.safetensors"
+    model = build_model("mlp", (1, 8, 8), 10)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    card = weights.with_suffix(".json")
+    base = ["card", str(weights), "--arch", "mlp", "--dataset", "digits"]
+    for stated, message in [
+        (["--classes", "3"], "--classes 3 (the data set's: 10)"),
+        (["--input-shape", "1,28,28"], "--input-shape (1, 28, 28) (the data set's: (1, 8, 8))"),
+    ]:
+        assert main([*base, *stated]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "has 10 classes of 1×8×8 inputs" in err and not card.exists()
+    with pytest.raises(SystemExit):
+        main([*base, "--input-shape", "1,eight,8"])
+    assert "not comma-separated sizes" in capsys.readouterr().err and not card.exists()
+    assert main([*base, "--arch", "cnn", "--classes", "10"]) == 2  # an MLP's weights are not a CNN's
+    assert not card.exists()
+    capsys.readouterr()
+    assert main([*base, "--classes", "10", "--input-shape", "1,8,8"]) == 0
+    loaded, written = load_checkpoint(weights)
+    assert (written.arch, written.num_classes, tuple(written.input_shape)) == ("mlp", 10, (1, 8, 8))
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
