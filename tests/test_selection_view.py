@@ -66,7 +66,7 @@ def test_layer_title_of_a_bare_linear_and_bad_names():
     assert layer_title(nn.Linear(4, 3), "") == "model (Linear 4→3)"
     with pytest.raises(ValueError, match=r"no module named 'fc9'; its Linear/Conv layers are 'conv1', 'fc2'"):
         layer_title(Named(), "fc9")
-    with pytest.raises(ValueError, match="MaxPool2d is not a Linear or Conv layer"):
+    with pytest.raises(ValueError, match="MaxPool2d is not a Linear, Conv or attention layer"):
         layer_architecture(Named().pool)
 
 
