@@ -87,11 +87,6 @@ class NeuronLayer:
         return units[:, None] * width + within[None, :]
 
     @property
-    def per_neuron_blocks(self) -> tuple[ParamBlock, ...]:
-        """The 1-D tensors with one entry per weight row (the bias) or per unit (the channel blocks)."""
-        return ((self.bias,) if self.bias is not None else ()) + self.channel_blocks
-
-    @property
     def neuron_size(self) -> int:
         bias = 1 if self.bias is not None else 0
         return self.rows_per_unit * (self.fan_in + bias) + len(self.channel_blocks)
