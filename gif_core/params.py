@@ -8,9 +8,10 @@ when the conv's output goes straight into a BatchNorm and nowhere else, that Bat
 the same channel: they act on that channel alone) and of every ``nn.MultiheadAttention`` with a packed input
 projection (a head h of H, head width d = E/H, owns the 3d rows of ``in_proj_weight`` [3E, E] that compute its
 queries, keys and values — rows s·E + h·d + k for s = q, k, v and k < d — and their ``in_proj_bias`` entries; the
-output projection ``out_proj`` is a Linear layer of its own, so units never overlap). Indices into the flat vector are always derived from parameter *names*, never from
-module iteration order; which BatchNorm normalises which conv is read from the model's data flow (its
-``torch.fx`` graph, traced symbolically; a model that cannot be traced keeps its BatchNorms as separate tensors).
+output projection ``out_proj`` is a Linear layer of its own, so units never overlap). Indices into the flat vector
+are always derived from parameter *names*, never from module iteration order; which BatchNorm normalises which
+conv is read from the model's data flow (its ``torch.fx`` graph, traced symbolically; a model that cannot be traced
+keeps its BatchNorms as separate tensors).
 
 Edits never touch the caller's model: :func:`apply_delta` returns a deep copy holding θ + step·Δ.
 """
@@ -157,7 +158,7 @@ class ParamSpace:
                 continue
             bias = by_name.get(f"{module_name}.bias" if module_name else "bias")
             n_out = weight.shape[0]
-            kind = "linear" if isinstance(module, nn.Linear) else "depthwise" if _is_depthwise(module) else "conv"
+            kind = "linear" if isinstance(module, nn.Linear) else "depthwise" if is_depthwise(module) else "conv"
             norm = normalised_by.get(module_name)
             affine = [by_name.get(f"{norm}.{name}") for name in ("weight", "bias")] if norm is not None else []
             channel = tuple(block for block in affine if block is not None and block.numel == n_out)
@@ -207,7 +208,7 @@ class ParamSpace:
         return mask
 
 
-def _is_depthwise(module: nn.Module) -> bool:
+def is_depthwise(module: nn.Module) -> bool:
     """A conv whose every output channel reads one input channel (groups = in_channels > 1)."""
     return isinstance(module, _CONVS) and module.groups > 1 and module.groups == module.in_channels
 

@@ -52,7 +52,7 @@ from torch.nn import functional as F
 
 from gif_core.constraints import Alternatives, Interval, OneOf, validate
 from gif_core.ekfac import ekfac_inverse
-from gif_core.params import NeuronLayer, ParamSpace
+from gif_core.params import NeuronLayer, ParamSpace, is_depthwise
 from gif_core.problem import EditProblem
 
 NEURON_METHODS = ("output", "gradient", "lowest-output", "lowest-gradient", "random", "curvature", "ekfac")
@@ -401,7 +401,7 @@ def layer_architecture(module: nn.Module) -> str:
         if any(s != 1 for s in module.stride):
             parts.append("stride " + "×".join(str(s) for s in module.stride))
         if module.groups != 1:
-            parts.append("depthwise" if module.groups == module.in_channels else f"groups {module.groups}")
+            parts.append("depthwise" if is_depthwise(module) else f"groups {module.groups}")
         return ", ".join(parts)
     raise ValueError(f"{kind} is not a Linear, Conv or attention layer; only those have units the selectors pick")
 
