@@ -153,7 +153,10 @@ def _parser() -> argparse.ArgumentParser:
         "--budget", default=DEFAULTS.selection.budget, choices=BUDGETS, help="the ratio per layer or overall"
     )
     remove.add_argument(
-        "--solver", default=DEFAULTS.solver.least_squares_solver, choices=LEAST_SQUARES_METHODS, help="GIF's solver"
+        "--solver",
+        default=DEFAULTS.solver.least_squares_solver,
+        choices=LEAST_SQUARES_METHODS,
+        help="GIF's solver (on a GPU, lsmr and cgls run as their torch twins lsmr-torch, cgls-torch)",
     )
     remove.add_argument(
         "--symmetric-solver",

@@ -20,10 +20,13 @@ Two problem shapes occur (DESIGN.md section 2):
     series grow at every scale); and it stops when the smallest residual has not fallen by 1% in
     ``lissa_patience`` iterations (a stall). Every product, power iterations included, is counted. No iterate
     better than x = 0 is an error (the series diverged from its first step).
-* ``cg-torch`` and ``cgls-torch``: conjugate gradients on A x = b, and on the normal equations (AᵀA + δI) x = Aᵀb,
-  written in torch so that every vector stays on the operator's device (float64 recurrences, products in the
-  operator's own dtype): on a GPU no iterate crosses to the host. They stop on the residual this module reports
-  (‖r‖ ≤ rtol·‖b‖; the normal residual ≤ rtol·‖Aᵀb‖), like scipy's ``cg`` and this module's ``cgls``.
+* the torch-native twins ``minres-torch``, ``cg-torch``, ``lsmr-torch`` and ``cgls-torch``
+  (:mod:`gif_core.torch_krylov`): the same algorithms written in torch so that every vector stays on the
+  operator's device (float64 recurrences, products in the operator's own dtype): on a GPU no iterate crosses to the
+  host. They take scipy's iterates (tested at every iteration count) and stop on the residual this module reports
+  (‖r‖ ≤ rtol·‖b‖; the normal residual ≤ rtol·‖Aᵀb‖), which scipy's ``minres`` and ``lsmr`` approximate by their
+  own rules. An operator that is not on the CPU runs ``minres``, ``cg``, ``lsmr`` and ``cgls`` as their twins (the
+  report's name says which ran): scipy would move every vector to the host and back at each product.
 * the GIF least-squares problem ``min_x ‖A x − b‖² + δ‖x‖²`` with A = H_{:,T} (a p×k operator whose ``matvec``
   and ``rmatvec`` each cost one Hessian-vector product): ``cgls`` (scipy's CG on the normal equations
   (AᵀA + δI) x = Aᵀb, which stop exactly on the normal residual reported here), ``lsmr`` (scipy), or
@@ -54,15 +57,23 @@ import torch
 from scipy.sparse import linalg as spla
 from threadpoolctl import threadpool_limits
 
+from gif_core import torch_krylov
 from gif_core.constraints import Alternatives, InstanceOf, Interval, validate
 from gif_core.operators import Counted, LinearMap, Normal, to_numpy
 
-SYMMETRIC_METHODS = ("minres", "cg", "cg-torch", "lissa", "plissa")
+SYMMETRIC_METHODS = ("minres", "cg", "minres-torch", "cg-torch", "lissa", "plissa")
 LISSA_METHODS = ("lissa", "plissa")
-LEAST_SQUARES_METHODS = ("cgls", "lsmr", "cgls-torch", "richardson")
-TORCH_METHODS = ("cg-torch", "cgls-torch")
-"""Solvers whose recurrences run in torch on the operator's device (float64 vectors there), with no host round
-trip per product: the GPU path. Same iterates and stopping rule as scipy's ``cg`` and ``cgls`` (tested)."""
+LEAST_SQUARES_METHODS = ("cgls", "lsmr", "lsmr-torch", "cgls-torch", "richardson")
+TORCH_TWINS = {"minres": "minres-torch", "cg": "cg-torch", "lsmr": "lsmr-torch", "cgls": "cgls-torch"}
+"""Each scipy-backed solver and its torch-native twin (:mod:`gif_core.torch_krylov`): recurrences in torch on the
+operator's device (float64 vectors there), no host round trip per product: the GPU path. Same iterates (tested)."""
+TORCH_METHODS = tuple(TORCH_TWINS.values())
+
+
+def method_on(method: str, device: torch.device) -> str:
+    """The solver that runs ``method`` for an operator on ``device``: its torch-native twin off the CPU (scipy
+    would move each vector to the host and back at every product), ``method`` itself otherwise."""
+    return TORCH_TWINS.get(method, method) if torch.device(device).type != "cpu" else method
 
 
 @dataclass(frozen=True)
@@ -150,14 +161,15 @@ def solve_symmetric(
     config = config or SolverConfig()
     if method not in SYMMETRIC_METHODS:
         raise ValueError(f"Unknown symmetric solver {method!r}; choose one of {', '.join(SYMMETRIC_METHODS)}")
+    method = method_on(method, operator.device)
     _check(b, method)
     start = time.perf_counter()
     op, trace_op = Counted(operator), Counted(operator)
     b_norm = _norm(b)
     if b_norm == 0:
         return torch.zeros_like(b), SolveReport(method, 0, 0, 0.0, True, time.perf_counter() - start, "b = 0")
-    if method in LISSA_METHODS or method == "cg-torch":
-        solve = {"lissa": _lissa, "plissa": _plissa, "cg-torch": _torch_cg}[method]
+    if method in LISSA_METHODS or method in TORCH_METHODS:
+        solve = {"lissa": _lissa, "plissa": _plissa, "cg-torch": _torch_cg, "minres-torch": _torch_minres}[method]
         x, iterations, lissa_history, note = solve(op, b, config)
         rel = _residual(op, x, b, b_norm, method)
         return x, SolveReport(
@@ -219,6 +231,7 @@ def solve_least_squares(
     config = config or SolverConfig()
     if method not in LEAST_SQUARES_METHODS:
         raise ValueError(f"Unknown least-squares solver {method!r}; choose one of {', '.join(LEAST_SQUARES_METHODS)}")
+    method = method_on(method, operator.device)
     if damping < 0:
         raise ValueError("damping must be ≥ 0")
     _check(b, method)
@@ -233,8 +246,9 @@ def solve_least_squares(
     if method == "richardson":
         x, iterations, history, note = _richardson(normal, atb, config)
         trace_calls = 0
-    elif method == "cgls-torch":
-        x, iterations, history, note = _torch_cgls(counted, b, atb, damping, config)
+    elif method in TORCH_METHODS:
+        solve = {"cgls-torch": _torch_cgls, "lsmr-torch": _torch_lsmr}[method]
+        x, iterations, history, note = solve(counted, b, atb, damping, config)
         trace_calls = 0
     else:
         x, iterations, history, trace_calls = _scipy_least_squares(counted, b, atb, method, damping, config)
@@ -279,10 +293,30 @@ def _scipy_least_squares(
     return counted.to_torch(x_np), iterations, history, trace_counter.calls
 
 
+def _torch_symmetric(
+    inner: torch_krylov.Inner, op: LinearMap, b: torch.Tensor, config: SolverConfig
+) -> tuple[torch.Tensor, int, list[float], str]:
+    """``inner`` (:mod:`gif_core.torch_krylov`) on A x = b, stopped at ‖r‖ ≤ rtol·‖b‖, restarted on the true
+    residual when the products are not float64."""
+    rhs = b.to(torch.float64)
+    b_norm = _norm(b)
+    product = torch_krylov.in_dtype(lambda v: op @ v, b.dtype)
+    result = torch_krylov.restarted(
+        inner, product, rhs, config.rtol * b_norm, config.maxiter, exact=b.dtype == torch.float64
+    )
+    history = [r / b_norm for r in result.residuals] if config.track_residuals else []
+    return result.x.to(b.dtype), result.iterations, history, result.note
+
+
 def _torch_cg(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.Tensor, int, list[float], str]:
-    """Conjugate gradients on A x = b in torch, x₀ = 0: r = b − A x, p ← r + (‖r_new‖²/‖r‖²) p, stopped when
-    ‖r‖ ≤ rtol·‖b‖ (one product per iteration; A must be positive definite, as for scipy's ``cg``)."""
-    return _conjugate_gradients(lambda v: op @ v, b, config)
+    """Conjugate gradients on A x = b in torch (one product per iteration; A must be positive definite, as for
+    scipy's ``cg``; a curvature pᵀAp ≤ 0 stops it with a note)."""
+    return _torch_symmetric(torch_krylov.conjugate_gradients, op, b, config)
+
+
+def _torch_minres(op: Counted, b: torch.Tensor, config: SolverConfig) -> tuple[torch.Tensor, int, list[float], str]:
+    """MINRES on A x = b in torch (one product per iteration; A symmetric, possibly indefinite)."""
+    return _torch_symmetric(torch_krylov.minres, op, b, config)
 
 
 def _torch_cgls(
@@ -291,46 +325,28 @@ def _torch_cgls(
     """CGLS in torch: conjugate gradients on (AᵀA + δI) x = Aᵀb, x₀ = 0, stopped when the normal residual
     ‖Aᵀb − (AᵀA + δI) x‖ ≤ rtol·‖Aᵀb‖ (two products per iteration, A p and Aᵀ(A p))."""
     del b  # the normal equations need only Aᵀb
-    return _conjugate_gradients(lambda v: counted.rmatvec(counted @ v) + damping * v, atb, config)
+    return _torch_symmetric(torch_krylov.conjugate_gradients, Normal(counted, damping), atb, config)
 
 
-def _conjugate_gradients(
-    product, rhs: torch.Tensor, config: SolverConfig
+def _torch_lsmr(
+    counted: Counted, b: torch.Tensor, atb: torch.Tensor, damping: float, config: SolverConfig
 ) -> tuple[torch.Tensor, int, list[float], str]:
-    """CG for the positive definite map ``product`` and right-hand side ``rhs``, vectors in float64 on ``rhs``'s
-    device; a curvature pᵀAp ≤ 0 stops with a note (the map is not positive definite there). When the recurrence's
-    residual meets rtol but the true one may not (products in float32 drift apart from it), CG restarts
-    from x with r = rhs − A x (one more product), as long as restarts still reduce the true residual."""
-    dtype = rhs.dtype
-    rhs64 = rhs.to(torch.float64)
-    x, r = torch.zeros_like(rhs64), rhs64.clone()
-    target = config.rtol * float(r @ r) ** 0.5
-    history: list[float] = []
-    iterations, note, restarted_from = 0, "", float("inf")
-    while True:
-        p, gamma = r.clone(), float(r @ r)
-        while iterations < config.maxiter and gamma**0.5 > target:
-            q = product(p.to(dtype)).to(torch.float64)
-            curvature = float(p @ q)
-            if not np.isfinite(curvature) or curvature <= 0:
-                note = f"stopped at iteration {iterations + 1}: pᵀAp = {curvature:.3g} (not positive definite)"
-                break
-            alpha = gamma / curvature
-            x.add_(p, alpha=alpha)
-            r.sub_(q, alpha=alpha)
-            new_gamma = float(r @ r)
-            iterations += 1
-            history.append(config.rtol * new_gamma**0.5 / target)
-            p.mul_(new_gamma / gamma).add_(r)
-            gamma = new_gamma
-        if note or iterations >= config.maxiter or dtype == torch.float64:  # float64 products: r is the residual
-            break
-        r = rhs64 - product(x.to(dtype)).to(torch.float64)
-        true_norm = float(r @ r) ** 0.5
-        if true_norm <= target or true_norm >= 0.999 * restarted_from:
-            break
-        restarted_from = true_norm
-    return x.to(dtype), iterations, history if config.track_residuals else [], note
+    """LSMR in torch on min ‖A x − b‖² + δ‖x‖², x₀ = 0, stopped when its normal residual
+    ‖Aᵀ(b − A x) − δx‖ ≤ rtol·‖Aᵀb‖ (two products per iteration, A v and Aᵀu; Aᵀb is reused, not recomputed).
+    It does not restart when the products are float32: a warm start would change the damped problem; the reported
+    residual is the explicit one either way."""
+    atb_norm = _norm(atb)
+    result = torch_krylov.lsmr(
+        torch_krylov.in_dtype(counted.matvec, b.dtype),
+        torch_krylov.in_dtype(counted.rmatvec, b.dtype),
+        b.to(torch.float64),
+        atb.to(torch.float64),
+        damping**0.5,
+        config.rtol * atb_norm,
+        config.maxiter,
+    )
+    history = [r / atb_norm for r in result.residuals] if config.track_residuals else []
+    return result.x.to(b.dtype), result.iterations, history, result.note
 
 
 def _richardson(normal: Normal, atb: torch.Tensor, config: SolverConfig) -> tuple[torch.Tensor, int, list[float], str]:

@@ -17,7 +17,7 @@ def test_engine_benchmark_quick(tmp_path, monkeypatch):
     assert data["hvp_cost"]["ratio"] > 0 and {"command", "commit", "machine"} <= set(data["provenance"])
     assert {r["solver"] for r in data["solver_race"]["rows"]} == {"cgls", "lsmr", "richardson"}
     symmetric = data["symmetric_race"]["rows"]  # IF's solve: Krylov against the LiSSA baselines, every one a row
-    assert [r["solver"] for r in symmetric] == list(SYMMETRIC_METHODS)  # minres, cg, cg-torch, lissa, plissa
+    assert [r["solver"] for r in symmetric] == list(SYMMETRIC_METHODS)  # minres, cg, their torch twins, lissa, plissa
     assert all(r["hvps"] >= r["iterations"] for r in symmetric if "hvps" in r)
     assert (tmp_path / "engine_residuals.png").stat().st_size > 1000
     assert "Produced by" in (tmp_path / "engine.md").read_text()
@@ -429,8 +429,9 @@ def test_gpu_benchmark_runs_its_code_path_on_the_cpu_and_labels_the_device(tmp_p
     monkeypatch.setattr(sys, "argv", argv)
     gpu.main()
     rows = json.loads((tmp_path / "gpu_path_on_cpu.json").read_text())["rows"]
-    assert {(r["backend"], r["method"]) for r in rows} == {(b, m) for b in ("scipy", "torch") for m in ("gif", "if")}
-    assert {r["solver"] for r in rows} == {"lsmr", "minres", "cgls-torch", "cg-torch"}
+    backends = ("scipy", "torch", "torch-cg")
+    assert {(r["backend"], r["method"]) for r in rows} == {(b, m) for b in backends for m in ("gif", "if")}
+    assert {r["solver"] for r in rows} == {"lsmr", "minres", "lsmr-torch", "minres-torch", "cgls-torch", "cg-torch"}
     for row in rows:
         assert row["device"] == "cpu" and row["edit_s"] > 0 and row["retrain_s"] > 0 and row["hvps"] > 0
         assert row["forget"] < 50 and row["retrained forget"] == 0

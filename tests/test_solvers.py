@@ -11,7 +11,7 @@ def _matrix(n: int, eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return q @ torch.diag(eigenvalues) @ q.T
 
 
-@pytest.mark.parametrize("method", ["minres", "cg", "cg-torch"])
+@pytest.mark.parametrize("method", ["minres", "cg", "minres-torch", "cg-torch"])
 def test_symmetric_positive_definite(method):
     A = _matrix(30, torch.linspace(0.5, 10, 30, dtype=torch.float64))
     b = torch.randn(30, dtype=torch.float64)
@@ -20,10 +20,11 @@ def test_symmetric_positive_definite(method):
     assert report.converged and report.rel_residual <= 1e-10 and report.hvps >= report.iterations > 0
 
 
-def test_minres_on_indefinite_system():
+@pytest.mark.parametrize("method", ["minres", "minres-torch"])
+def test_minres_on_indefinite_system(method):
     A = _matrix(30, torch.cat([torch.linspace(-3, -0.5, 10), torch.linspace(0.5, 5, 20)]).double())
     b = torch.randn(30, dtype=torch.float64)
-    x, report = solve_symmetric(DenseMatrix(A), b, "minres", SolverConfig(rtol=1e-10))
+    x, report = solve_symmetric(DenseMatrix(A), b, method, SolverConfig(rtol=1e-10))
     assert rel_err(x, torch.linalg.solve(A, b)) < 1e-8 and report.converged
 
 
@@ -34,7 +35,7 @@ def test_non_convergence_is_reported_not_hidden():
     assert not report.converged and report.rel_residual > 1e-12 and report.iterations == 3
 
 
-@pytest.mark.parametrize("method", ["cgls", "lsmr", "cgls-torch", "richardson"])
+@pytest.mark.parametrize("method", ["cgls", "lsmr", "lsmr-torch", "cgls-torch", "richardson"])
 def test_least_squares_matches_lstsq(method):
     A = torch.randn(40, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     b = torch.randn(40, dtype=torch.float64)
@@ -46,10 +47,11 @@ def test_least_squares_matches_lstsq(method):
         assert "restarts" in report.note and "c = 1 " not in report.note
 
 
-def test_least_squares_with_tikhonov_damping():
+@pytest.mark.parametrize("method", ["cgls", "lsmr-torch"])
+def test_least_squares_with_tikhonov_damping(method):
     A = torch.randn(30, 10, dtype=torch.float64)
     b = torch.randn(30, dtype=torch.float64)
-    x, report = solve_least_squares(DenseMatrix(A), b, "cgls", 0.5, SolverConfig(rtol=1e-10))
+    x, report = solve_least_squares(DenseMatrix(A), b, method, 0.5, SolverConfig(rtol=1e-10))
     expected = torch.linalg.solve(A.T @ A + 0.5 * torch.eye(10, dtype=torch.float64), A.T @ b)
     assert rel_err(x, expected) < 1e-8 and report.converged
 
@@ -60,7 +62,7 @@ def test_nan_raises_and_bad_names():
         solve_symmetric(DenseMatrix(torch.full((3, 3), float("nan"), dtype=torch.float64)), b)
     with pytest.raises(ValueError, match="minres, cg"):
         solve_symmetric(DenseMatrix(torch.eye(3, dtype=torch.float64)), b, "gmres")
-    with pytest.raises(ValueError, match="cgls, lsmr, cgls-torch, richardson"):
+    with pytest.raises(ValueError, match="cgls, lsmr, lsmr-torch, cgls-torch, richardson"):
         solve_least_squares(DenseMatrix(torch.eye(3, dtype=torch.float64)), b, "qr")
     with pytest.raises(ValueError, match="rtol"):
         SolverConfig(rtol=2.0)
@@ -173,3 +175,64 @@ def test_torch_cg_on_an_indefinite_operator_stops_and_says_why():
     if not report.converged:  # CG may still converge on an indefinite system; when it breaks down it says so
         assert "not positive definite" in report.note or report.iterations == 100
     assert bool(torch.isfinite(x).all())
+
+
+def _scipy_iterate(method: str, A: torch.Tensor, b: torch.Tensor, iterations: int, damp: float = 0.0) -> torch.Tensor:
+    """scipy's own iterate after exactly ``iterations`` steps from x₀ = 0 (its stopping tests switched off)."""
+    from scipy.sparse import linalg as spla
+
+    a, rhs = A.numpy(), b.numpy()
+    if method == "minres":
+        x = spla.minres(a, rhs, rtol=0.0, maxiter=iterations)[0]
+    else:
+        x = spla.lsmr(a, rhs, damp=damp, atol=0.0, btol=0.0, conlim=0.0, maxiter=iterations)[0]
+    return torch.from_numpy(x)
+
+
+def test_torch_minres_and_lsmr_take_scipys_iterates_at_every_iteration_count():
+    """The GPU path's MINRES (on an indefinite H, as IF's solve meets it) and LSMR (damped, as GIF's restricted
+    least squares) against scipy's own iterates after k = 1 … 25 steps, and against the exact answers once they
+    converge; Aᵀb is reused, so LSMR spends exactly two products per iteration (scipy's spends one more)."""
+    A = _matrix(40, torch.cat([torch.linspace(-4, -0.2, 12), torch.linspace(0.3, 9, 28)]).double())
+    J = torch.randn(60, 25, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    b = torch.randn(40, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    c = torch.randn(60, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    for k in range(1, 26):
+        config = SolverConfig(rtol=1e-14, maxiter=k)
+        x, report = solve_symmetric(DenseMatrix(A), b, "minres-torch", config)
+        assert report.iterations == k and rel_err(x, _scipy_iterate("minres", A, b, k)) < 1e-9
+        y, report = solve_least_squares(DenseMatrix(J), c, "lsmr-torch", 0.3, config)
+        assert report.iterations == k and rel_err(y, _scipy_iterate("lsmr", J, c, k, damp=0.3**0.5)) < 1e-9
+        assert report.hvps == 1 + 2 * k + 2  # Aᵀb, two per iteration, two for the reported residual
+    x, report = solve_symmetric(DenseMatrix(A), b, "minres-torch", SolverConfig(rtol=1e-10, maxiter=200))
+    assert report.converged and rel_err(x, torch.linalg.solve(A, b)) < 1e-8
+    expected = torch.linalg.solve(J.T @ J + 0.3 * torch.eye(25, dtype=torch.float64), J.T @ c)
+    y, report = solve_least_squares(DenseMatrix(J), c, "lsmr-torch", 0.3, SolverConfig(rtol=1e-10, maxiter=200))
+    assert report.converged and rel_err(y, expected) < 1e-8 and report.rel_residual <= 1e-10
+
+
+def test_torch_minres_and_lsmr_in_float32_reach_a_reachable_tolerance_and_stay_in_float32():
+    A = _matrix(40, torch.cat([torch.linspace(-4, -0.2, 12), torch.linspace(0.3, 9, 28)]).double()).float()
+    J = torch.randn(60, 25, generator=torch.Generator().manual_seed(5))
+    b, c = torch.randn(40), torch.randn(60)
+    x, report = solve_symmetric(DenseMatrix(A), b, "minres-torch", SolverConfig(rtol=1e-5, maxiter=500))
+    assert x.dtype == torch.float32 and report.converged and report.rel_residual <= 1e-5
+    assert rel_err(x.double(), torch.linalg.solve(A.double(), b.double())) < 1e-3
+    y, report = solve_least_squares(DenseMatrix(J), c, "lsmr-torch", 0.1, SolverConfig(rtol=1e-5, maxiter=500))
+    assert y.dtype == torch.float32 and report.converged and report.rel_residual <= 1e-5
+
+
+def test_torch_minres_ends_on_an_invariant_krylov_space_with_the_exact_answer():
+    """b in a 3-dimensional eigenspace: the Lanczos basis ends after 3 steps (β = 0) at the exact solution,
+    with no division by zero."""
+    A = torch.diag(torch.tensor([-2.0, 1.0, 3.0, 5.0, 7.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    x, report = solve_symmetric(DenseMatrix(A), b, "minres-torch", SolverConfig(rtol=1e-14, maxiter=50))
+    assert report.iterations == 3 and rel_err(x, torch.linalg.solve(A, b)) < 1e-12
+
+
+def test_scipy_solvers_run_as_their_torch_twins_off_the_cpu():
+    from gif_core.solvers import TORCH_TWINS, method_on
+
+    assert {method_on(m, torch.device("cuda", 0)) for m in TORCH_TWINS} == set(TORCH_TWINS.values())
+    assert method_on("lsmr", torch.device("cpu")) == "lsmr" and method_on("lissa", torch.device("cuda")) == "lissa"
