@@ -5,7 +5,7 @@
 Rows, each through the same step search (α on validation), metrics and comparison with the retrained model
 (same recipe and seed, the class removed): GIF, FIF and PIF on 5% of the parameters (FIF is Schioppa et al.'s
 freezing: tests/test_influence.py checks the equivalence); IF by MINRES (the library's solver), by LiSSA (fixed scale
-10) and by P-LiSSA; SIF, TracIn, DataInf, HyperINF and EK-FAC on all parameters. Classes 0–9 of the bundled MNIST CNN, seeds
+10) and by P-LiSSA; SIF, TracIn, DataInf, HyperINF and EK-FAC on all parameters; GIF with EK-FAC-based selection. Classes 0–9 of the bundled MNIST CNN, seeds
 0–2 (seed s trains the original and its retrained ground truth, and seeds the Hessian sample); every setting of the
 paper benchmarks' default CNN (Hessian sample 200, ≤ 3 solver iterations, float32 products). ``--quick``: the
 tiny digits MLP, class 0, one seed.
@@ -36,9 +36,11 @@ ROWS = (  # (row name, methods run together, the settings that differ from the p
     ("full", ("if", "sif", "tracin", "datainf", "hyperinf", "ekfac"), {}),
     ("lissa", ("if",), {"symmetric_solver": "lissa", "maxiter": 100}),
     ("plissa", ("if",), {"symmetric_solver": "plissa", "maxiter": 100}),
+    ("ekfac selector", ("gif",), {"ratio": 0.05, "selector": "ekfac"}),
 )
 """The LiSSA rows get 100 iterations: a Neumann series needs many more than a Krylov solve, and 3 steps of it are a
-rescaled TracIn step (and too few to show a divergence)."""
+rescaled TracIn step (and too few to show a divergence). The last row is GIF with the reference's EK-FAC-based
+selection (:mod:`gif_core.selection`'s ``ekfac`` selector) in place of the gradient selector, at the same ratio."""
 METRICS = ("forget_acc", "retain_acc", "test_acc", "f1", "avg_gap", "agreement", "hvps", "seconds", "step")
 
 
@@ -56,6 +58,8 @@ QUICK = Plan("quick", PROFILES["tiny"].default, (0,), (0,), 0.1)  # 5% of the di
 
 
 def _row_name(method: str, group: str) -> str:
+    if group == "ekfac selector":
+        return f"{method} (ekfac selector)"
     return f"if ({group})" if group in ("lissa", "plissa") else method
 
 
@@ -104,7 +108,9 @@ def summary_rows(rows: list[dict], plan: Plan) -> list[dict]:
         entry = by_name.get(name, {"row": name, "seeds": 0})
         entry["diverged"] = sum(1 for r in rows if r["row"] == name and r["diverged"])
         entry["parameters"] = f"{plan.selective_ratio:.0%}" if method in ("gif", "fif", "pif") else "100%"
-        entry["what"] = METHOD_SUMMARIES[method]
+        entry["what"] = METHOD_SUMMARIES[method] + (
+            "; T chosen by EK-FAC-based selection" if "ekfac selector" in name else ""
+        )
         out.append(entry)
     return out
 

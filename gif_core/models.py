@@ -1,8 +1,9 @@
 """Classifier architectures, built from an input shape and a number of classes.
 
-Our six (:data:`ARCHITECTURES`) and every torchvision classification model by its registry name
+Our seven (:data:`ARCHITECTURES`) and every torchvision classification model by its registry name
 (:mod:`gif_core.torchvision_models`, behind an input adapter for small or greyscale images; ``resnet18`` and
-``vgg11`` are ours: torchvision's with a small-image stem and head). Parameter names are stable (plain
+``vgg11`` are ours: torchvision's with a small-image stem and head; ``vit`` is torchvision's VisionTransformer at a
+size that trains on CPU in minutes, the small attention model of the tool). Parameter names are stable (plain
 ``nn.Sequential`` and named submodules), so checkpoints and parameter selections refer to the same tensors across
 runs. ``cnn`` is the default: small (46,730 parameters at 28x28), no BatchNorm and no dropout, so Hessian-vector
 products on it are cheap and exact.
@@ -14,9 +15,9 @@ from torch import nn
 
 from gif_core.torchvision_models import build_torchvision, torchvision_names
 
-ARCHITECTURES: tuple[str, ...] = ("mlp", "logreg", "cnn", "lenet", "resnet18", "vgg11")
+ARCHITECTURES: tuple[str, ...] = ("mlp", "logreg", "cnn", "lenet", "resnet18", "vgg11", "vit")
 """Our own architectures; :func:`architecture_names` adds torchvision's registry."""
-IMAGE_ARCHITECTURES: tuple[str, ...] = ("cnn", "lenet", "resnet18", "vgg11")
+IMAGE_ARCHITECTURES: tuple[str, ...] = ("cnn", "lenet", "resnet18", "vgg11", "vit")
 
 
 def architecture_names() -> tuple[str, ...]:
@@ -57,6 +58,8 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn
         return _lenet(shape, num_classes)
     if arch == "resnet18":
         return _resnet18(shape[0], num_classes)
+    if arch == "vit":
+        return _vit(shape, num_classes)
     return _vgg11(shape[0], num_classes)
 
 
@@ -157,4 +160,31 @@ def _vgg11(in_channels: int, num_classes: int) -> nn.Module:
             layer.ceil_mode = True
     model.avgpool = nn.AdaptiveAvgPool2d(1)
     model.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes))
+    return model
+
+
+VIT_SIZE = {"num_layers": 2, "num_heads": 4, "hidden_dim": 32, "mlp_dim": 64}
+"""The small ViT's encoder: 2 blocks of 4 heads of 8 (one packed ``nn.MultiheadAttention`` each), MLP 64."""
+
+
+def _vit(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """torchvision's VisionTransformer (:data:`VIT_SIZE`) on square images of side s divisible by 4: a 4×4 grid
+    of patches of side s/4 (7 at 28×28), a class token, and the patch embedding reading ``C`` channels (it is
+    re-made for C ≠ 3 with torchvision's own initialisation: truncated normal, std √(1/fan_in), zero bias)."""
+    import math
+
+    from torchvision.models import VisionTransformer  # imported here: torchvision.models costs ~2 s to import
+
+    channels, height, width = shape
+    if height != width or height % 4 or height < 8:
+        raise ValueError(
+            f"'vit' needs square images whose side is a multiple of 4 (at least 8x8), got {height}x{width}"
+        )
+    patch = height // 4
+    model = VisionTransformer(image_size=height, patch_size=patch, num_classes=num_classes, **VIT_SIZE)
+    if channels != 3:
+        hidden = VIT_SIZE["hidden_dim"]
+        model.conv_proj = nn.Conv2d(channels, hidden, kernel_size=patch, stride=patch)
+        nn.init.trunc_normal_(model.conv_proj.weight, std=math.sqrt(1 / (channels * patch * patch)))
+        nn.init.zeros_(model.conv_proj.bias)
     return model

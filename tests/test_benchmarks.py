@@ -341,6 +341,7 @@ def test_reference_rows_benchmark_quick(tmp_path, monkeypatch):
     reference_rows.main()
     data = json.loads((tmp_path / "reference_rows.json").read_text())
     names = ["gif", "fif", "pif", "if", "sif", "tracin", "datainf", "hyperinf", "ekfac", "if (lissa)", "if (plissa)"]
+    names.append("gif (ekfac selector)")
     assert [s["row"] for s in data["summary"]] == names
     finished = [r for r in data["rows"] if not r["diverged"]]
     assert all(0 <= r["forget_acc"] <= 100 and math.isfinite(r["avg_gap"]) for r in finished)
@@ -435,3 +436,22 @@ def test_gpu_benchmark_runs_its_code_path_on_the_cpu_and_labels_the_device(tmp_p
     for row in rows:
         assert row["device"] == "cpu" and row["edit_s"] > 0 and row["retrain_s"] > 0 and row["hvps"] > 0
         assert row["forget"] < 50 and row["retrained forget"] == 0
+
+
+def test_architectures_benchmark_runs_a_class_removal_on_the_small_vit(tmp_path, monkeypatch):
+    """The architectures table's plumbing on the small ViT (one epoch, one seed, one class): every method once,
+    against its retrained model, with the selection's real share (whole heads hold more than 5%)."""
+    from benchmarks import architectures
+
+    argv = ["architectures.py", "--archs", "vit", "--seeds", "0", "--classes", "0", "--epochs", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
+    architectures.main()
+    data = json.loads((tmp_path / "architectures.json").read_text())
+    assert [(r["arch"], r["method"]) for r in data["rows"]] == [("vit", m) for m in ("gif", "fif", "pif", "if")]
+    for row in data["rows"]:
+        assert 0 <= row["forget_acc"] <= 100 and math.isfinite(row["avg_gap"]) and row["edit/retrain"] > 0
+        if row["method"] == "if":
+            assert row["ratio_obtained"] == 1.0
+    selective = [r for r in data["rows"] if r["method"] != "if"]
+    assert all(r["ratio_obtained"] > 0.05 for r in selective)  # one head is 792 of a layer's 3,168 parameters
+    assert data["retrained"][0]["forget_acc"] == 0

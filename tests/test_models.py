@@ -64,12 +64,27 @@ def test_small_image_adaptations() -> None:
     assert max(m.out_features for m in vgg.classifier if isinstance(m, nn.Linear)) < 4096
 
 
+def test_the_small_vit_reads_greyscale_patches_and_its_attention_heads_are_selection_units() -> None:
+    from gif_core.params import ParamSpace
+
+    model = build_model("vit", (1, 28, 28), 10)
+    assert model.conv_proj.in_channels == 1 and model.conv_proj.kernel_size == (7, 7) and model.seq_length == 17
+    space = ParamSpace.from_model(model)
+    heads = [layer for layer in space.layers if layer.kind == "attention"]
+    assert [(layer.module, layer.n_neurons) for layer in heads] == [
+        (f"encoder.layers.encoder_layer_{i}.self_attention", 4) for i in range(2)
+    ]
+    assert build_model("vit", (1, 8, 8), 3).conv_proj.kernel_size == (2, 2)
+
+
 def test_errors_list_the_choices() -> None:
-    with pytest.raises(ValueError, match="mlp, logreg, cnn, lenet, resnet18, vgg11"):
+    with pytest.raises(ValueError, match="mlp, logreg, cnn, lenet, resnet18, vgg11, vit"):
         build_model("transformer", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="mlp or logreg"):
         build_model("cnn", (4,), 3)
     with pytest.raises(ValueError, match="at least 16x16"):
         build_model("cnn", (1, 8, 8), 10)
+    with pytest.raises(ValueError, match="square images whose side is a multiple of 4"):
+        build_model("vit", (1, 28, 30), 10)
     with pytest.raises(ValueError, match="2 classes"):
         build_model("mlp", (4,), 1)

@@ -114,7 +114,10 @@ def test_neuron_selectors_leave_no_layer_without_a_unit(method, budget):
 
 
 def _selected(first: str, second: str, ratio: float = 0.05) -> AppTest:
-    at = open_page(PAGE).run()
+    return _run_selection(open_page(PAGE).run(), first, second, ratio)
+
+
+def _run_selection(at: AppTest, first: str, second: str, ratio: float = 0.05) -> AppTest:
     at.selectbox(key="selector_a").select(first)
     at.selectbox(key="selector_b").select(second)
     at.select_slider(key="sel_ratio").set_value(ratio)
@@ -172,3 +175,37 @@ def test_page_notes_a_layer_given_zero_units(private_cache):
     assert len(notes) == len(empty)
     for layer, note in zip(empty, notes, strict=True):
         assert note.startswith(f"A: param-gradient gives {CNN_TITLES[['0', '3', '7', '9'].index(layer.module)]}")
+
+
+@pytest.mark.slow
+def test_page_draws_the_heads_of_a_loaded_vision_transformer(tmp_path, monkeypatch, private_cache):
+    """The small ViT (ours, torchvision's VisionTransformer) loaded from a local path like any checkpoint: the page
+    counts and draws its attention layers by head, whole heads selected, each head's q/k/v rows its parameters."""
+    from gif_core.checkpoints import save_checkpoint
+    from gif_core.model_card import ModelCard
+    from gif_core.models import VIT_SIZE, build_model
+
+    monkeypatch.setenv("GIF_LOCAL_ROOTS", str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model("vit", (1, 28, 28), 10)
+    card = ModelCard("vit", (1, 28, 28), 10, tuple(str(c) for c in range(10)), "mnist-bundled", 0, {})
+    save_checkpoint(model, card, tmp_path / "vit.safetensors")
+    at = open_page().run()
+    at.radio(key="source").set_value("Local path").run()
+    at.text_input(key="local_path").input(str(tmp_path / "vit.safetensors"))
+    at.button(key="load_path").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.switch_page(PAGE).run()
+    at = _run_selection(at, "gradient", "output")
+    table = at.dataframe[0].value
+    attention = table[table["architecture"].str.startswith("MultiheadAttention")]
+    d, heads = VIT_SIZE["hidden_dim"] // VIT_SIZE["num_heads"], VIT_SIZE["num_heads"]
+    assert list(attention["layer"]) == [f"encoder.layers.encoder_layer_{i}.self_attention" for i in range(2)]
+    assert list(attention["units"]) == [heads, heads]
+    per_head = 3 * d * (VIT_SIZE["hidden_dim"] + 1)  # its query, key and value rows with their biases
+    for letter in ("A (gradient)", "B (output)"):
+        units, params = attention[f"{letter}: units"], attention[f"{letter}: parameters"]
+        assert all(u >= 1 for u in units) and list(params) == [u * per_head for u in units]
+    titles = [chart["layout"]["title"]["text"] for chart in _charts(at)[1:]]
+    head_maps = [t for t in titles if "self_attention (MultiheadAttention" in t]
+    assert len(head_maps) == 4 and all(f"of {heads} heads selected" in t for t in head_maps), head_maps

@@ -1,0 +1,102 @@
+"""Class removal on each kind of architecture the tool accepts (issue 17), against retraining.
+
+    python -m benchmarks.architectures [--archs cnn,vit,mobilenet_v3_small] [--seeds 0,1,2] [--classes 0,3]
+                                       [--epochs N] [--out DIR]
+
+For each architecture, seed and class: the model trained on the bundled MNIST with the bundled CNN's recipe (seed s,
+``--epochs`` overrides the epochs), its retrained ground truth (same recipe and seed, the class removed), and GIF,
+FIF and PIF at 5% of the parameters and IF at 100%, each with α chosen on validation (the library's defaults
+otherwise). Rows: forget / retain / test accuracy, Avg. Gap to the retrained model, the share of parameters the
+selection really holds (whole units: one attention head of the small ViT is a quarter of its layer, so "5%" holds
+more), and the edit's seconds against retraining's. ``cnn`` is the bundled default, ``vit`` our small
+VisionTransformer (two blocks of four heads), ``mobilenet_v3_small`` torchvision's (BatchNorm, depthwise convs).
+
+Writes architectures.md / architectures.json into benchmarks/results/ (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from benchmarks.common import RESULTS, markdown_table, provenance, write_results
+from benchmarks.paper_setup import CNN, ModelSetting, flatten_outcome, retrained_for, summarise, trained
+from gif_core.experiment import run_edit
+from gif_core.requests import ClassRemoval
+
+RUNS = (("selective", ("gif", "fif", "pif"), {"ratio": 0.05}), ("full", ("if",), {}))
+METRICS = ("forget_acc", "retain_acc", "test_acc", "f1", "avg_gap", "ratio_obtained", "step", "seconds", "edit/retrain")
+
+
+def setting_for(arch: str, epochs: int | None) -> ModelSetting:
+    """The bundled CNN's setting (recipe, Hessian sample, iterations) with ``arch`` in its place."""
+    recipe = CNN.recipe if epochs is None else dataclasses.replace(CNN.recipe, epochs=epochs)
+    return dataclasses.replace(CNN, label=arch, arch=arch, recipe=recipe)
+
+
+def rows_for(setting: ModelSetting, seeds, classes, log=print) -> tuple[list[dict], list[dict]]:
+    """One row per (seed, class, method), and the retrained models' own metrics."""
+    rows, references = [], []
+    for seed in seeds:
+        original = trained(setting, seed)
+        for cls in classes:
+            request = ClassRemoval(cls)
+            truth, retrain_seconds = retrained_for(original, request)
+            base = {"arch": setting.arch, "seed": seed, "class": cls}
+            for _, methods, changes in RUNS:
+                config = setting.edit_config(seed, methods=methods, **changes)
+                report = run_edit(
+                    original.model, original.card, original.bundle, request, config, retrained_model=truth
+                )
+                for record in report.to_dict()["results"]:
+                    row = {**base, **flatten_outcome(record)}
+                    row["edit/retrain"] = row["seconds"] / retrain_seconds
+                    rows.append(row)
+                assert report.retrained is not None  # run_edit was given the retrained model
+            references.append({**base, **report.retrained, "retrain_seconds": retrain_seconds})
+            log(f"{setting.arch} seed {seed} class {cls}: done")
+    return rows, references
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="cnn,vit,mobilenet_v3_small")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--classes", default="0,3")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a quick check)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    meta = provenance()
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    classes = tuple(int(c) for c in args.classes.split(","))
+    rows, references = [], []
+    for arch in args.archs.split(","):
+        setting = setting_for(arch.strip(), args.epochs)
+        new_rows, new_references = rows_for(setting, seeds, classes)
+        rows, references = rows + new_rows, references + new_references
+    summary = summarise(rows, ("arch", "method", "ratio"), METRICS)
+    retrained = summarise(references, ("arch",), ("forget_acc", "retain_acc", "test_acc", "retrain_seconds"))
+    recipe = setting_for("cnn", args.epochs).recipe
+    body = "\n".join(
+        [
+            "# Class removal on each kind of architecture, against retraining (issue 17)",
+            "",
+            f"Bundled MNIST, recipe {recipe.to_dict()} (seed s for the original and its retrained ground truth), "
+            f"seeds {list(seeds)}, classes {list(classes)}; GIF, FIF and PIF at 5% (gradient selector), IF at "
+            "100%, α chosen on validation, the library's other defaults. Cells are mean ± sd over (seed, class). "
+            "ratio_obtained: the share of parameters the selection holds (whole units). Accuracies in %.",
+            "",
+            markdown_table(summary, ["arch", "method", "ratio", "seeds", *METRICS]),
+            "",
+            "Retrained models:",
+            "",
+            markdown_table(retrained, ["arch", "seeds", "forget_acc", "retain_acc", "test_acc", "retrain_seconds"]),
+        ]
+    )
+    path = write_results("architectures", body, {"rows": rows, "retrained": references}, args.out, meta)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
