@@ -1,6 +1,6 @@
 """Issue 16: the linear datamodeling score (LDS) of the score methods on models trained on the bundled MNIST.
 
-    python -m benchmarks.lds [--quick] [--models logreg,mlp,cnn] [--out DIR]
+    python -m benchmarks.lds [--quick] [--models logreg,mlp,cnn] [--methods if,gif,...] [--out DIR]
 
 Protocol (Park et al. 2023, "TRAK"; the metric is dattri's ``dattri.metric.lds``): M seeded random subsets S_j, each
 a fraction α = 0.5 of the training set; the model retrained on each with the original's recipe and seed
@@ -22,7 +22,8 @@ infinitesimal change IF linearises, and δ shrinks the directions it would ampli
 (δ = 0.01 measured worse for its exact IF: 0.358 against 0.415; GIF-restricted 0.309 against 0.284); the CNN's
 200, and on the CNN the exact and GIF-restricted IF are left out (~30 s per test point there: the dashboard's
 estimate). Captum's naive and Arnoldi IF are left out: the first needs the dense p × p Hessian, the
-second exceeds the work the browser allows (gif_core.browse.ARNOLDI_MAX_WORK) at 3,500 samples. ``--quick``: the
+second exceeds the work the browser allows (gif_core.browse.ARNOLDI_MAX_WORK) at 3,500 samples. ``--methods``
+scores those methods instead of each model's list (e.g. ``--models cnn --methods if,gif``: the CNN's exact rows). ``--quick``: the
 digits logistic regression (2 epochs), 4 subsets, 3 test points, three methods.
 
 Writes lds.md / lds.json into benchmarks/results/ (or --out).
@@ -41,7 +42,7 @@ from scipy import stats
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, markdown_table, provenance, write_results
 from benchmarks.paper_setup import ModelSetting, Trained, retrained_for, trained
 from gif_core.browse import BrowserConfig, InfluenceBrowser
 from gif_core.requests import SampleRemoval
@@ -183,11 +184,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the digits logistic regression, 4 subsets, 3 points")
     parser.add_argument("--models", help="comma-separated architectures of the plan to run (default: all)")
+    parser.add_argument("--methods", help=f"comma-separated, from {', '.join(LINEAR_METHODS)} (default: each model's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     if args.models:
         plan = tuple(lds for lds in plan if lds.setting.arch in args.models.split(","))
+    if args.methods:
+        methods = tuple(args.methods.split(","))
+        unknown = [m for m in methods if m not in LINEAR_METHODS]
+        if unknown:
+            parser.error(f"unknown methods {', '.join(unknown)}; choose from {', '.join(LINEAR_METHODS)}")
+        plan = tuple(dataclasses.replace(lds, methods=methods) for lds in plan)
+    meta = provenance()
     rows = [row for lds in plan for row in run_setting(lds)]
     columns = ["model", "method", "LDS", "test points", "undefined", "subsets", "hessian samples", "damping"]
     columns += ["score seconds", "retrain seconds"]
@@ -205,7 +214,7 @@ def main() -> None:
             "'check': the largest |dattri − scipy| LDS over the first three test points of the row where it is defined.",
         ]
     )
-    write_results("lds", body, {"rows": rows, "fraction": FRACTION}, args.out)
+    write_results("lds", body, {"rows": rows, "fraction": FRACTION}, args.out, meta)
     print(body)
 
 

@@ -376,6 +376,12 @@ def test_lds_benchmark_quick(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "lds.json").read_text())["rows"]
     assert [r["method"] for r in rows] == list(lds.QUICK[0].methods)
     assert all(-1 <= r["LDS mean"] <= 1 and r["check"] < 1e-6 and r["test points"] >= 1 for r in rows)
+    monkeypatch.setattr(sys, "argv", ["lds.py", "--quick", "--methods", "gif,ekfac", "--out", str(tmp_path)])
+    lds.main()  # methods the model's list does not hold, as the CNN's exact rows are run
+    assert [r["method"] for r in json.loads((tmp_path / "lds.json").read_text())["rows"]] == ["gif", "ekfac"]
+    monkeypatch.setattr(sys, "argv", ["lds.py", "--quick", "--methods", "if,magic"])
+    with pytest.raises(SystemExit):
+        lds.main()
 
 
 def test_gif_preconditioner_benchmark_quick(tmp_path, monkeypatch):
