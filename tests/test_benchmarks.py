@@ -453,7 +453,7 @@ def test_architectures_benchmark_runs_a_class_removal_on_the_small_vit(tmp_path,
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
     architectures.main()
     data = json.loads((tmp_path / "architectures.json").read_text())
-    assert [(r["arch"], r["method"]) for r in data["rows"]] == [("vit", m) for m in ("gif", "fif", "pif", "if")]
+    assert [(r["model"], r["method"]) for r in data["rows"]] == [("vit", m) for m in ("gif", "fif", "pif", "if")]
     for row in data["rows"]:
         assert 0 <= row["forget_acc"] <= 100 and math.isfinite(row["avg_gap"]) and row["edit/retrain"] > 0
         if row["method"] == "if":
