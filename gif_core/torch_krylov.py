@@ -104,7 +104,7 @@ def minres(product: Product, rhs: torch.Tensor, target: float, maxiter: int) -> 
     while len(residuals) < maxiter and phibar > target:
         y = product(v)
         alpha = float(v @ y)
-        y = y - alpha * v - (beta if residuals else 0.0) * v_old
+        y = y - alpha * v - beta * v_old  # v₀ = 0
         beta_next = float(torch.linalg.vector_norm(y))
         # Apply the previous rotation to the new column of T_k, then make this one.
         old_epsilon = epsilon
