@@ -69,7 +69,7 @@ def main() -> None:
             "",
             f"Bundled MNIST, recipe {recipe.to_dict()} (seed s for the original and its retrained ground truth), "
             f"seeds {list(seeds)}, classes {list(classes)}; GIF, FIF and PIF at 5% (gradient selector), IF at "
-            "100%, α chosen on validation, the library's other defaults. Cells are mean ± sd over (seed, class). "
+            "100%, α chosen on validation, the library's other defaults. Cells are mean ± sd over (seed, class); 'seeds' counts those runs. "
             "ratio_obtained: the share of parameters the selection holds (whole units). Accuracies in %.",
             "",
             markdown_table(summary, ["model", "method", "ratio", "seeds", *METRICS]),
