@@ -201,6 +201,7 @@ def main() -> None:
         "--render", type=Path, help="rewrite the tables from this reference_rows.json's edits instead of running"
     )
     args = parser.parse_args()
+    started = provenance()  # every partial write is stamped with the code the run started from
     plan = QUICK if args.quick else FULL
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
@@ -212,7 +213,7 @@ def main() -> None:
         body = report_body(done, summary, references, lead, rows)
         leading = lead["row"] if lead else None
         data = {"plan": plan.name, "rows": rows, "summary": summary, "retrained": references, "leader": leading}
-        write_results("reference_rows", body, data, args.out, meta)
+        write_results("reference_rows", body, data, args.out, meta or started)
         print(body)
 
     if args.render:
