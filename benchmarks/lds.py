@@ -20,8 +20,9 @@ set, damped (H + λI + δI, δ = 0.01), with a tight solve; measured on exact IF
 1e-3: 0.670; 3,500 samples, δ = 0, rtol 1e-6: 0.711; δ = 0.01: 0.828 (removing half the data is far from the
 infinitesimal change IF linearises, and δ shrinks the directions it would amplify). The MLP's 500 samples, undamped
 (δ = 0.01 measured worse for its exact IF: 0.358 against 0.415; GIF-restricted 0.309 against 0.284); the CNN's
-200, and on the CNN the exact and GIF-restricted IF are left out (~30 s per test point there: the dashboard's
-estimate). Captum's naive and Arnoldi IF are left out: the first needs the dense p × p Hessian, the
+200, and on the CNN the exact and GIF-restricted IF are left out of its default list (~10–17 s per test point
+there) and run apart (``--models cnn --methods if,gif``: benchmarks/results/lds_cnn_exact: 0.101 and 0.106, no
+better than the cheap methods' 0.10–0.17 on that model). Captum's naive and Arnoldi IF are left out: the first needs the dense p × p Hessian, the
 second exceeds the work the browser allows (gif_core.browse.ARNOLDI_MAX_WORK) at 3,500 samples. ``--methods``
 scores those methods instead of each model's list (e.g. ``--models cnn --methods if,gif``: the CNN's exact rows). ``--quick``: the
 digits logistic regression (2 epochs), 4 subsets, 3 test points, three methods.
