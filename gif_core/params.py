@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -227,6 +228,29 @@ def _attention_layer(name: str, module: nn.MultiheadAttention, by_name: dict[str
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+class _OneThreadTracer(fx.Tracer):
+    """``torch.fx``'s symbolic tracer, confined to the thread that traces.
+
+    Symbolic tracing patches ``nn.Module.__call__`` and ``nn.Module.__getattr__`` for the whole process while it
+    runs, so a forward pass in another thread meanwhile (the dashboard predicts in its script thread while a
+    background job reads the model's layers) was routed into this trace: it failed with "module is not installed as
+    a submodule", or, on the traced model itself, would have received proxies for its parameters. Calls from other
+    threads run as if nothing were patched."""
+
+    def trace(self, root, concrete_args=None):  # type: ignore[no-untyped-def]
+        self._tracing_thread = threading.get_ident()
+        return super().trace(root, concrete_args)
+
+    def _foreign(self) -> bool:
+        return threading.get_ident() != self._tracing_thread
+
+    def call_module(self, m, forward, args, kwargs):  # type: ignore[no-untyped-def]
+        return forward(*args, **kwargs) if self._foreign() else super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):  # type: ignore[no-untyped-def]
+        return attr_val if self._foreign() else super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
 def _batch_norm_of_each_conv(model: nn.Module) -> dict[str, str]:
     """{conv module name: the BatchNorm module normalising its output}, for each Conv whose output is used by one
     affine BatchNorm of as many channels and by nothing else, read from the model's ``torch.fx`` graph (the model's
@@ -235,7 +259,7 @@ def _batch_norm_of_each_conv(model: nn.Module) -> dict[str, str]:
     if not any(isinstance(m, _BATCH_NORMS) and m.affine for m in modules.values()):
         return {}
     try:
-        graph = model.graph if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model).graph
+        graph = model.graph if isinstance(model, fx.GraphModule) else _OneThreadTracer().trace(model)
     except Exception:  # dynamic control flow, untraceable ops: BatchNorms stay separate tensors (stated above)
         return {}
     partners: dict[str, str] = {}

@@ -117,3 +117,57 @@ def test_a_batch_norm_selection_moves_gamma_and_beta_with_the_channel_in_resnet1
     summary = {s.module: s for s in _finish(space, mask, "custom", 0.0, {}).layers}[stem.module]
     assert summary.selected_neurons.nonzero().reshape(-1).tolist() == [0, 5]
     assert summary.n_selected == 2 * stem.neuron_size
+
+
+def test_reading_the_batch_norm_pairing_leaves_forward_passes_of_other_threads_alone():
+    """Symbolic tracing patches nn.Module for the whole process. A forward pass run in another thread while the
+    trace is under way — of another model and of the traced model itself, as the dashboard's script thread does
+    while a background job reads the layers — must compute what it computes alone, and the trace must still find
+    the conv's BatchNorm."""
+    import threading
+
+    from torch import fx
+
+    class Rendezvous(nn.Module):
+        """Identity; while being traced, waits for a forward pass run in another thread."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.during_trace = None
+
+        def forward(self, x):
+            if isinstance(x, fx.Proxy) and self.during_trace is not None:
+                wait, self.during_trace = self.during_trace, None  # once
+                wait()
+            return x
+
+    torch.manual_seed(0)
+    traced = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), Rendezvous(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    other = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(32, 3)).eval()
+    x = torch.rand(2, 1, 6, 6)
+    with torch.no_grad():
+        expected = {"traced": traced(x), "other": other(x)}
+    seen: dict[str, object] = {}
+
+    def forward_elsewhere() -> None:
+        def run() -> None:
+            for name, model in (("traced", traced), ("other", other)):
+                try:
+                    with torch.no_grad():
+                        seen[name] = model(x)
+                except Exception as error:  # recorded for the assertion below
+                    seen[name] = error
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+
+    traced[2].during_trace = forward_elsewhere
+    space = ParamSpace.from_model(traced)
+    assert set(seen) == {"traced", "other"}, "the rendezvous did not run during the trace"
+    for name, output in seen.items():
+        assert isinstance(output, torch.Tensor), f"{name}: {output!r}"
+        torch.testing.assert_close(output, expected[name], rtol=0, atol=0)
+    marker = torch.zeros(space.numel)
+    marker[space.layer("0").neuron_indices(torch.tensor([1]))] = 1
+    assert space.unflatten(marker)["1.weight"][1] == 1  # channel 1's γ still moves with channel 1

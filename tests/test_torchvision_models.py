@@ -113,3 +113,35 @@ def test_a_torchvision_mobilenet_trained_by_gif_train_answers_a_class_removal_ag
     layers = report["selection"]["layers"]
     assert layers["net.classifier.3"]["units_selected"] >= 1  # the head of torchvision's MobileNet-V3
     assert any(layer["kind"] == "conv" and layer["units_selected"] >= 1 for layer in layers.values())
+
+
+@pytest.mark.slow
+def test_a_torchvision_mobilenet_loads_in_the_dashboard_and_its_what_if_edit_meets_the_retrained_model(
+    tmp_path, monkeypatch, private_cache
+):
+    """Issue 17's goal in the dashboard: a MobileNet-V3 (BatchNorm, depthwise convs) trained by `gif train`,
+    loaded from a local path like any checkpoint; the What-if page removes a class with GIF and IF beside the model
+    retrained without it, and its table has one row each with the retrained model's class forgotten."""
+    from conftest import open_page
+
+    from gif_core.cli import main
+
+    monkeypatch.setenv("GIF_LOCAL_ROOTS", str(tmp_path))
+    weights = tmp_path / "mnv3.safetensors"
+    train = ["train", "--arch", "mobilenet_v3_small", "--data", "digits", "--epochs", "2", "--out", str(weights)]
+    assert main(train) == 0
+    at = open_page().run()
+    at.radio(key="source").set_value("Local path").run()
+    at.text_input(key="local_path").input(str(weights))
+    at.button(key="load_path").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.switch_page("views/3_What-if_edit.py").run()
+    at.multiselect(key="methods").set_value(["gif", "if"])
+    at.button(key="run_edit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    report = at.session_state["edit"][1]
+    assert [o.method for o in report.outcomes] == ["gif", "if"]
+    assert report.retrained is not None and report.retrained["forget_acc"] == 0.0
+    table = at.dataframe[0].value
+    assert any(str(m).startswith("retrained") for m in table["model"])
+    assert {"GIF", "IF"} <= {str(m).split(" ")[0] for m in table["model"]}
