@@ -304,7 +304,9 @@ def fit_toy(
         gradient = torch.func.grad(objective)(theta)
         if float(gradient.norm()) < 1e-12:
             return theta
-        theta = theta - torch.linalg.solve(torch.func.hessian(objective)(theta), gradient)
+        with FORWARD_MODE:  # torch.func.hessian is forward-over-reverse: one thread at a time (gif_core.curvature)
+            hessian = torch.func.hessian(objective)(theta)
+        theta = theta - torch.linalg.solve(hessian, gradient)
     raise RuntimeError(
         f"The toy objective did not reach a stationary point (|∇L| = {float(gradient.norm()):.2e}); "
         "with weight decay 0 the data may be separable and have no finite optimum: raise the weight decay."

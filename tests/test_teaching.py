@@ -233,3 +233,21 @@ def test_dense_hessian_beside_a_thread_of_hessian_products(mlp_data):
         hessians = [teaching.dense_hessian(model, data.inputs, data.labels, 0.0) for _ in range(5)]
         products.result()
     assert all(torch.allclose(h, expected, atol=1e-8) for h in hessians)
+
+
+def test_the_toys_newton_steps_beside_a_thread_of_hessian_products(mlp_data, toy):
+    """The toy's fit ends with Newton steps on torch.func.hessian (forward mode): beside a background thread of
+    Hessian-vector products it failed ("Nested forward mode AD is not supported") until it held FORWARD_MODE."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gif_core.curvature import Curvature
+
+    model, data = mlp_data
+    curvature = Curvature(model, (data.inputs, data.labels))
+    v = torch.randn(curvature.space.numel, dtype=torch.float64)
+    with ThreadPoolExecutor(1) as pool:
+        products = pool.submit(lambda: [curvature.hvp(v) for _ in range(40)])
+        fits = [teaching.fit_toy(toy.data.inputs, toy.data.labels, 0.01) for _ in range(5)]
+        products.result()
+    assert all(torch.equal(theta, fits[0]) for theta in fits)
+    assert torch.allclose(fits[0], toy.theta_star, atol=1e-9)
