@@ -162,6 +162,19 @@ def finish_jobs(at):
     return at.run()
 
 
+def wait_for_background_work(at) -> None:
+    """Let an AppTest session's background executors (:mod:`app.jobs`) finish what they run or hold, so that no
+    preparation of a model the test loaded keeps computing into the next test of this process."""
+    from app.jobs import EXECUTORS
+
+    try:
+        executors = at.session_state[EXECUTORS]
+    except KeyError:
+        return
+    for executor in executors.values():
+        executor.shutdown(wait=True)
+
+
 @pytest.fixture(scope="session")
 def shared_retrains(tmp_path_factory):
     """One folder of retrained models for the whole run, every xdist worker included (their temporary folders share

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from gif_core.checkpoints import load_checkpoint
 from gif_core.cli import main
+from gif_core.curvature import FORWARD_MODE
 from gif_core.data import load_data
 from gif_core.experiment import EditConfig
 from gif_core.exported import check_archive, export_bytes, load_exported, reinitialised
@@ -78,7 +79,8 @@ def test_the_loaded_program_computes_what_its_module_computes(trained_digit_net)
         def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
             return F.cross_entropy(functional_call(model, p, (x,)), y)
 
-        return jvp(grad(loss), (params,), (tangent,))[1]
+        with FORWARD_MODE:  # forward-mode levels are per process: a dashboard test's job may run HVPs meanwhile
+            return jvp(grad(loss), (params,), (tangent,))[1]
 
     ours, theirs = hvp(loaded), hvp(trained_digit_net)
     for name in params:

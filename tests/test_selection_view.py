@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import blobs, open_page
+from conftest import blobs, open_page, wait_for_background_work
 from conftest import plotly_specs as _charts
 from streamlit.testing.v1 import AppTest
 from torch import nn
@@ -209,3 +209,4 @@ def test_page_draws_the_heads_of_a_loaded_vision_transformer(tmp_path, monkeypat
     titles = [chart["layout"]["title"]["text"] for chart in _charts(at)[1:]]
     head_maps = [t for t in titles if "self_attention (MultiheadAttention" in t]
     assert len(head_maps) == 4 and all(f"of {heads} heads selected" in t for t in head_maps), head_maps
+    wait_for_background_work(at)

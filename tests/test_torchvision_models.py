@@ -122,7 +122,7 @@ def test_a_torchvision_mobilenet_loads_in_the_dashboard_and_its_what_if_edit_mee
     """Issue 17's goal in the dashboard: a MobileNet-V3 (BatchNorm, depthwise convs) trained by `gif train`,
     loaded from a local path like any checkpoint; the What-if page removes a class with GIF and IF beside the model
     retrained without it, and its table has one row each with the retrained model's class forgotten."""
-    from conftest import open_page
+    from conftest import open_page, wait_for_background_work
 
     from gif_core.cli import main
 
@@ -145,3 +145,4 @@ def test_a_torchvision_mobilenet_loads_in_the_dashboard_and_its_what_if_edit_mee
     table = at.dataframe[0].value
     assert any(str(m).startswith("retrained") for m in table["model"])
     assert {"GIF", "IF"} <= {str(m).split(" ")[0] for m in table["model"]}
+    wait_for_background_work(at)
