@@ -1,7 +1,7 @@
 """Class removal on each kind of architecture the tool accepts (issue 17), against retraining.
 
     python -m benchmarks.architectures [--archs cnn,vit,mobilenet_v3_small] [--seeds 0,1,2] [--classes 0,3]
-                                       [--epochs N] [--out DIR]
+                                       [--epochs N] [--unpaired-batch-norm] [--out DIR]
 
 For each architecture, seed and class: the model trained on the bundled MNIST with the bundled CNN's recipe (seed s,
 ``--epochs`` overrides the epochs), its retrained ground truth (same recipe and seed, the class removed), and GIF,
@@ -11,6 +11,11 @@ selection really holds (whole units: one attention head of the small ViT is a qu
 more), and the edit's seconds against retraining's. ``cnn`` is the bundled default, ``vit`` our small
 VisionTransformer (two blocks of four heads), ``mobilenet_v3_small`` torchvision's (BatchNorm, depthwise convs).
 
+``--unpaired-batch-norm`` (an ablation of :mod:`gif_core.params`' BatchNorm pairing): GIF at 5% once more on each
+model with BatchNorm, with the pairing read from the model's data flow switched off for the run (the private
+``params._batch_norm_of_each_conv`` patched to find no pair), so that a selected conv channel moves without its
+BatchNorm's γ_j, β_j (unpaired BatchNorms are no unit: they stay frozen). Rows "<arch> (BN unpaired)".
+
 Writes architectures.md / architectures.json into benchmarks/results/ (or --out).
 """
 
@@ -19,10 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from unittest import mock
 
 from benchmarks.class_removal import removal_rows
 from benchmarks.common import RESULTS, markdown_table, provenance, write_results
 from benchmarks.paper_setup import CNN, ModelSetting, summarise
+from gif_core import params
+from gif_core.models import build_model
 
 RATIO = 0.05
 
@@ -44,12 +52,26 @@ def rows_for(setting: ModelSetting, seeds, classes, log=print) -> tuple[list[dic
     return rows, references
 
 
+def unpaired_rows(setting: ModelSetting, seeds, classes, log=print) -> list[dict]:
+    """GIF at 5% with the BatchNorm pairing switched off (module docstring); no rows for a model without pairs."""
+    model = build_model(setting.arch, (1, 28, 28), 10)
+    if not params._batch_norm_of_each_conv(model):
+        return []
+    with mock.patch.object(params, "_batch_norm_of_each_conv", lambda module: {}):
+        rows, _ = removal_rows(setting, seeds, classes, (RATIO,), log, methods=("gif",), full_methods=())
+    for row in rows:
+        row["model"] = f"{setting.label} (BN unpaired)"
+        row["edit/retrain"] = row["seconds"] / row["retrain_seconds"]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="cnn,vit,mobilenet_v3_small")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--classes", default="0,3")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a quick check)")
+    parser.add_argument("--unpaired-batch-norm", action="store_true", help="also GIF without the BatchNorm pairing")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     meta = provenance()
@@ -60,6 +82,8 @@ def main() -> None:
         setting = setting_for(arch.strip(), args.epochs)
         new_rows, new_references = rows_for(setting, seeds, classes)
         rows, references = rows + new_rows, references + new_references
+        if args.unpaired_batch_norm:
+            rows += unpaired_rows(setting, seeds, classes)
     summary = summarise(rows, ("model", "method", "ratio"), METRICS)
     retrained = summarise(references, ("model",), ("forget_acc", "retain_acc", "test_acc", "retrain_seconds"))
     recipe = setting_for("cnn", args.epochs).recipe

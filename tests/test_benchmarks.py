@@ -446,10 +446,12 @@ def test_gpu_benchmark_runs_its_code_path_on_the_cpu_and_labels_the_device(tmp_p
 
 def test_architectures_benchmark_runs_a_class_removal_on_the_small_vit(tmp_path, monkeypatch):
     """The architectures table's plumbing on the small ViT (one epoch, one seed, one class): every method once,
-    against its retrained model, with the selection's real share (whole heads hold more than 5%)."""
+    against its retrained model, with the selection's real share (whole heads hold more than 5%); the BatchNorm
+    ablation adds no row for a model without BatchNorm."""
     from benchmarks import architectures
 
     argv = ["architectures.py", "--archs", "vit", "--seeds", "0", "--classes", "0", "--epochs", "1"]
+    argv.append("--unpaired-batch-norm")
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
     architectures.main()
     data = json.loads((tmp_path / "architectures.json").read_text())
@@ -461,6 +463,27 @@ def test_architectures_benchmark_runs_a_class_removal_on_the_small_vit(tmp_path,
     selective = [r for r in data["rows"] if r["method"] != "if"]
     assert all(r["ratio_obtained"] > 0.05 for r in selective)  # one head is 792 of a layer's 3,168 parameters
     assert data["retrained"][0]["forget_acc"] == 0
+
+
+def test_the_batch_norm_ablation_unpairs_the_convs_for_its_run_only():
+    """The architectures benchmark's BatchNorm ablation: inside it a MobileNet's conv channels hold no BatchNorm γ, β
+    (a selected channel moves alone); outside it they do again."""
+    from unittest import mock
+
+    from benchmarks import architectures
+    from gif_core import params
+    from gif_core.models import build_model
+
+    model = build_model("mobilenet_v3_small", (1, 8, 8), 3)
+    paired = [layer for layer in params.ParamSpace.from_model(model).layers if layer.channel_blocks]
+    assert paired
+    with mock.patch.object(params, "_batch_norm_of_each_conv", lambda module: {}):
+        assert not [layer for layer in params.ParamSpace.from_model(model).layers if layer.channel_blocks]
+    assert [layer.module for layer in params.ParamSpace.from_model(model).layers if layer.channel_blocks] == [
+        layer.module for layer in paired
+    ]
+    setting = architectures.setting_for("mlp", epochs=1)
+    assert architectures.unpaired_rows(setting, (0,), (0,)) == []  # no BatchNorm: nothing to ablate, nothing trained
 
 
 def test_our_exact_influence_scores_are_dattris_explicit_inverse_scores_over_n(tmp_path, monkeypatch):
