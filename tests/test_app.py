@@ -3,13 +3,15 @@ the error paths. Heavy numbers are checked in gif_core's own tests; here the pag
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import finish_jobs, no_errors, open_page
+from conftest import finish_jobs, no_errors, open_page, plotly_specs
 from streamlit.testing.v1 import AppTest
 
 from gif_core.browse import BROWSE_METHODS
@@ -244,8 +246,16 @@ def test_edit_page_class_removal_with_retraining_charts_and_downloads():
     assert list(layers["layer"]) == ["1", "3", "5"] and list(layers["units"]) == [64, 64, 3]
     assert (layers["units_selected"] >= 1).all()
     assert report.to_dict()["selection"]["layers"]["5"]["units_selected"] >= 1
-    # per-class bars, histogram, 4 confusion matrices, 3 probability charts, residual curve, step curve
-    assert len(at.get("plotly_chart")) == 1 + 1 + 4 + 3 + 1 + 1
+    # per-class bars, histogram, one confusion matrix (GIF's first), 3 probability charts, residual curve, step curve
+    assert len(at.get("plotly_chart")) == 1 + 1 + 1 + 3 + 1 + 1
+    assert at.radio(key="confusion_model").value == "GIF"
+    assert plotly_specs(at)[2]["layout"]["title"]["text"] == "Confusion matrix · GIF"
+    at.radio(key="confusion_model").set_value("retrained").run()
+    confusion = plotly_specs(at)[2]
+    assert confusion["layout"]["title"]["text"] == "Confusion matrix · retrained"
+    z = confusion["data"][0]["z"]  # plotly's typed-array form of the counts
+    counts = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"])
+    assert counts.sum() == len(at.session_state["edit"][1].retrained_test_probs)  # every test image, once
     assert len(at.get("download_button")) == 3
     at.multiselect(key="prob_rows").set_value([0]).run()
     no_errors(at)

@@ -344,9 +344,11 @@ if removed_class is not None:
     removed_rows = np.flatnonzero(bundle.test.labels.numpy() == removed_class)
     counts = {p.name: p.predicted_counts(torch.as_tensor(removed_rows), bundle.num_classes) for p in predictions}
     st.plotly_chart(charts.predicted_histogram(counts, bundle.classes, bundle.classes[removed_class]), key="histogram")
-tabs = st.tabs([p.name for p in predictions])
-for tab, p in zip(tabs, predictions, strict=True):
-    tab.plotly_chart(charts.confusion(p, bundle.classes), key=f"confusion_{p.name}")
+# one confusion matrix, of the model picked (the first edit's by default): every chart costs the browser CPU time
+names = [p.name for p in predictions]
+first = names.index(METHOD_LABELS[finished[0].method]) if finished else 0
+shown = st.radio("Confusion matrix of", names, index=first, horizontal=True, key="confusion_model")
+st.plotly_chart(charts.confusion(predictions[names.index(shown)], bundle.classes), key="confusion")
 if is_backdoor:
     show_backdoor(loaded, report, finished)
 # ---- chosen test images
