@@ -169,9 +169,28 @@ def score_histogram(scores: Sequence[float], kinds: Sequence[str], tie: float, t
     return _layout(fig, title, "score (+ helpful / − harmful)", "training samples", height=320)
 
 
-def probability_panel(rows: dict[str, np.ndarray], classes: Sequence[str], title: str) -> go.Figure:
-    """:func:`probabilities` for one cell of a grid of charts: the legend in a row under the class axis instead of
-    a column beside the bars, so that a chart a third of the page wide keeps its width for the bars."""
-    fig = probabilities(rows, classes, title)
-    fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.3}, height=340, margin={"t": 50, "b": 90})
+def probability_grid(
+    panels: Sequence[tuple[str, Mapping[str, np.ndarray]]], classes: Sequence[str], per_row: int
+) -> go.Figure:
+    """:func:`probabilities` of several test images as ONE figure, ``per_row`` panels a row (one chart costs the
+    browser far less than one per image): each panel titled, every model in its colour, the legend once, in a row
+    under the grid so that each panel keeps its width for the bars."""
+    from plotly.subplots import make_subplots
+
+    rows = -(-len(panels) // per_row)
+    fig = make_subplots(
+        rows=rows, cols=per_row, subplot_titles=[title for title, _ in panels], vertical_spacing=0.5 / rows
+    )
+    for index, (_, probabilities_of) in enumerate(panels):
+        for name, p in probabilities_of.items():
+            bar = go.Bar(name=name, x=list(classes), y=p, marker_color=colour_of(name), legendgroup=name)
+            fig.add_trace(bar.update(showlegend=index == 0), row=index // per_row + 1, col=index % per_row + 1)
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(range=[0, 1])
+    fig.update_layout(
+        barmode="group",
+        height=90 + 300 * rows,
+        margin={"t": 50, "b": 90},
+        legend={"orientation": "h", "x": 0, "y": -0.1},
+    )
     return fig

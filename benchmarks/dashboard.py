@@ -150,8 +150,8 @@ def measure(url_env: dict[str, str], rows: list[dict]) -> None:
                     browser_cpu = _cpu_seconds("chrom")
                     seconds = timed(
                         lambda fresh=fresh: fresh.get_by_role("button", name="Run the edit").click(),
-                        # per-class, histogram, one confusion matrix, 3 probability charts, step curve: the 7th
-                        lambda charts=charts: charts.nth(6).wait_for(timeout=600_000),
+                        # per-class, histogram, one confusion matrix, the probabilities, step curve: the 5th
+                        lambda charts=charts: charts.nth(4).wait_for(timeout=600_000),
                     )
                     browser_cpu = _cpu_seconds("chrom") - browser_cpu
                     server = float(

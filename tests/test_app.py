@@ -246,8 +246,10 @@ def test_edit_page_class_removal_with_retraining_charts_and_downloads():
     assert list(layers["layer"]) == ["1", "3", "5"] and list(layers["units"]) == [64, 64, 3]
     assert (layers["units_selected"] >= 1).all()
     assert report.to_dict()["selection"]["layers"]["5"]["units_selected"] >= 1
-    # per-class bars, histogram, one confusion matrix (GIF's first), 3 probability charts, residual curve, step curve
-    assert len(at.get("plotly_chart")) == 1 + 1 + 1 + 3 + 1 + 1
+    # per-class bars, histogram, one confusion matrix (GIF's first), the 3 images' probabilities, residuals, steps
+    assert len(at.get("plotly_chart")) == 1 + 1 + 1 + 1 + 1 + 1
+    titles = [a["text"] for a in plotly_specs(at)[3]["layout"]["annotations"]]
+    assert len(titles) == 3 and all(t.startswith("test #") for t in titles)  # one panel per chosen image
     assert at.radio(key="confusion_model").value == "GIF"
     assert plotly_specs(at)[2]["layout"]["title"]["text"] == "Confusion matrix · GIF"
     at.radio(key="confusion_model").set_value("retrained").run()

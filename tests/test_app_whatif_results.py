@@ -126,14 +126,19 @@ def test_the_combined_download_is_one_json_list_of_every_report():
     assert [report["request"]["class"] for report in combined] == [1, 2]
 
 
-def test_a_probability_panel_keeps_each_models_colour_and_puts_its_legend_under_the_bars():
+def test_the_probability_grid_is_one_figure_a_panel_per_image_each_model_in_its_colour_and_one_legend():
     from app import charts
 
-    rows = {name: np.ones(3) / 3 for name in ("original", "retrained", "GIF", "IF")}
-    panel = charts.probability_panel(rows, ["setosa", "versicolor", "virginica"], "test #0 · true class setosa")
-    assert [t.marker.color for t in panel.data] == [charts.colour_of(name) for name in rows]
-    assert list(panel.data[0].x) == ["setosa", "versicolor", "virginica"]  # class names on the axis
-    assert panel.layout.legend.orientation == "h" and panel.layout.legend.y < 0
+    classes = ["setosa", "versicolor", "virginica"]
+    rows = {name: np.array([0.2, 0.3, 0.5]) for name in ("original", "retrained", "GIF", "IF")}
+    panels = [(f"test #{i}", rows) for i in range(4)]
+    grid = charts.probability_grid(panels, classes, per_row=3)
+    assert [a.text for a in grid.layout.annotations] == [f"test #{i}" for i in range(4)]
+    assert len(grid.data) == 4 * 4 and [t.marker.color for t in grid.data[:4]] == [charts.colour_of(n) for n in rows]
+    assert [t.showlegend for t in grid.data] == [True] * 4 + [False] * 12  # the legend names each model once
+    assert {t.xaxis for t in grid.data[12:]} == {"x4"} and grid.layout.xaxis4.domain == grid.layout.xaxis.domain
+    assert list(grid.data[0].x) == classes and list(grid.data[-1].y) == [0.2, 0.3, 0.5]
+    assert grid.layout.legend.orientation == "h" and grid.layout.legend.y < 0
 
 
 # ---------------------------------------------------------------- the page

@@ -54,7 +54,7 @@ def test_class_removal_in_a_real_browser(tmp_path, shared_retrains, default_ques
         _open_and_click(page, f"{url}/What-if_edit", "Run the edit")
         page.get_by_text("Metrics (percent").wait_for(timeout=600_000)
         charts = page.locator(".js-plotly-plot")
-        charts.nth(6).wait_for(timeout=300_000)  # per-class, histogram, confusion, 3 probabilities, step curve
+        charts.nth(4).wait_for(timeout=300_000)  # per-class, histogram, confusion, probabilities, step curve
         wait_idle(page)
         assert page.get_by_text("retrained (").count() >= 1
         assert page.get_by_text("Edit done in").count() == 1  # the phases' status, closed when done

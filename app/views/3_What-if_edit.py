@@ -68,20 +68,18 @@ def show_metrics(report: EditReport, backdoor: bool) -> None:
 
 
 def show_probability_grid(predictions: Sequence[ModelPredictions], bundle: DataBundle, rows: Sequence[int]) -> None:
-    """One probability chart per chosen test image (every model's bars over the class names), in rows of
-    :data:`CHARTS_PER_ROW` so that each chart keeps a readable width; the image above its chart."""
-    for start in range(0, len(rows), CHARTS_PER_ROW):
-        cells = st.columns(CHARTS_PER_ROW)
-        for cell, row in zip(cells, rows[start : start + CHARTS_PER_ROW], strict=False):
-            title = f"test #{row} · true class {bundle.classes[int(bundle.test.labels[row])]}"
-            if bundle.test.images is not None:
-                cell.image(bundle.test.images[row].numpy(), width=90)
-            cell.plotly_chart(
-                charts.probability_panel(
-                    {p.name: p.probabilities[row].numpy() for p in predictions}, bundle.classes, title
-                ),
-                key=f"probs_{row}",
-            )
+    """The chosen test images in a row, then one figure of their probability panels (every model's bars over the
+    class names), :data:`CHARTS_PER_ROW` panels a row so that each keeps a readable width."""
+    if not rows:
+        return
+    titles = [f"test #{row} · true class {bundle.classes[int(bundle.test.labels[row])]}" for row in rows]
+    if bundle.test.images is not None:
+        st.image([bundle.test.images[row].numpy() for row in rows], caption=[f"#{row}" for row in rows], width=90)
+    panels = [
+        (title, {p.name: p.probabilities[row].numpy() for p in predictions})
+        for title, row in zip(titles, rows, strict=True)
+    ]
+    st.plotly_chart(charts.probability_grid(panels, bundle.classes, CHARTS_PER_ROW), key="probabilities")
 
 
 def show_trigger(spec: BackdoorSpec, classes: Sequence[str]) -> None:
