@@ -13,7 +13,9 @@ image and the same question again in a new browser session, with the cost the pa
 Goals: page load ≤ 3 s, the preparation ≤ 20 s and the edit ≤ 2 s click → last chart (median of 5 sessions;
 issue 13), top-k ≤ 2 s.
 
-    python -m benchmarks.dashboard [--out DIR]
+    python -m benchmarks.dashboard [--edit-only] [--out DIR]
+
+``--edit-only``: the What-if edit timings alone (both arrivals, 5 sessions each), written as dashboard_edit.md.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from app.browser_driver import chromium_page, dashboard, process_cpu_seconds, wait_idle
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, markdown_table, provenance, write_results
 from gif_core.checkpoints import checkpoint_id, load_checkpoint
 from gif_core.data import load_data
 from gif_core.requests import ClassRemoval
@@ -80,8 +82,10 @@ def timed(action, done) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edit-only", action="store_true", help="time the What-if edits only (dashboard_edit.md)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    meta = provenance()
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         path = default_model_path()
@@ -91,18 +95,19 @@ def main() -> None:
                         show_bar=False)  # fmt: skip
         rows.append({"what": "retraining the default question (once, before the timings; then cached)",
                      "seconds": truth.seconds})  # fmt: skip
-        measure(url_env={"GIF_CACHE_DIR": cache}, rows=rows)
+        measure(url_env={"GIF_CACHE_DIR": cache}, rows=rows, edit_only=args.edit_only)
     body = f"""# Dashboard interactive timings (bundled default, real browser)
 
 {__doc__.split(chr(10) + chr(10))[1]}
 
 {markdown_table(rows, ["what", "seconds", "goal s"])}
 """
-    write_results("dashboard", body, {"rows": rows}, args.out)
+    write_results("dashboard_edit" if args.edit_only else "dashboard", body, {"rows": rows}, args.out, meta)
     print(body)
 
 
-def measure(url_env: dict[str, str], rows: list[dict]) -> None:
+def measure(url_env: dict[str, str], rows: list[dict], edit_only: bool = False) -> None:
+    """Every timing of the module docstring into ``rows`` (only the What-if edits with ``edit_only``)."""
     with (
         dashboard(env=url_env) as url,
         chromium_page() as page,
@@ -110,98 +115,110 @@ def measure(url_env: dict[str, str], rows: list[dict]) -> None:
         page.goto(url)  # warm the server: imports, the bundled model and its data
         page.locator(".js-plotly-plot").first.wait_for(timeout=300_000)
         wait_idle(page)
-        loads = {
-            "Model & data": ("", lambda: page.locator(".js-plotly-plot").first.wait_for()),
-            "Influential samples": (
-                "/Influential_samples",
-                lambda: page.get_by_role("button", name="Explain this prediction").wait_for(),
-            ),
-            "Parameter selection": (
-                "/Parameter_selection",
-                lambda: page.get_by_role("button", name="Select parameters").wait_for(),
-            ),
-            "What-if edit": ("/What-if_edit", lambda: page.get_by_role("button", name="Run the edit").wait_for()),
-            "Learn": ("/Learn", lambda: page.locator(".js-plotly-plot").first.wait_for(timeout=300_000)),
-        }
-        for name, (path, ready) in loads.items():
-            for attempt in range(2):  # the second load is what a returning user sees (caches warm)
-                seconds = timed(lambda path=path: page.goto(url + path), lambda ready=ready: (ready(), wait_idle(page)))
-                rows.append(
-                    {
-                        "what": f"page load: {name}" + (" (first)" if attempt == 0 else ""),
-                        "seconds": seconds,
-                        "goal s": 3,
-                    }
-                )
+        if not edit_only:
+            _page_loads(page, url, rows)
+        _edits(page, url, rows)
+        if not edit_only:
+            _top_k(page, url, rows)
 
-        for path_name, arrive in ARRIVALS.items():
-            edit_clicks, servers, browser_cpus = [], [], []
-            for attempt in range(EDIT_SESSIONS):  # each in a fresh browser session: its own preparation, no result yet
-                fresh = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})  # a new context
-                try:
-                    warm_up = timed(
-                        lambda fresh=fresh, arrive=arrive: arrive(fresh, url),
-                        lambda fresh=fresh: (
-                            fresh.get_by_text("Prepared this question").wait_for(timeout=300_000),
-                            wait_idle(fresh),
-                        ),
-                    )
-                    charts = fresh.locator(".js-plotly-plot")
-                    browser_cpu = _cpu_seconds("chrom")
-                    seconds = timed(
-                        lambda fresh=fresh: fresh.get_by_role("button", name="Run the edit").click(),
-                        # per-class, histogram, one confusion matrix, the probabilities, step curve: the 5th
-                        lambda charts=charts: charts.nth(4).wait_for(timeout=600_000),
-                    )
-                    browser_cpu = _cpu_seconds("chrom") - browser_cpu
-                    server = float(
-                        re.search(r"Edit done in ([0-9.]+) s", fresh.get_by_text("Edit done in").inner_text())[1]
-                    )
-                finally:
-                    fresh.close()
-                edit_clicks.append(seconds)
-                servers.append(server)
-                browser_cpus.append(browser_cpu)
-                rows.append({"what": f"{path_name}: → prepared (session {attempt + 1}, background)", "seconds":
-                             warm_up, "goal s": 20})  # fmt: skip
-                rows.append({"what": f"{path_name}: click → last chart (session {attempt + 1})", "seconds": seconds})
+
+def _page_loads(page, url: str, rows: list[dict]) -> None:
+    loads = {
+        "Model & data": ("", lambda: page.locator(".js-plotly-plot").first.wait_for()),
+        "Influential samples": (
+            "/Influential_samples",
+            lambda: page.get_by_role("button", name="Explain this prediction").wait_for(),
+        ),
+        "Parameter selection": (
+            "/Parameter_selection",
+            lambda: page.get_by_role("button", name="Select parameters").wait_for(),
+        ),
+        "What-if edit": ("/What-if_edit", lambda: page.get_by_role("button", name="Run the edit").wait_for()),
+        "Learn": ("/Learn", lambda: page.locator(".js-plotly-plot").first.wait_for(timeout=300_000)),
+    }
+    for name, (path, ready) in loads.items():
+        for attempt in range(2):  # the second load is what a returning user sees (caches warm)
+            seconds = timed(lambda path=path: page.goto(url + path), lambda ready=ready: (ready(), wait_idle(page)))
             rows.append(
-                {"what": f"{path_name}: click → last chart, median of {EDIT_SESSIONS}", "seconds":
-                 statistics.median(edit_clicks), "goal s": 2}
-            )  # fmt: skip
-            rows.append({"what": f"{path_name}: of which the server's answer (the status label), median", "seconds":
-                         statistics.median(servers)})  # fmt: skip
-            rows.append({"what": f"{path_name}: chromium's CPU seconds from click to last chart, median", "seconds":
-                         statistics.median(browser_cpus)})  # fmt: skip
+                {
+                    "what": f"page load: {name}" + (" (first)" if attempt == 0 else ""),
+                    "seconds": seconds,
+                    "goal s": 3,
+                }
+            )
 
-        page.goto(url + "/Influential_samples")
-        page.get_by_role("button", name="Explain this prediction").wait_for()
-        wait_idle(page)
-        page.get_by_text("Influence function (IF, low-rank H)", exact=True).first.click()
-        wait_idle(page)
-        explain = page.get_by_role("button", name="Explain this prediction")
-        last_image = page.locator('[data-testid="stImage"]').nth(16)  # the test image, 8 helpful, 8 harmful
-        seconds = timed(lambda: explain.click(), lambda: last_image.wait_for(timeout=900_000))
+
+def _edits(page, url: str, rows: list[dict]) -> None:
+    for path_name, arrive in ARRIVALS.items():
+        edit_clicks, servers, browser_cpus = [], [], []
+        for attempt in range(EDIT_SESSIONS):  # each in a fresh browser session: its own preparation, no result yet
+            fresh = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})  # a new context
+            try:
+                warm_up = timed(
+                    lambda fresh=fresh, arrive=arrive: arrive(fresh, url),
+                    lambda fresh=fresh: (
+                        fresh.get_by_text("Prepared this question").wait_for(timeout=300_000),
+                        wait_idle(fresh),
+                    ),
+                )
+                charts = fresh.locator(".js-plotly-plot")
+                browser_cpu = _cpu_seconds("chrom")
+                seconds = timed(
+                    lambda fresh=fresh: fresh.get_by_role("button", name="Run the edit").click(),
+                    # per-class, histogram, one confusion matrix, the probabilities, step curve: the 5th
+                    lambda charts=charts: charts.nth(4).wait_for(timeout=600_000),
+                )
+                browser_cpu = _cpu_seconds("chrom") - browser_cpu
+                server = float(
+                    re.search(r"Edit done in ([0-9.]+) s", fresh.get_by_text("Edit done in").inner_text())[1]
+                )
+            finally:
+                fresh.close()
+            edit_clicks.append(seconds)
+            servers.append(server)
+            browser_cpus.append(browser_cpu)
+            rows.append({"what": f"{path_name}: → prepared (session {attempt + 1}, background)", "seconds":
+                         warm_up, "goal s": 20})  # fmt: skip
+            rows.append({"what": f"{path_name}: click → last chart (session {attempt + 1})", "seconds": seconds})
         rows.append(
-            {
-                "what": "top-k, first test point (one-off: per-sample gradients + eigenpairs)",
-                "seconds": seconds,
-                "goal s": "",
-            }
-        )
-        for method in ("Influence function (IF, low-rank H)", "TracIn (final checkpoint)"):
-            page.get_by_text(method, exact=True).first.click()
+            {"what": f"{path_name}: click → last chart, median of {EDIT_SESSIONS}", "seconds":
+             statistics.median(edit_clicks), "goal s": 2}
+        )  # fmt: skip
+        rows.append({"what": f"{path_name}: of which the server's answer (the status label), median", "seconds":
+                     statistics.median(servers)})  # fmt: skip
+        rows.append({"what": f"{path_name}: chromium's CPU seconds from click to last chart, median", "seconds":
+                     statistics.median(browser_cpus)})  # fmt: skip
+
+
+def _top_k(page, url: str, rows: list[dict]) -> None:
+    page.goto(url + "/Influential_samples")
+    page.get_by_role("button", name="Explain this prediction").wait_for()
+    wait_idle(page)
+    page.get_by_text("Influence function (IF, low-rank H)", exact=True).first.click()
+    wait_idle(page)
+    explain = page.get_by_role("button", name="Explain this prediction")
+    last_image = page.locator('[data-testid="stImage"]').nth(16)  # the test image, 8 helpful, 8 harmful
+    seconds = timed(lambda: explain.click(), lambda: last_image.wait_for(timeout=900_000))
+    rows.append(
+        {
+            "what": "top-k, first test point (one-off: per-sample gradients + eigenpairs)",
+            "seconds": seconds,
+            "goal s": "",
+        }
+    )
+    for method in ("Influence function (IF, low-rank H)", "TracIn (final checkpoint)"):
+        page.get_by_text(method, exact=True).first.click()
+        wait_idle(page)
+        for test_row in ("#1 ", "#2 "):
+            _pick_test_image(page, test_row)
+            page.locator('[data-testid="stImage"]').nth(1).wait_for(state="detached")  # the old gallery is gone
             wait_idle(page)
-            for test_row in ("#1 ", "#2 "):
-                _pick_test_image(page, test_row)
-                page.locator('[data-testid="stImage"]').nth(1).wait_for(state="detached")  # the old gallery is gone
-                wait_idle(page)
-                seconds = timed(lambda: explain.click(), lambda: last_image.wait_for(timeout=300_000))
-                rows.append({"what": f"top-k, new test point, {method}", "seconds": seconds, "goal s": 2})
-        for method in PER_POINT_METHODS:
-            for attempt in ("first time", "again in a new session (served from the disk cache)"):
-                seconds, cost = _explain_in_a_new_session(page, url, method, "#3 ")
-                rows.append({"what": f"top-k, {method}, {attempt} [{cost}]", "seconds": seconds, "goal s": ""})
+            seconds = timed(lambda: explain.click(), lambda: last_image.wait_for(timeout=300_000))
+            rows.append({"what": f"top-k, new test point, {method}", "seconds": seconds, "goal s": 2})
+    for method in PER_POINT_METHODS:
+        for attempt in ("first time", "again in a new session (served from the disk cache)"):
+            seconds, cost = _explain_in_a_new_session(page, url, method, "#3 ")
+            rows.append({"what": f"top-k, {method}, {attempt} [{cost}]", "seconds": seconds, "goal s": ""})
 
 
 def _pick_test_image(page, test_row: str) -> None:
