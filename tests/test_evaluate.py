@@ -180,6 +180,52 @@ def test_predict_proba_values_and_does_not_modify_model():
     torch.testing.assert_close(predict_proba(model, inputs, batch_size=1024), probs)
 
 
+class _NeedsNCHW(nn.Module):
+    """A conv net whose ``view`` only accepts NCHW strides (as hand-written user modules often do); it records the
+    layout of each batch it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4 * 4 * 4, 5)
+        self.nhwc_seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.nhwc_seen.append(x.stride(1) == 1)
+        h = self.conv(x)
+        return self.head(h.view(h.shape[0], -1))  # raises on NHWC strides
+
+
+def test_predict_proba_passes_image_batches_in_nhwc_and_matches_nchw():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 5))
+    inputs = torch.randn(70, 3, 6, 6)
+    seen = []
+    model[0].register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    probs = predict_proba(model, inputs, batch_size=32)
+    with torch.no_grad():
+        expected = torch.softmax(model(inputs), dim=1)  # NCHW, one batch
+    torch.testing.assert_close(probs, expected, atol=1e-6, rtol=0)
+    assert len(seen) == 4 and all(seen[:3])  # three NHWC batches of the call (the 4th is the reference's NCHW)
+    assert not seen[3]
+
+
+def test_predict_proba_falls_back_to_nchw_for_a_model_that_needs_it():
+    torch.manual_seed(0)
+    model = _NeedsNCHW()
+    inputs = torch.randn(10, 3, 6, 6)
+    with pytest.raises(RuntimeError, match="view"):
+        model(inputs.to(memory_format=torch.channels_last))  # the premise: NHWC strides break this model
+    model.nhwc_seen.clear()
+    probs = predict_proba(model, inputs, batch_size=4)
+    with torch.no_grad():
+        expected = torch.softmax(model.head(model.conv(inputs).view(10, -1)), dim=1)
+    torch.testing.assert_close(probs, expected, atol=1e-6, rtol=0)
+    assert model.nhwc_seen == [True, False, False, False]  # tried once, then NCHW for every batch
+
+
 def test_predict_proba_errors():
     with pytest.raises(ValueError, match=r"model\.to"):
         predict_proba(small_model(), torch.zeros(1, 1, 1, 2), device="cuda")
