@@ -32,8 +32,23 @@ def colour_of(name: str) -> str | None:
     return MODEL_COLOURS.get(name.split(" ")[0])
 
 
-def _layout(fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 360) -> go.Figure:
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin={"t": 50, "b": 40})
+FIXED_MARGINS = {"t": 50, "b": 50, "l": 70, "r": 170, "autoexpand": False}
+"""Margins in pixels that hold a chart's title, axis titles, tick labels and its legend on the right (names up to
+about 20 characters). Fixed, they spare plotly.js the redraws with which it grows margins to fit what it drew
+(``autoexpand``, axes' ``automargin``): on the What-if page that halved the browser's time from the server's answer to
+the last chart (benchmarks/results/click_profile.md)."""
+
+
+def _layout(
+    fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 360, fixed_margins: bool = True
+) -> go.Figure:
+    """Title, axis titles and height; :data:`FIXED_MARGINS` unless the chart's tick labels are long names of
+    unknown length (``fixed_margins=False``: plotly grows the margins to fit them)."""
+    margin = FIXED_MARGINS if fixed_margins else {"t": 50, "b": 40}
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=margin)
+    if fixed_margins:
+        fig.update_xaxes(automargin=False)
+        fig.update_yaxes(automargin=False)
     return fig
 
 
@@ -120,7 +135,7 @@ def layer_fractions(selections: Mapping[str, Selection], titles: Mapping[str, st
     )
     fig.update_layout(barmode="group", legend_title_text="selector")
     fig.update_xaxes(type="category")  # titles such as "0 (Conv2d 1→16, 5×5)" are names, not positions
-    return _layout(fig, "Selected share of each layer", "layer", "selected (%)")
+    return _layout(fig, "Selected share of each layer", "layer", "selected (%)", fixed_margins=False)
 
 
 def channel_map(selection: Selection, module: str, label: str, title: str) -> go.Figure:
@@ -190,7 +205,9 @@ def probability_grid(
     fig.update_layout(
         barmode="group",
         height=90 + 300 * rows,
-        margin={"t": 50, "b": 90},
+        margin={**FIXED_MARGINS, "b": 90, "r": 30},  # the legend is under the grid
         legend={"orientation": "h", "x": 0, "y": -0.1},
     )
+    fig.update_xaxes(automargin=False)
+    fig.update_yaxes(automargin=False)
     return fig

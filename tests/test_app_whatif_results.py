@@ -10,6 +10,7 @@ import io
 import json
 import math
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -285,3 +286,29 @@ def test_the_curvature_and_solver_settings_shown_are_the_ones_the_edit_uses():
     gif, full = report.outcomes
     assert gif.result.delta.dtype == full.result.delta.dtype == torch.float64
     assert full.result.reports[0].name == "cg" and not gif.diverged and not full.diverged
+
+
+def test_charts_keep_fixed_margins_except_where_tick_labels_are_long_names():
+    """Fixed margins spare plotly.js its margin-growing redraws (benchmarks/results/click_profile.md); the layer
+    chart's tick labels are architecture titles of any length, so plotly may grow its margins."""
+    from app import charts
+    from gif_core.comparison import predictions_of
+    from gif_core.data import LabelledSet
+
+    classes = ["a", "b", "c"]
+    labels = torch.tensor([0, 1, 2, 2])
+    probs = {"original": torch.eye(3)[[0, 1, 2, 1]], "GIF": torch.eye(3)[[0, 1, 2, 2]]}
+    split = LabelledSet(torch.zeros(4, 2), labels, torch.arange(4), None)
+    predictions = predictions_of(probs, split, 3)
+    figures = [
+        charts.per_class_accuracy(predictions, classes),
+        charts.confusion(predictions[0], classes),
+        charts.step_curves({"GIF": [(1.0, 50.0), (2.0, 60.0)]}),
+        charts.probability_grid([("test #0", {"GIF": np.array([0.2, 0.3, 0.5])})], classes, per_row=3),
+    ]
+    for fig in figures:
+        assert fig.layout.margin.autoexpand is False and fig.layout.margin.r is not None
+        assert fig.layout.xaxis.automargin is False and fig.layout.yaxis.automargin is False
+    selection = SimpleNamespace(layers=[SimpleNamespace(module="0", fraction=0.05)])  # what the chart reads
+    layers = charts.layer_fractions({"A": selection}, {"0": "0 (Conv2d 1→16, 5×5)"})
+    assert layers.layout.margin.autoexpand is None and layers.layout.xaxis.automargin is None

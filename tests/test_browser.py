@@ -64,6 +64,7 @@ def test_class_removal_in_a_real_browser(tmp_path, shared_retrains, default_ques
         page.screenshot(path=str(shots / "4_what_if_edit.png"), full_page=True)
         assert (shots / "4_what_if_edit.png").stat().st_size > 50_000
         _one_colour_per_model(page)
+        _nothing_drawn_outside_its_chart(page)
         _the_form_stays_on_empty_input(page)
 
         page.goto(f"{url}/Influential_samples", timeout=120_000)
@@ -114,6 +115,22 @@ def _one_colour_per_model(page) -> None:
             colours.setdefault(name, set()).add(colour)
     assert {"original", "GIF", "IF"} <= set(colours), traces
     assert all(found == {MODEL_COLOURS[name]} for name, found in colours.items()), colours
+
+
+def _nothing_drawn_outside_its_chart(page) -> None:
+    """The fixed margins of app.charts hold every title, tick label and legend: nothing a chart draws reaches past
+    its SVG (where it would be clipped)."""
+    outside = page.evaluate(
+        """() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(plot => {
+            const box = plot.querySelector('.main-svg').getBoundingClientRect();
+            return Array.from(plot.querySelectorAll('.legend, .g-xtitle, .g-ytitle, .gtitle, .xtick text, .ytick text'))
+                .map(e => [e.getAttribute('class'), e.textContent.slice(0, 30), e.getBoundingClientRect()])
+                .filter(([, , r]) => r.width > 0 && (r.left < box.left - 1 || r.right > box.right + 1
+                                                      || r.top < box.top - 1 || r.bottom > box.bottom + 1))
+                .map(([cls, text]) => cls + ': ' + text);
+        })"""
+    )
+    assert outside == [], outside
 
 
 def _the_form_stays_on_empty_input(page) -> None:
