@@ -146,3 +146,54 @@ def test_a_torchvision_mobilenet_loads_in_the_dashboard_and_its_what_if_edit_mee
     assert any(str(m).startswith("retrained") for m in table["model"])
     assert {"GIF", "IF"} <= {str(m).split(" ")[0] for m in table["model"]}
     wait_for_background_work(at)
+
+
+@pytest.mark.slow
+def test_a_resnet18_trained_by_gif_train_answers_a_class_removal_in_the_cli_and_the_dashboard(
+    tmp_path, monkeypatch, private_cache
+):
+    """Issue 17's goal for ResNet-18 (BatchNorm in every block) on small sizes: trained once by `gif train` on 8x8
+    greyscale digits; `gif remove` with GIF vs IF vs the retrained model, the report's rows and its per-layer
+    selection checked (BatchNorm's γ and β move with their conv channel: conv1 holds 9 weights + 2 per unit);
+    then the same file loaded in the dashboard from a local path, and the What-if page's GIF + IF removal beside
+    the retrained model."""
+    import json
+
+    from conftest import open_page, wait_for_background_work
+
+    from gif_core.cli import main
+
+    monkeypatch.setenv("GIF_LOCAL_ROOTS", str(tmp_path))
+    weights, report_path = tmp_path / "resnet18.safetensors", tmp_path / "report.json"
+    train = ["train", "--arch", "resnet18", "--data", "digits", "--epochs", "2", "--out", str(weights)]
+    assert main(train) == 0
+    remove = ["remove", "--model", str(weights), "--class", "3", "--method", "gif,if", "--retrain", "--quiet"]
+    assert main([*remove, "--hessian-samples", "64", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["retrained"]["forget_acc"] == 0.0 and report["original"]["forget_acc"] > 50
+    rows = {row["method"]: row for row in report["results"]}
+    assert set(rows) == {"gif", "if"}
+    for row in rows.values():
+        assert not row["diverged"] and row["forget_acc"] < report["original"]["forget_acc"]
+        assert 0 <= row["vs_retrain"]["avg_gap"] <= 100
+    layers = report["selection"]["layers"]
+    assert layers["fc"]["units_selected"] >= 1
+    stem = layers["conv1"]
+    assert stem["units_selected"] >= 1 and stem["selected"] == stem["units_selected"] * (9 + 2)
+
+    at = open_page().run()
+    at.radio(key="source").set_value("Local path").run()
+    at.text_input(key="local_path").input(str(weights))
+    at.button(key="load_path").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.switch_page("views/3_What-if_edit.py").run()
+    at.multiselect(key="methods").set_value(["gif", "if"])
+    at.button(key="run_edit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    edited = at.session_state["edit"][1]
+    assert [o.method for o in edited.outcomes] == ["gif", "if"]
+    assert edited.retrained is not None and edited.retrained["forget_acc"] == 0.0
+    table = at.dataframe[0].value
+    assert any(str(m).startswith("retrained") for m in table["model"])
+    assert {"GIF", "IF"} <= {str(m).split(" ")[0] for m in table["model"]}
+    wait_for_background_work(at)
